@@ -1,0 +1,40 @@
+# Two commands matter: `make serve` (the main job on the built-in demo model) and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch is pinned and installed first: on this kind of machine 2.13.0 is a CPU wheel on disk,
+# while any looser spec lets the resolver pull a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: test lint typecheck pytest serve demo-model bench srpm clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]" -e "harnesses/transformers"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy cortex
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+serve: $(STAMP)
+	$(BIN)/python -m cortex.serve_demo
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,257 @@
+"""The three config files (cortex.toml, models.toml, neuron.toml) as frozen msgspec Structs.
+
+Every key has a default, unknown keys are errors (a typo must not pass silently), and a bad
+file is reported as one line: ``file: key.path: what is wrong``. Durations are seconds, sizes
+are gigabytes (GB = 1e9 bytes) unless a key name says otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from cortex.errors import ConfigError
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Gigabytes = Annotated[float, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
+Quantization = Literal["4bit", "8bit", "none"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+GB = 1_000_000_000
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config table: frozen, keyword-only, unknown keys rejected."""
+
+
+# --------------------------------------------------------------------------- cortex.toml
+
+
+class GatewaySection(_Strict):
+    listen: str = "127.0.0.1:31313"
+    metrics_listen: str = "127.0.0.1:31314"
+    models: str = "models.toml"
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    poll_interval_s: PositiveSeconds = 2.0
+    connect_timeout_s: PositiveSeconds = 5.0
+    first_byte_timeout_s: PositiveSeconds = 300.0
+    idle_timeout_s: PositiveSeconds = 120.0
+    load_timeout_s: PositiveSeconds = 600.0
+    queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 64
+    queue_wait_s: PositiveSeconds = 600.0
+    max_body_mb: Annotated[float, msgspec.Meta(gt=0)] = 32.0
+    log_format: Literal["text", "json"] = "text"
+
+
+class EvictionSection(_Strict):
+    strategy: Literal["lru", "priority"] = "lru"
+    defrag_after_cycles: Annotated[int, msgspec.Meta(ge=0)] = 50
+    min_resident_s: Seconds = 30.0
+
+
+class NeuronRef(_Strict):
+    name: Name
+    endpoint: str
+    token: str = ""
+
+
+class UpstreamRef(_Strict):
+    name: Name
+    endpoint: str
+    api_key: str = ""
+
+
+class CortexConfig(_Strict):
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
+    neurons: tuple[NeuronRef, ...] = ()
+    upstreams: tuple[UpstreamRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        _unique("neurons", [n.name for n in self.neurons] + [u.name for u in self.upstreams])
+        for i, ref in enumerate((*self.neurons, *self.upstreams)):
+            if not re.match(r"^https?://[^/\s]+", ref.endpoint):
+                kind = "neurons" if i < len(self.neurons) else "upstreams"
+                raise msgspec.ValidationError(
+                    f"expected an http:// or https:// URL, got {ref.endpoint!r} - at `$.{kind}`"
+                )
+
+
+# --------------------------------------------------------------------------- models.toml
+
+
+class ModelEntry(_Strict):
+    id: Name
+    source: Annotated[str, msgspec.Meta(min_length=1)]
+    harness: Name = "transformers"
+    quantization: Quantization = "none"
+    dtype: DType = "auto"
+    vram_gb: Gigabytes = 0.0
+    context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    nodes: tuple[Name, ...] = ()
+    pinned: bool = False
+    priority: int = 0
+    aliases: tuple[str, ...] = ()
+    tool_parser: Literal["hermes", "none"] = "hermes"
+    chat_template: str = ""
+    trust_remote_code: bool = False
+    vision: bool = False
+
+
+class ModelsConfig(_Strict):
+    models: tuple[ModelEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        _unique("models", [m.id for m in self.models])
+
+
+# --------------------------------------------------------------------------- neuron.toml
+
+
+class NeuronSection(_Strict):
+    name: Name = "neuron"
+    listen: str = "127.0.0.1:13131"
+    token: str = ""
+    model_roots: tuple[str, ...] = ("/var/lib/cortex/models",)
+    allow_hub_download: bool = False
+    cpu_memory_budget_gb: Gigabytes = 8.0
+    harnesses: tuple[Name, ...] = ()
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
+    torch_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    unload_drain_s: Seconds = 10.0
+    models: str = ""
+    log_format: Literal["text", "json"] = "text"
+
+
+class NeuronConfig(_Strict):
+    neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
+    preload: tuple[Name, ...] = ()
+
+
+# --------------------------------------------------------------------------- loading
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise msgspec.ValidationError(f"duplicate name {name!r} - at `$.{what}`")
+        seen.add(name)
+
+
+def _one_line(path: Path, err: msgspec.ValidationError, data: Any) -> str:
+    """Turn msgspec's 'msg - at `$.a.b[0]`' into 'file: a.b[0]: msg, got <value>'."""
+    text = str(err)
+    where = ""
+    match = re.search(r" - at `\$\.?(.*)`$", text)
+    if match:
+        where, text = match.group(1), text[: match.start()]
+    got = _lookup(data, where)
+    text = re.sub(r", got `\w+`$", "", text)
+    if text.startswith("Object contains unknown field"):
+        return f"{path.name}: {where or '(top level)'}: unknown key {text.split('`')[1]!r}"
+    if got is not _MISSING and "got" not in text and "Invalid enum value" not in text:
+        text = f"{text}, got {got!r}"
+    text = text.replace("Expected", "expected")
+    return f"{path.name}: {where or '(top level)'}: {text}"
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, where: str) -> Any:
+    node = data
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", where):
+        try:
+            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return _MISSING
+    return node
+
+
+_LITERAL = re.compile(r"Invalid enum value '(.*)'")
+
+
+def load(path: str | Path, kind: type[_S]) -> _S:
+    """Parse one TOML file into ``kind``; raises ConfigError with a one-line message."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(data, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain_enum(_one_line(path, exc, data), kind)) from None
+
+
+def _explain_enum(line: str, kind: type[msgspec.Struct]) -> str:
+    """msgspec says "Invalid enum value 'fifo'"; name the allowed values as well."""
+    match = _LITERAL.search(line)
+    if not match:
+        return line
+    key_path = line.split(": ")[1]
+    allowed = _allowed_values(kind, key_path)
+    if not allowed:
+        return line
+    head = line[: match.start()]
+    return f"{head}expected one of {', '.join(allowed)}, got {match.group(1)!r}"
+
+
+def _allowed_values(kind: type[msgspec.Struct], key_path: str) -> list[str]:
+    info: Any = msgspec.inspect.type_info(kind)
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key_path):
+        while isinstance(info, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
+            info = info.item_type
+        if part.startswith("["):
+            continue
+        if not isinstance(info, msgspec.inspect.StructType):
+            return []
+        fields = {f.encode_name: f.type for f in info.fields}
+        if part not in fields:
+            return []
+        info = fields[part]
+    while isinstance(info, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
+        info = info.item_type
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return [str(v) for v in info.values]
+    return []
+
+
+def load_cortex(path: str | Path) -> CortexConfig:
+    return load(path, CortexConfig)
+
+
+def load_models(path: str | Path) -> ModelsConfig:
+    return load(path, ModelsConfig)
+
+
+def load_neuron(path: str | Path) -> NeuronConfig:
+    return load(path, NeuronConfig)
+
+
+def resolve_relative(config_path: str | Path, target: str) -> Path:
+    """Paths inside a config file are relative to that file, not to the working directory."""
+    p = Path(target)
+    return p if p.is_absolute() else Path(config_path).resolve().parent / p
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:31313' or '[::1]:31313' -> (host, port); raises ConfigError."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen address {listen!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,201 @@
+"""Typed errors and the one place that turns them into HTTP responses.
+
+Every error a client can see is a ``CortexError`` subclass carrying its HTTP status and the type
+names both dialects use. ``openai_body`` / ``anthropic_body`` render the two envelopes, so a client
+never gets a body it cannot parse, whichever component raised.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """A config file is invalid. The message is the single line shown to the operator."""
+
+
+class CortexError(Exception):
+    status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "server_error"
+    anthropic_type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(CortexError):
+    status = 400
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    default_code = "context_length_exceeded"
+
+
+class Unauthorized(CortexError):
+    status = 401
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class Forbidden(CortexError):
+    status = 403
+    openai_type = "invalid_request_error"
+    anthropic_type = "permission_error"
+
+
+class NotFound(CortexError):
+    status = 404
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class ModelNotLoaded(ModelNotFound):
+    """The model exists in no resident form on this neuron."""
+
+
+class Conflict(CortexError):
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLarge(CortexError):
+    status = 413
+    openai_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+
+
+class Overloaded(CortexError):
+    """Too much work queued; clients should retry (Retry-After says when)."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "overloaded_error"
+    default_code = "overloaded"
+
+
+class Unavailable(CortexError):
+    """The request cannot be served now: no node, no harness, load failed or timed out."""
+
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    default_code = "unavailable"
+
+
+class NoHarness(Unavailable):
+    default_code = "no_harness"
+
+
+class InsufficientMemory(CortexError):
+    status = 507
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "insufficient_memory"
+
+
+class UpstreamError(CortexError):
+    status = 502
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "upstream_error"
+
+
+class InternalError(CortexError):
+    status = 500
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class OpenAIErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct, tag_field="type", tag="error"):
+    error: AnthropicErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+
+# Anthropic signals overload with 529, not 503/429; its SDKs retry on it.
+_ANTHROPIC_STATUS = {429: 429, 503: 529}
+
+
+def openai_body(err: CortexError) -> bytes:
+    detail = OpenAIErrorDetail(err.message, err.openai_type, err.param, err.code)
+    return _encoder.encode(OpenAIErrorBody(detail))
+
+
+def anthropic_body(err: CortexError) -> bytes:
+    return _encoder.encode(AnthropicErrorBody(AnthropicErrorDetail(err.anthropic_type, err.message)))
+
+
+def anthropic_status(err: CortexError) -> int:
+    return _ANTHROPIC_STATUS.get(err.status, err.status)
+
+
+def from_status(status: int, message: str, code: str | None = None) -> CortexError:
+    """Rebuild a typed error from an upstream's status (the gateway relaying a neuron's error)."""
+    cls: type[CortexError] = {
+        400: InvalidRequest,
+        401: Unauthorized,
+        403: Forbidden,
+        404: ModelNotFound,
+        409: Conflict,
+        413: PayloadTooLarge,
+        429: Overloaded,
+        503: Unavailable,
+        507: InsufficientMemory,
+    }.get(status, UpstreamError)
+    if code == "context_length_exceeded":
+        cls = ContextLengthExceeded
+    return cls(message, code=code)
+
+
+def validation_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, str | None]:
+    """msgspec's 'Expected `float` <= 2.0 - at `$.temperature`' -> (readable message, param)."""
+    text = str(exc)
+    param = None
+    marker = " - at `$"
+    if marker in text:
+        text, _, where = text.partition(marker)
+        param = where.rstrip("`").lstrip(".") or None
+    text = text.replace("Expected", "expected")
+    if param:
+        return f"Invalid value for '{param}': {text}", param
+    return f"Invalid request body: {text}", None

@@ -1,0 +1,122 @@
+"""The Harness plugin contract: what a neuron needs from an inference backend.
+
+A harness is found through the entry point group ``cortex.harnesses`` (see registry.py). It turns
+a load request into a ``LoadedModel``; the loaded model renders chat prompts with its own template
+and streams tokens for a prompt. Everything above tokens (stop strings, tool-call parsing,
+the OpenAI wire format, admission and cancellation) is the neuron's job, so every harness gets it
+for free and behaves the same.
+
+Threading contract: ``Harness.load`` and ``LoadedModel.unload`` block and are called in a worker
+thread; ``encode_chat`` is cheap and may be called on the event loop or in a thread;
+``LoadedModel.generate`` is an async generator consumed on the event loop; closing it (``aclose``
+or cancelling the consuming task) must cancel the sequence within one decode step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from cortex.protocol.neuron import LoadRequest
+
+ProgressFn = Callable[[float, str], None]
+"""progress(fraction in [0, 1], stage description); thread-safe, cheap to call."""
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means off
+    seed: int | None = None
+
+
+class TokenEvent(msgspec.Struct, kw_only=True):
+    """Output of one decode step for one sequence.
+
+    ``text`` is the newly decodable text, possibly empty when a multi-byte character is split
+    across tokens (it is held back until complete). ``completion_tokens`` counts every token
+    generated so far, EOS excluded. The last event has ``finish_reason`` set: "stop" for an EOS
+    token, "length" for max_new_tokens or the context limit.
+    """
+
+    text: str
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class HarnessInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    quantizations: tuple[str, ...] = ("none",)
+    device_kinds: tuple[str, ...] = ("cpu",)
+    vision: bool = False
+    version: str = ""
+
+
+class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Neuron-wide settings a harness must respect when loading."""
+
+    allow_hub_download: bool = False
+    torch_threads: int = 0  # 0 means the library default
+    max_concurrency: int = 16
+    memory_budget_bytes: int = 0  # what the device may still give this model; 0 = unknown
+
+
+class LoadedModel(ABC):
+    """A model resident on one device. Attributes are set by the harness at load time."""
+
+    model_id: str
+    device: str  # "cpu" or "cuda:N"
+    bytes_used: int  # weights plus reserved cache, as measured after loading
+    context_length: int
+
+    @abstractmethod
+    def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        """Apply the chat template (with the generation prompt) and tokenize.
+
+        ``messages`` are chat-template dicts: role, content (str), optional tool_calls (with
+        ``function.arguments`` as a dict) and tool_call_id. Raises InvalidRequest when the
+        template rejects the conversation.
+        """
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        """Stream decode steps for one sequence; closing the iterator cancels it."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Stop workers, cancel what runs and release the memory. Blocking, idempotent."""
+
+
+class Harness(ABC):
+    """An inference backend plugin. Instantiated once per neuron with no arguments."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def info(self) -> HarnessInfo:
+        """What this harness supports, for /status and for rejecting loads early."""
+
+    @abstractmethod
+    def load(
+        self,
+        request: LoadRequest,
+        path: str,
+        device: str,
+        options: LoadOptions,
+        progress: ProgressFn,
+    ) -> LoadedModel:
+        """Load ``path`` (a resolved directory, or a hub id when downloads are allowed).
+
+        Blocking; runs in a worker thread. Raises InvalidRequest for bad sources or options,
+        InsufficientMemory when it does not fit.
+        """
+
+    def estimate_bytes(self, request: LoadRequest, path: str) -> int:
+        """Bytes the model will take once loaded, 0 when unknown (checked before loading)."""
+        return 0

@@ -1,0 +1,114 @@
+"""The neuron's own API: load, unload, status and tokenize (the gateway is its only client)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from cortex.config import DType, Name, Quantization
+from cortex.protocol.openai import Message, Tool
+
+ModelState = Literal["loading", "loaded", "unloading", "failed"]
+
+
+class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """What to load and how. Two loads of one id with different specs conflict (409)."""
+
+    model: Name
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    harness: Name = "transformers"
+    quantization: Quantization = "none"
+    dtype: DType = "auto"
+    device: str | None = None
+    context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    vram_gb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    chat_template: str = ""
+    tool_parser: Literal["hermes", "none"] = "hermes"
+    trust_remote_code: bool = False
+
+    def same_spec(self, other: LoadRequest) -> bool:
+        """Equal in everything that changes the loaded weights (device None means any)."""
+        mine = msgspec.structs.replace(self, device=None, vram_gb=0.0)
+        theirs = msgspec.structs.replace(other, device=None, vram_gb=0.0)
+        same_device = self.device is None or other.device is None or self.device == other.device
+        return mine == theirs and same_device
+
+
+class UnloadRequest(msgspec.Struct, kw_only=True, frozen=True):
+    model: Name
+    drain_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+
+
+class LoadProgress(msgspec.Struct, kw_only=True):
+    fraction: float = 0.0
+    stage: str = ""
+
+
+class ModelStatus(msgspec.Struct, kw_only=True):
+    id: str
+    state: ModelState
+    harness: str
+    device: str
+    source: str
+    quantization: str
+    bytes: int = 0
+    context_length: int = 0
+    loaded_at: float | None = None
+    last_used: float | None = None
+    in_flight: int = 0
+    queued: int = 0
+    error: str | None = None
+    progress: LoadProgress | None = None
+
+
+class DeviceStatus(msgspec.Struct, kw_only=True):
+    id: str  # "cuda:0" or "cpu"
+    kind: Literal["cuda", "cpu"]
+    index: int
+    name: str
+    uuid: str = ""
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    utilization: float | None = None
+
+
+class NeuronStatus(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    harnesses: list[str]
+    devices: list[DeviceStatus]
+    models: list[ModelStatus]
+    in_flight: int = 0
+    max_concurrency: int = 0
+    started_at: float = 0.0
+
+
+class LoadResponse(msgspec.Struct, kw_only=True):
+    model: ModelStatus
+    already_loaded: bool = False
+
+
+class UnloadResponse(msgspec.Struct, kw_only=True):
+    model: str
+    cancelled: int = 0
+    freed_bytes: int = 0
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    model: Name
+    messages: list[Message]
+    tools: list[Tool] | None = None
+
+
+class TokenizeResponse(msgspec.Struct, kw_only=True):
+    model: str
+    count: int
+    max_model_len: int = 0
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok"] = "ok"
+    name: str = ""
+    extra: dict[str, Any] | None = None
