@@ -33,7 +33,7 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 # --------------------------------------------------------------------------- cortex.toml
 
 
-class GatewaySection(_Strict):
+class GatewaySection(_Strict, frozen=True):
     listen: str = "127.0.0.1:31313"
     metrics_listen: str = "127.0.0.1:31314"
     models: str = "models.toml"
@@ -50,25 +50,25 @@ class GatewaySection(_Strict):
     log_format: Literal["text", "json"] = "text"
 
 
-class EvictionSection(_Strict):
+class EvictionSection(_Strict, frozen=True):
     strategy: Literal["lru", "priority"] = "lru"
     defrag_after_cycles: Annotated[int, msgspec.Meta(ge=0)] = 50
     min_resident_s: Seconds = 30.0
 
 
-class NeuronRef(_Strict):
+class NeuronRef(_Strict, frozen=True):
     name: Name
     endpoint: str
     token: str = ""
 
 
-class UpstreamRef(_Strict):
+class UpstreamRef(_Strict, frozen=True):
     name: Name
     endpoint: str
     api_key: str = ""
 
 
-class CortexConfig(_Strict):
+class CortexConfig(_Strict, frozen=True):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
     neurons: tuple[NeuronRef, ...] = ()
@@ -76,18 +76,19 @@ class CortexConfig(_Strict):
 
     def __post_init__(self) -> None:
         _unique("neurons", [n.name for n in self.neurons] + [u.name for u in self.upstreams])
-        for i, ref in enumerate((*self.neurons, *self.upstreams)):
-            if not re.match(r"^https?://[^/\s]+", ref.endpoint):
-                kind = "neurons" if i < len(self.neurons) else "upstreams"
+        endpoints = [("neurons", n.endpoint) for n in self.neurons]
+        endpoints += [("upstreams", u.endpoint) for u in self.upstreams]
+        for kind, endpoint in endpoints:
+            if not re.match(r"^https?://[^/\s]+", endpoint):
                 raise msgspec.ValidationError(
-                    f"expected an http:// or https:// URL, got {ref.endpoint!r} - at `$.{kind}`"
+                    f"expected an http:// or https:// URL, got {endpoint!r} - at `$.{kind}`"
                 )
 
 
 # --------------------------------------------------------------------------- models.toml
 
 
-class ModelEntry(_Strict):
+class ModelEntry(_Strict, frozen=True):
     id: Name
     source: Annotated[str, msgspec.Meta(min_length=1)]
     harness: Name = "transformers"
@@ -105,7 +106,7 @@ class ModelEntry(_Strict):
     vision: bool = False
 
 
-class ModelsConfig(_Strict):
+class ModelsConfig(_Strict, frozen=True):
     models: tuple[ModelEntry, ...] = ()
 
     def __post_init__(self) -> None:
@@ -115,7 +116,7 @@ class ModelsConfig(_Strict):
 # --------------------------------------------------------------------------- neuron.toml
 
 
-class NeuronSection(_Strict):
+class NeuronSection(_Strict, frozen=True):
     name: Name = "neuron"
     listen: str = "127.0.0.1:13131"
     token: str = ""
@@ -130,7 +131,7 @@ class NeuronSection(_Strict):
     log_format: Literal["text", "json"] = "text"
 
 
-class NeuronConfig(_Strict):
+class NeuronConfig(_Strict, frozen=True):
     neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
     preload: tuple[Name, ...] = ()
 

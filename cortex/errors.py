@@ -162,7 +162,9 @@ def openai_body(err: CortexError) -> bytes:
 
 
 def anthropic_body(err: CortexError) -> bytes:
-    return _encoder.encode(AnthropicErrorBody(AnthropicErrorDetail(err.anthropic_type, err.message)))
+    return _encoder.encode(
+        AnthropicErrorBody(AnthropicErrorDetail(err.anthropic_type, err.message))
+    )
 
 
 def anthropic_status(err: CortexError) -> int:
@@ -187,7 +189,9 @@ def from_status(status: int, message: str, code: str | None = None) -> CortexErr
     return cls(message, code=code)
 
 
-def validation_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, str | None]:
+def validation_message(
+    exc: msgspec.ValidationError | msgspec.DecodeError,
+) -> tuple[str, str | None]:
     """msgspec's 'Expected `float` <= 2.0 - at `$.temperature`' -> (readable message, param)."""
     text = str(exc)
     param = None

@@ -40,7 +40,7 @@ def _rejection(text: str, body: bytes) -> InvalidRequest:
     if param is None:
         return InvalidRequest(f"Invalid request body: {text}")
     got = _value_at(body, param)
-    shown = "" if got is _MISSING else f", got {_short(got)}"
+    shown = "" if got is _MISSING or text.startswith("Invalid") else f", got {_short(got)}"
     return InvalidRequest(f"Invalid value for '{param}': {text}{shown}.", param=param)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cortex.protocol.openai import MaxTokens, Temperature, TopK, TopP
+from cortex.protocol.openai import MaxTokens, TopK, TopP
 
 
 class CacheControl(msgspec.Struct, kw_only=True):
@@ -129,9 +129,10 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     messages: list[Message]
     max_tokens: MaxTokens
     system: str | list[TextBlock] | None = None
-    stop_sequences: Annotated[
-        list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(max_length=16)
-    ] | None = None
+    stop_sequences: (
+        Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(max_length=16)]
+        | None
+    ) = None
     stream: bool = False
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     top_p: TopP | None = None
@@ -226,7 +227,7 @@ class MessageDeltaBody(msgspec.Struct, kw_only=True, omit_defaults=False):
     stop_sequence: str | None = None
 
 
-class DeltaUsage(msgspec.Struct, kw_only=True):
+class DeltaUsage(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_tokens: int
     input_tokens: int | None = None
 

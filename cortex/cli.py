@@ -1,0 +1,156 @@
+"""The ``cortex`` command: boot a gateway or a neuron, write the demo model, talk to a gateway.
+
+Servers: ``cortex --role gateway|neuron --config FILE`` (same as ``cortex serve ...``), with
+``--check`` to validate the config and exit 0 or 2 without serving. Fleet commands
+(``status``, ``models``, ``load`` ...) live in cli_fleet.py and talk to a gateway's admin API.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Literal
+
+import click
+
+from cortex import __version__, config
+from cortex.errors import ConfigError
+from cortex.logs import setup_logging
+
+Role = Literal["gateway", "neuron"]
+EXIT_CONFIG = 2
+
+
+def _check_config(role: Role, path: Path) -> config.CortexConfig | config.NeuronConfig:
+    """Parse the role's config and everything it points at; exit 2 with one line on error."""
+    try:
+        if role == "gateway":
+            cortex_cfg = config.load_cortex(path)
+            config.load_models(config.resolve_relative(path, cortex_cfg.gateway.models))
+            config.split_listen(cortex_cfg.gateway.listen)
+            config.split_listen(cortex_cfg.gateway.metrics_listen)
+            return cortex_cfg
+        neuron_cfg = config.load_neuron(path)
+        config.split_listen(neuron_cfg.neuron.listen)
+        if neuron_cfg.neuron.models:
+            models = config.load_models(config.resolve_relative(path, neuron_cfg.neuron.models))
+            known = {m.id for m in models.models}
+            for model_id in neuron_cfg.preload:
+                if model_id not in known:
+                    raise ConfigError(
+                        f"{path.name}: preload: {model_id!r} is not in {neuron_cfg.neuron.models}"
+                    )
+        elif neuron_cfg.preload:
+            raise ConfigError(f"{path.name}: preload: needs neuron.models (a models.toml)")
+        return neuron_cfg
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _serve(role: Role, path: Path, check: bool) -> None:
+    cfg = _check_config(role, path)
+    if check:
+        click.echo(f"{path}: ok")
+        return
+    if isinstance(cfg, config.NeuronConfig):
+        from cortex.neuron.app import serve as serve_neuron
+
+        serve_neuron(cfg, config_path=path)
+    else:
+        from cortex.gateway.app import serve as serve_gateway
+
+        serve_gateway(cfg, config_path=path)
+
+
+_role_option = click.option(
+    "--role", type=click.Choice(["gateway", "neuron"]), help="Which server to boot."
+)
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="cortex.toml for a gateway, neuron.toml for a neuron.",
+)
+_check_option = click.option("--check", is_flag=True, help="Validate the config and exit 0 or 2.")
+
+
+def _require(role: str | None, config_path: Path | None) -> tuple[Role, Path]:
+    if role is None or config_path is None:
+        raise click.UsageError("--role and --config are both required to serve")
+    return role, config_path  # type: ignore[return-value]
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cortex")
+@_role_option
+@_config_option
+@_check_option
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default=None, help="Overrides config."
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    role: str | None,
+    config_path: Path | None,
+    check: bool,
+    log_level: str,
+    log_format: str | None,
+) -> None:
+    """cortex: one OpenAI/Anthropic endpoint in front of your local-LLM GPU hosts."""
+    setup_logging(log_level, log_format or "text")
+    ctx.ensure_object(dict)
+    ctx.obj["log_format"] = log_format
+    if ctx.invoked_subcommand is not None:
+        return
+    if role is None and config_path is None:
+        click.echo(ctx.get_help())
+        return
+    _serve(*_require(role, config_path), check)
+
+
+@main.command()
+@_role_option
+@_config_option
+@_check_option
+def serve(role: str | None, config_path: Path | None, check: bool) -> None:
+    """Boot a gateway or a neuron (same as the top-level --role/--config)."""
+    _serve(*_require(role, config_path), check)
+
+
+@main.command("demo-model")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
+def demo_model(directory: Path, seed: int, size: str) -> None:
+    """Write the built-in demo model (random weights, local tokenizer) to DIRECTORY."""
+    try:
+        from cortex_transformers.demo import write_demo_model
+    except ImportError:
+        raise click.ClickException(
+            "the demo model needs the transformers harness: "
+            "pip install cortex-harness-transformers (or `make serve`)"
+        ) from None
+    path = write_demo_model(directory, seed=seed, size=size)  # type: ignore[arg-type]
+    logging.getLogger("cortex").info("demo model written to %s", path)
+    click.echo(str(path))
+
+
+def _register_fleet_commands() -> None:
+    from cortex.cli_fleet import register
+
+    register(main)
+
+
+_register_fleet_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,76 @@
+"""The gateway's admin API (/cortex/...): fleet status and model actions, for `cortex status`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from cortex.protocol.neuron import DeviceStatus
+
+
+class ResidentView(msgspec.Struct, kw_only=True):
+    node: str
+    device: str
+    state: str
+    bytes: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    last_used: float | None = None
+    progress: float | None = None
+
+
+class ModelView(msgspec.Struct, kw_only=True):
+    id: str
+    state: Literal["resident", "loading", "available", "unavailable"]
+    pinned: bool = False
+    priority: int = 0
+    vram_gb: float = 0.0
+    queued: int = 0
+    in_flight: int = 0
+    placements: list[ResidentView] = msgspec.field(default_factory=list)
+
+
+class NeuronView(msgspec.Struct, kw_only=True):
+    name: str
+    endpoint: str
+    state: Literal["up", "suspect", "down"]
+    error: str | None = None
+    last_seen: float | None = None
+    in_flight: int = 0
+    devices: list[DeviceStatus] = msgspec.field(default_factory=list)
+
+
+class UpstreamView(msgspec.Struct, kw_only=True):
+    name: str
+    endpoint: str
+    up: bool
+    models: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+
+
+class Rates(msgspec.Struct, kw_only=True):
+    window_s: float = 60.0
+    requests_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+class GatewayStatus(msgspec.Struct, kw_only=True):
+    version: str
+    neurons: list[NeuronView]
+    models: list[ModelView]
+    upstreams: list[UpstreamView] = msgspec.field(default_factory=list)
+    rates: Rates = msgspec.field(default_factory=Rates)
+    evictions: int = 0
+
+
+class ModelAction(msgspec.Struct, kw_only=True):
+    node: str | None = None
+
+
+class ActionResult(msgspec.Struct, kw_only=True):
+    model: str
+    action: str
+    node: str | None = None
+    ok: bool = True
+    detail: str = ""

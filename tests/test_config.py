@@ -1,0 +1,138 @@
+"""Config files: the examples parse, defaults hold, and every bad value is one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cortex import config
+from cortex.errors import ConfigError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def test_example_cortex_toml_parses_with_documented_defaults() -> None:
+    cfg = config.load_cortex(CONF / "cortex.toml")
+    assert cfg.gateway.listen == "127.0.0.1:31313"
+    assert cfg.eviction.strategy == "lru"
+    assert cfg.neurons[0].name == "local"
+    assert cfg == config.CortexConfig(neurons=cfg.neurons), "example must show the defaults"
+
+
+def test_example_models_toml_parses() -> None:
+    models = config.load_models(CONF / "models.toml")
+    first = models.models[0]
+    assert (first.id, first.quantization, first.tool_parser) == ("qwen3-8b", "4bit", "hermes")
+    assert "claude-*-sonnet-*" in first.aliases
+
+
+def test_example_neuron_toml_parses_with_documented_defaults() -> None:
+    cfg = config.load_neuron(CONF / "neuron.toml")
+    assert cfg == config.NeuronConfig(), "example must show the defaults"
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[eviction]\nstrategy = "fifo"\n',
+            "cortex.toml: eviction.strategy: expected one of lru, priority, got 'fifo'",
+        ),
+        ('[gateway]\nlistn = "x"\n', "cortex.toml: gateway: unknown key 'listn'"),
+        ("[gateway]\nqueue_depth = 0\n", "cortex.toml: gateway.queue_depth: expected `int` >= 1"),
+        ("[gateway]\nlisten = 5\n", "cortex.toml: gateway.listen: expected `str`, got 5"),
+        (
+            '[[neurons]]\nname = "a"\nendpoint = "ftp://x"\n',
+            "expected an http:// or https:// URL, got 'ftp://x'",
+        ),
+        (
+            '[[neurons]]\nname = "a"\nendpoint = "http://x"\n[[neurons]]\nname = "a"\n'
+            'endpoint = "http://y"\n',
+            "duplicate name 'a'",
+        ),
+        ("[gateway\n", "cortex.toml: not valid TOML"),
+    ],
+)
+def test_bad_cortex_toml_is_one_line_naming_key_and_value(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load_cortex(_write(tmp_path, "cortex.toml", text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_model_entry_names_its_index(tmp_path: Path) -> None:
+    text = (
+        '[[models]]\nid = "a"\nsource = "a"\n'
+        '[[models]]\nid = "b"\nsource = "b"\nquantization = "3bit"\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        config.load_models(_write(tmp_path, "models.toml", text))
+    assert str(err.value) == (
+        "models.toml: models[1].quantization: expected one of 4bit, 8bit, none, got '3bit'"
+    )
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load_neuron(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:9", ("::1", 9)), (":5", ("0.0.0.0", 5))],
+)
+def test_split_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert config.split_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["nohost", "h:0", "h:99999", "h:x"])
+def test_split_listen_rejects(listen: str) -> None:
+    with pytest.raises(ConfigError):
+        config.split_listen(listen)
+
+
+def _check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cortex", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_check_accepts_example_and_rejects_fifo(tmp_path: Path) -> None:
+    ok = _check("--role", "gateway", "--config", str(CONF / "cortex.toml"), "--check")
+    assert ok.returncode == 0, ok.stderr
+    bad = (CONF / "cortex.toml").read_text().replace('strategy = "lru"', 'strategy = "fifo"')
+    _write(tmp_path, "models.toml", (CONF / "models.toml").read_text())
+    result = _check(
+        "--role", "gateway", "--config", str(_write(tmp_path, "cortex.toml", bad)), "--check"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "cortex.toml: eviction.strategy: expected one of lru, priority, got 'fifo'"
+    )
+
+
+def test_cli_check_neuron_preload_must_name_a_catalogue_model(tmp_path: Path) -> None:
+    _write(tmp_path, "models.toml", '[[models]]\nid = "a"\nsource = "a"\n')
+    path = _write(tmp_path, "neuron.toml", 'preload = ["b"]\n[neuron]\nmodels = "models.toml"\n')
+    result = _check("--role", "neuron", "--config", str(path), "--check")
+    assert result.returncode == 2
+    assert "preload: 'b' is not in models.toml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_version_and_help() -> None:
+    assert _check("--version").stdout.startswith("cortex, version ")
+    help_text = _check("--help").stdout
+    for word in ("--role", "--config", "--check", "demo-model", "status", "serve"):
+        assert word in help_text

@@ -1,0 +1,61 @@
+"""Every error renders as a body its client can parse, with the status each dialect expects."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from cortex import errors
+
+ALL = [
+    errors.InvalidRequest("bad", param="temperature"),
+    errors.ContextLengthExceeded("too long"),
+    errors.Unauthorized("no key"),
+    errors.ModelNotFound("no such model"),
+    errors.Conflict("other spec"),
+    errors.Overloaded("busy", retry_after_s=3),
+    errors.Unavailable("no node"),
+    errors.NoHarness("no harness"),
+    errors.InsufficientMemory("too big"),
+    errors.UpstreamError("neuron died"),
+    errors.InternalError("oops"),
+]
+
+
+@pytest.mark.parametrize("err", ALL, ids=lambda e: type(e).__name__)
+def test_openai_envelope(err: errors.CortexError) -> None:
+    body = msgspec.json.decode(errors.openai_body(err))
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"] == err.message
+
+
+@pytest.mark.parametrize("err", ALL, ids=lambda e: type(e).__name__)
+def test_anthropic_envelope(err: errors.CortexError) -> None:
+    body = msgspec.json.decode(errors.anthropic_body(err))
+    assert body["type"] == "error"
+    assert body["error"]["type"] in {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+    }
+
+
+def test_statuses() -> None:
+    assert errors.ContextLengthExceeded("x").code == "context_length_exceeded"
+    assert errors.ModelNotFound("x").code == "model_not_found"
+    assert errors.anthropic_status(errors.Unavailable("x")) == 529
+    assert errors.anthropic_status(errors.InvalidRequest("x")) == 400
+    assert errors.InsufficientMemory("x").status == 507
+
+
+def test_from_status_rebuilds_typed_errors() -> None:
+    assert isinstance(errors.from_status(404, "m"), errors.ModelNotFound)
+    assert isinstance(
+        errors.from_status(400, "m", "context_length_exceeded"), errors.ContextLengthExceeded
+    )
+    assert isinstance(errors.from_status(418, "m"), errors.UpstreamError)
