@@ -1,0 +1,357 @@
+"""Anthropic Messages <-> OpenAI Chat Completions, both directions, streaming included.
+
+Neurons speak only OpenAI, so this is the one place the Anthropic dialect is understood. All
+functions are pure (apart from fresh random ids) and raise ``InvalidRequest`` for input the
+local models cannot honour, so the client gets a 400 that says why instead of a silent drop.
+
+Choices that are not forced by either spec:
+- Text blocks of one message are joined with a blank line: local chat templates render string
+  content most reliably, and separate text blocks mean separate paragraphs.
+- ``tool_result`` blocks become ``role: tool`` messages placed before the rest of their user turn
+  (OpenAI requires tool messages right after the assistant's calls). ``is_error`` prefixes the
+  content with "Error: ". Images in a tool result move into the user message that follows, since
+  OpenAI tool messages carry text only.
+- Thinking blocks are dropped (a local model cannot verify their signatures); documents, server
+  tools and file-id images are refused.
+- Tool arguments that are not a JSON object become ``{"_raw": "<arguments>"}`` in a non-stream
+  response: the client's tool validation then reports the problem back to the model, which can
+  retry, instead of the whole turn failing. Streams relay argument fragments unchanged.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, assert_never
+
+import msgspec
+
+from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.protocol import anthropic as an
+from cortex.protocol import openai as oa
+
+_encoder = msgspec.json.Encoder()
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def _new_tool_use_id() -> str:
+    return "toolu_" + secrets.token_hex(12)
+
+
+def _block_type(block: msgspec.Struct) -> str:
+    return str(block.__struct_config__.tag)
+
+
+def _join(texts: list[str]) -> str:
+    return "\n\n".join(texts)
+
+
+# --------------------------------------------------------------------------- request
+
+
+def messages_to_openai(
+    req: an.MessagesRequest, model_id: str, vision: bool
+) -> oa.ChatCompletionRequest:
+    """The OpenAI request a neuron serves for an Anthropic one; ``vision``: accepts images."""
+    messages: list[oa.Message] = []
+    if req.system:
+        system = req.system if isinstance(req.system, str) else _join([b.text for b in req.system])
+        messages.append(oa.SystemMessage(content=system))
+    for message in req.messages:
+        if message.role == "user":
+            messages += _user_messages(message.content, model_id, vision)
+        else:
+            messages.append(_assistant_message(message.content))
+    tool_choice, parallel = _tool_choice(req.tool_choice) if req.tools else (None, None)
+    return oa.ChatCompletionRequest(
+        model=model_id,
+        messages=messages,
+        stream=req.stream,
+        stream_options=oa.StreamOptions(include_usage=True) if req.stream else None,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        max_tokens=req.max_tokens,
+        stop=list(req.stop_sequences) if req.stop_sequences else None,
+        tools=[_tool(t) for t in req.tools] if req.tools else None,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        user=req.metadata.user_id if req.metadata else None,
+    )
+
+
+def _user_messages(
+    content: str | list[an.RequestBlock], model_id: str, vision: bool
+) -> list[oa.Message]:
+    """One user turn: its tool results first (as tool messages), then the rest, if any."""
+    if isinstance(content, str):
+        return [oa.UserMessage(content=content)]
+    results: list[oa.Message] = []
+    parts: list[oa.ContentPart] = []
+    for block in content:
+        match block:
+            case an.ToolResultBlock():
+                text, images = _tool_result(block, model_id, vision)
+                results.append(oa.ToolMessage(content=text, tool_call_id=block.tool_use_id))
+                parts += images
+            case an.TextBlock():
+                parts.append(oa.TextPart(block.text))
+            case an.ImageBlock():
+                parts.append(_image(block, model_id, vision))
+            case an.ThinkingBlock() | an.RedactedThinkingBlock():
+                pass
+            case _:
+                raise InvalidRequest(f"{_block_type(block)} blocks are not supported in user turns")
+    if parts:
+        results.append(oa.UserMessage(content=_user_content(parts)))
+    return results
+
+
+def _user_content(parts: list[oa.ContentPart]) -> oa.Content:
+    texts = [p.text for p in parts if isinstance(p, oa.TextPart)]
+    return _join(texts) if len(texts) == len(parts) else parts
+
+
+def _tool_result(
+    block: an.ToolResultBlock, model_id: str, vision: bool
+) -> tuple[str, list[oa.ContentPart]]:
+    """The tool message text, and the images it carried (for the user message after it)."""
+    if isinstance(block.content, str):
+        text, images = block.content, []
+    else:
+        text = _join([b.text for b in block.content if isinstance(b, an.TextBlock)])
+        images = [
+            _image(b, model_id, vision) for b in block.content if isinstance(b, an.ImageBlock)
+        ]
+    return ("Error: " + text if block.is_error else text), images
+
+
+def _image(block: an.ImageBlock, model_id: str, vision: bool) -> oa.ContentPart:
+    if not vision:
+        raise InvalidRequest(f"model {model_id} does not accept images")
+    source = block.source
+    if source.type == "base64" and source.media_type and source.data:
+        url = f"data:{source.media_type};base64,{source.data}"
+    elif source.type == "url" and source.url:
+        url = source.url
+    else:
+        raise InvalidRequest(f"image source type {source.type!r} is not supported")
+    return oa.ImagePart(oa.ImageURL(url))
+
+
+def _assistant_message(content: str | list[an.RequestBlock]) -> oa.AssistantMessage:
+    if isinstance(content, str):
+        return oa.AssistantMessage(content=content)
+    texts: list[str] = []
+    calls: list[oa.ToolCall] = []
+    for block in content:
+        match block:
+            case an.TextBlock():
+                texts.append(block.text)
+            case an.ToolUseBlock():
+                arguments = _encoder.encode(block.input).decode()
+                calls.append(
+                    oa.ToolCall(id=block.id, function=oa.FunctionCall(block.name, arguments))
+                )
+            case an.ThinkingBlock() | an.RedactedThinkingBlock():
+                pass
+            case _:
+                raise InvalidRequest(
+                    f"{_block_type(block)} blocks are not supported in assistant turns"
+                )
+    text = _join(texts) if texts or not calls else None
+    return oa.AssistantMessage(content=text, tool_calls=calls or None)
+
+
+def _tool(tool: an.ToolDef) -> oa.Tool:
+    if tool.type not in (None, "custom"):
+        raise InvalidRequest(f"tool type {tool.type!r} is not supported (tool {tool.name!r})")
+    function = oa.FunctionDef(
+        name=tool.name, description=tool.description, parameters=tool.input_schema
+    )
+    return oa.Tool(function=function)
+
+
+def _tool_choice(choice: an.ToolChoice | None) -> tuple[oa.ToolChoice | None, bool | None]:
+    """(tool_choice, parallel_tool_calls); parallel is only sent when the client disables it."""
+    match choice:
+        case None:
+            return None, None
+        case an.ToolChoiceNone():
+            return "none", None
+        case an.ToolChoiceAuto():
+            mapped: oa.ToolChoice = "auto"
+        case an.ToolChoiceAny():
+            mapped = "required"
+        case an.ToolChoiceTool():
+            mapped = oa.NamedToolChoice(function=oa.ToolChoiceFunction(choice.name))
+        case _:
+            assert_never(choice)
+    return mapped, (False if choice.disable_parallel_tool_use else None)
+
+
+# --------------------------------------------------------------------------- response
+
+
+def _stop_reason(
+    finish: oa.FinishReason | None, saw_tools: bool, matched_stop: str | None
+) -> an.StopReason:
+    if finish == "length":
+        return "max_tokens"
+    if finish == "content_filter":
+        return "refusal"
+    if finish == "tool_calls" or saw_tools:
+        return "tool_use"
+    return "stop_sequence" if matched_stop else "end_turn"
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    if not arguments.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(arguments)
+    except msgspec.DecodeError:
+        return {"_raw": arguments}
+    return value if isinstance(value, dict) else {"_raw": arguments}
+
+
+def openai_to_messages(
+    resp: oa.ChatCompletion, model: str, matched_stop: str | None = None
+) -> an.MessagesResponse:
+    """A complete Anthropic response; ``matched_stop``: the stop sequence the output ended on."""
+    if not resp.choices:
+        raise UpstreamError("upstream returned no choices")
+    choice = resp.choices[0]
+    message = choice.message
+    content: list[an.OutBlock] = [an.OutText(message.content)] if message.content else []
+    for call in message.tool_calls or []:
+        tool_input = _tool_input(call.function.arguments)
+        content.append(an.OutToolUse(_new_tool_use_id(), call.function.name, tool_input))
+    reason = _stop_reason(choice.finish_reason, bool(message.tool_calls), matched_stop)
+    return an.MessagesResponse(
+        id=new_message_id(),
+        model=model,
+        content=content,
+        stop_reason=reason,
+        stop_sequence=matched_stop if reason == "stop_sequence" else None,
+        usage=an.Usage(
+            input_tokens=resp.usage.prompt_tokens, output_tokens=resp.usage.completion_tokens
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def _sse(events: list[an.StreamEvent]) -> bytes:
+    return b"".join(
+        b"event: %s\ndata: %s\n\n" % (_block_type(e).encode(), _encoder.encode(e)) for e in events
+    )
+
+
+class AnthropicStreamTranslator:
+    """OpenAI stream chunks in, Anthropic SSE bytes out, for one response.
+
+    Emits exactly Anthropic's sequence: message_start, ping, then per content block
+    content_block_start / content_block_delta... / content_block_stop (one block at a time, text
+    and each tool call in its own block, indexes from 0), then message_delta and message_stop.
+    Usage arrives in the upstream's final chunk (the gateway forces ``include_usage``), so input
+    tokens are an estimate in message_start and exact in message_delta. After ``finish`` or
+    ``error`` every call returns b"".
+    """
+
+    def __init__(self, model: str, message_id: str, input_tokens: int = 0) -> None:
+        self._model = model
+        self._message_id = message_id
+        self._input_tokens = input_tokens
+        self._output_tokens = 0
+        self._started = False
+        self._done = False
+        self._index = -1  # index of the latest block
+        self._open = False  # whether that block is still open
+        self._open_tool: int | None = None  # upstream tool_call index of the open block
+        self._tools_seen: set[int] = set()
+        self._finish: oa.FinishReason | None = None
+
+    def feed(self, chunk: oa.ChatCompletionChunk) -> bytes:
+        """Raises UpstreamError if the upstream interleaves fragments of several tool calls."""
+        if self._done:
+            return b""
+        events = self._start()
+        if chunk.usage is not None:
+            self._input_tokens = chunk.usage.prompt_tokens
+            self._output_tokens = chunk.usage.completion_tokens
+        for choice in chunk.choices:
+            if choice.delta.content:
+                events += self._text(choice.delta.content)
+            for call in choice.delta.tool_calls or []:
+                events += self._tool_call(call)
+            self._finish = choice.finish_reason or self._finish
+        return _sse(events)
+
+    def finish(self, matched_stop: str | None = None) -> bytes:
+        """Close the message; ``matched_stop``: the stop sequence the output ended on, if any."""
+        if self._done:
+            return b""
+        self._done = True
+        reason = _stop_reason(self._finish, bool(self._tools_seen), matched_stop)
+        body = an.MessageDeltaBody(
+            stop_reason=reason, stop_sequence=matched_stop if reason == "stop_sequence" else None
+        )
+        usage = an.DeltaUsage(output_tokens=self._output_tokens, input_tokens=self._input_tokens)
+        tail: list[an.StreamEvent] = [an.MessageDelta(body, usage), an.MessageStop()]
+        return _sse(self._start() + self._close_block() + tail)
+
+    def error(self, err: CortexError) -> bytes:
+        """An ``error`` event ending the stream (the HTTP status is already 200)."""
+        if self._done:
+            return b""
+        self._done = True
+        return _sse([an.ErrorEvent(an.ErrorDetail(err.anthropic_type, err.message))])
+
+    def _start(self) -> list[an.StreamEvent]:
+        if self._started:
+            return []
+        self._started = True
+        message = an.MessagesResponse(
+            id=self._message_id,
+            model=self._model,
+            content=[],
+            stop_reason=None,
+            usage=an.Usage(input_tokens=self._input_tokens, output_tokens=0),
+        )
+        return [an.MessageStart(message), an.Ping()]
+
+    def _text(self, text: str) -> list[an.StreamEvent]:
+        in_text = self._open and self._open_tool is None
+        events = [] if in_text else self._open_block(an.OutText(""), None)
+        return [*events, an.ContentBlockDelta(self._index, an.TextDelta(text))]
+
+    def _tool_call(self, call: oa.ToolCallDelta) -> list[an.StreamEvent]:
+        events: list[an.StreamEvent] = []
+        fn = call.function
+        if call.index not in self._tools_seen:
+            if fn is None or not fn.name:
+                raise UpstreamError("upstream tool call started without a name")
+            self._tools_seen.add(call.index)
+            block = an.OutToolUse(_new_tool_use_id(), fn.name, {})
+            events = self._open_block(block, call.index)
+        elif not self._open or self._open_tool != call.index:
+            raise UpstreamError("upstream interleaved fragments of several tool calls")
+        if fn is not None and fn.arguments:
+            events.append(an.ContentBlockDelta(self._index, an.InputJsonDelta(fn.arguments)))
+        return events
+
+    def _open_block(self, block: an.OutBlock, tool: int | None) -> list[an.StreamEvent]:
+        events = self._close_block()
+        self._index += 1
+        self._open, self._open_tool = True, tool
+        return [*events, an.ContentBlockStart(self._index, block)]
+
+    def _close_block(self) -> list[an.StreamEvent]:
+        if not self._open:
+            return []
+        self._open, self._open_tool = False, None
+        return [an.ContentBlockStop(self._index)]
