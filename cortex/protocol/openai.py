@@ -241,12 +241,21 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
 # --------------------------------------------------------------------------- models
 
 
+class CortexModelInfo(msgspec.Struct, kw_only=True):
+    """cortex's extension to a model card: where the model is and what it can take."""
+
+    state: Literal["resident", "loading", "available"]
+    nodes: list[str] = msgspec.field(default_factory=list)  # where loaded or loading
+    context_length: int = 0  # 0 = unknown
+    pinned: bool = False
+
+
 class ModelCard(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "cortex"
-    cortex: dict[str, Any] | None = None
+    cortex: CortexModelInfo | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -1,0 +1,82 @@
+"""The models cortex may serve: lookup by id or alias, and the GET /v1/models listing. Pure.
+
+Aliases are shell globs (``fnmatch``, case-sensitive) so that clients with fixed model names
+(Claude Code asks for "claude-sonnet-4-...") reach a local model. An exact id always wins;
+otherwise the first matching alias in declaration order does, so put narrow globs first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+
+from cortex.config import ModelEntry
+from cortex.gateway.state import FleetView, Resident
+from cortex.protocol.openai import CortexModelInfo, ModelCard
+
+__all__ = ["Catalogue", "CortexModelInfo"]
+
+
+class Catalogue:
+    """An immutable view of models.toml."""
+
+    def __init__(self, models: Sequence[ModelEntry]) -> None:
+        self.models: tuple[ModelEntry, ...] = tuple(models)
+        self.by_id: Mapping[str, ModelEntry] = {m.id: m for m in self.models}
+
+    def resolve(self, name: str) -> ModelEntry | None:
+        """The entry a client's model name means: exact id, then the first matching alias."""
+        exact = self.by_id.get(name)
+        if exact is not None:
+            return exact
+        for entry in self.models:
+            if any(fnmatchcase(name, alias) for alias in entry.aliases):
+                return entry
+        return None
+
+    def model_cards(
+        self, fleet: FleetView, upstream_models: Mapping[str, list[str]]
+    ) -> list[ModelCard]:
+        """GET /v1/models: catalogue models some live (up or suspect) neuron may serve, in
+        declaration order; then resident models outside the catalogue, by id; then each
+        upstream's models (``upstream_models``: upstream name -> ids), always resident.
+
+        A model both local and upstream is one card whose ``nodes`` name both.
+        """
+        live = [n.name for n in fleet.nodes if n.health != "down"]
+        cards: dict[str, ModelCard] = {}
+        for entry in self.models:
+            copies = [c for _, c in fleet.holders(entry.id)]
+            if copies or any(not entry.nodes or name in entry.nodes for name in live):
+                cards[entry.id] = _card(entry.id, copies, entry.context_length, entry.pinned)
+        strays = {c.model_id for n in fleet.nodes for c in n.models} - set(self.by_id)
+        for model_id in sorted(strays):
+            copies = [c for _, c in fleet.holders(model_id)]
+            if copies:
+                cards[model_id] = _card(model_id, copies, 0, False)
+        for upstream in sorted(upstream_models):
+            for model_id in upstream_models[upstream]:
+                _add_upstream(cards, model_id, upstream)
+        return list(cards.values())
+
+
+def _card(model_id: str, copies: list[Resident], context_length: int, pinned: bool) -> ModelCard:
+    """One local model's card from its loading/loaded copies (none: available)."""
+    states = {c.state for c in copies}
+    info = CortexModelInfo(
+        state="resident" if "loaded" in states else "loading" if states else "available",
+        nodes=sorted(c.node for c in copies),
+        context_length=context_length or max((c.context_length for c in copies), default=0),
+        pinned=pinned or any(c.pinned for c in copies),
+    )
+    return ModelCard(id=model_id, cortex=info)
+
+
+def _add_upstream(cards: dict[str, ModelCard], model_id: str, upstream: str) -> None:
+    card = cards.get(model_id)
+    if card is None or card.cortex is None:
+        info = CortexModelInfo(state="resident", nodes=[upstream])
+        cards[model_id] = ModelCard(id=model_id, owned_by=upstream, cortex=info)
+    elif upstream not in card.cortex.nodes:
+        card.cortex.nodes.append(upstream)
+        card.cortex.state = "resident"

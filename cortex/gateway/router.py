@@ -1,0 +1,154 @@
+"""Where one request for one model goes. Pure: a function of the fleet snapshot and ``now``.
+
+Order of preference, each step only when the one before has no answer:
+
+1. ``Route``: the model is loaded on an up node (then on a suspect one): the copy with the
+   fewest requests in flight or queued, then the least busy node, then the name.
+2. ``Wait``: the model is loading somewhere: join that load rather than start another.
+3. ``Load``: on an allowed up node, the device where it fits leaving the least free memory
+   (best fit), GPUs before the CPU.
+4. ``Load`` with evictions: the device where making room costs least (bytes, then models).
+5. ``Impossible``: with a reason an operator can act on.
+
+A copy that is already loaded is served even on a node outside the entry's ``nodes`` (an
+operator put it there with ``cortex load --node``); ``nodes`` restricts new loads only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+
+from cortex.config import GB, ModelEntry
+from cortex.gateway.evictor import Strategy, plan_eviction
+from cortex.gateway.state import Device, FleetView, Node
+
+# A model of unknown size (vram_gb = 0) needs some free memory, however little.
+_UNKNOWN_SIZE_BYTES = 1
+
+
+class Route(msgspec.Struct, frozen=True):
+    node: str
+
+
+class Wait(msgspec.Struct, frozen=True):
+    node: str
+
+
+class Load(msgspec.Struct, frozen=True):
+    node: str
+    device: str
+    evict: tuple[tuple[str, str], ...] = ()  # (node, model_id), in unload order
+
+
+class Impossible(msgspec.Struct, frozen=True):
+    reason: str
+
+
+Decision = Route | Wait | Load | Impossible
+
+
+def choose(
+    fleet: FleetView,
+    model: ModelEntry,
+    now: float,
+    strategy: Strategy,
+    min_resident_s: float,
+) -> Decision:
+    """The one thing the gateway should do next to serve ``model``."""
+    return _existing(fleet, model.id) or _place(fleet, model, now, strategy, min_resident_s)
+
+
+def allowed_up_nodes(fleet: FleetView, model: ModelEntry) -> list[Node]:
+    """Nodes where a new copy of ``model`` may be loaded (``nodes`` empty: any up node)."""
+    return [
+        n for n in fleet.nodes if n.health == "up" and (not model.nodes or n.name in model.nodes)
+    ]
+
+
+def needed_bytes(model: ModelEntry) -> int:
+    return round(model.vram_gb * GB) or _UNKNOWN_SIZE_BYTES
+
+
+def _existing(fleet: FleetView, model_id: str) -> Route | Wait | None:
+    for health in ("up", "suspect"):
+        copies = [(n, c) for n, c in fleet.holders(model_id) if n.health == health]
+        loaded = [(n, c) for n, c in copies if c.state == "loaded"]
+        if loaded:
+            node, _ = min(
+                loaded, key=lambda nc: (nc[1].in_flight + nc[1].queued, nc[0].in_flight, nc[0].name)
+            )
+            return Route(node.name)
+        if copies:
+            return Wait(copies[0][0].name)
+    return None
+
+
+def _place(
+    fleet: FleetView, model: ModelEntry, now: float, strategy: Strategy, min_resident_s: float
+) -> Decision:
+    nodes = allowed_up_nodes(fleet, model)
+    if not nodes:
+        return Impossible(_no_live_node(fleet, model))
+    need = needed_bytes(model)
+    fits = [(n, d) for n, d in _devices(nodes) if n.free_bytes(d) >= need]
+    if fits:
+        node, device = min(fits, key=lambda nd: _fit_key(nd[0], nd[1], need, model.vram_gb > 0))
+        return Load(node.name, device.id)
+    return _cheapest_eviction(nodes, need, now, strategy, min_resident_s) or Impossible(
+        _no_room(model, nodes, need)
+    )
+
+
+def _cheapest_eviction(
+    nodes: list[Node], need: int, now: float, strategy: Strategy, min_resident_s: float
+) -> Load | None:
+    """The device where making room frees fewest bytes, then unloads fewest models."""
+    best: tuple[tuple[bool, int, int, str, str], Load] | None = None
+    for node, device in _devices(nodes):
+        plan = plan_eviction(node, device, need, now, strategy, min_resident_s)
+        if plan is None:
+            continue
+        freed = sum(m.occupancy for m in node.on_device(device.id) if m.model_id in plan)
+        key = (device.kind != "cuda", freed, len(plan), node.name, device.id)
+        if best is None or key < best[0]:
+            best = (key, Load(node.name, device.id, tuple((node.name, m) for m in plan)))
+    return None if best is None else best[1]
+
+
+def _devices(nodes: list[Node]) -> Iterator[tuple[Node, Device]]:
+    for node in nodes:
+        for device in node.devices:
+            yield node, device
+
+
+def _fit_key(node: Node, device: Device, need: int, known: bool) -> tuple[bool, int, str, str]:
+    """GPUs first; best fit for a known size, most free memory for an unknown one."""
+    left = node.free_bytes(device) - need
+    return (device.kind != "cuda", left if known else -left, node.name, device.id)
+
+
+def _no_live_node(fleet: FleetView, model: ModelEntry) -> str:
+    allowed = ", ".join(model.nodes) if model.nodes else "any"
+    up = ", ".join(n.name for n in fleet.nodes if n.health == "up") or "none"
+    return f"no live neuron may serve {model.id} (allowed: {allowed}; up: {up})"
+
+
+def _no_room(model: ModelEntry, nodes: list[Node], need: int) -> str:
+    needs = f"{model.id} needs {_gb(need)}" if model.vram_gb else f"{model.id} (vram_gb unset)"
+    devices = list(_devices(nodes))
+    if not devices:
+        return f"{needs}; no allowed live neuron reports a device"
+    big = [f"{n.name}:{d.id}" for n, d in devices if d.capacity >= need]
+    if not big:
+        node, device = min(devices, key=lambda nd: (-nd[1].capacity, nd[0].name, nd[1].id))
+        return f"{needs}; the largest device ({node.name}:{device.id}) has {_gb(device.capacity)}"
+    return (
+        f"{needs}; every candidate model on {', '.join(big)} is pinned, busy, loading "
+        "or loaded too recently to evict"
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.1f} GB"

@@ -1,0 +1,159 @@
+"""Model lookup by id or alias, and the GET /v1/models listing."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from cortex.gateway.catalogue import Catalogue, CortexModelInfo
+from cortex.gateway.state import FleetView
+from cortex.protocol.openai import ModelCard, ModelList
+from tests.gateway.fleets import entry, fleet, model, node
+
+CATALOGUE = Catalogue(
+    [
+        entry("qwen3-32b", 20, aliases=("claude-*-opus-*", "claude-opus-*"), context_length=32768),
+        entry("qwen3-8b", 8, aliases=("claude-*-sonnet-*", "claude-*"), pinned=True),
+        entry("claude-3-haiku", 4, nodes=("edge",)),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param("qwen3-8b", "qwen3-8b", id="exact-id"),
+        pytest.param("claude-3-haiku", "claude-3-haiku", id="exact-id-beats-an-earlier-alias"),
+        pytest.param("claude-3-7-sonnet-20250219", "qwen3-8b", id="glob-alias"),
+        pytest.param("claude-opus-4-1", "qwen3-32b", id="first-model-whose-alias-matches"),
+        pytest.param("claude-4-opus-x", "qwen3-32b", id="declaration-order-wins-over-a-catch-all"),
+        pytest.param("claude-instant", "qwen3-8b", id="catch-all-alias"),
+        pytest.param("Qwen3-8B", None, id="case-sensitive"),
+        pytest.param("gpt-4o", None, id="unknown-name"),
+    ],
+)
+def test_resolve_exact_id_then_aliases(name: str, expected: str | None) -> None:
+    found = CATALOGUE.resolve(name)
+    assert (found.id if found else None) == expected
+
+
+def cards(view: FleetView, upstreams: dict[str, list[str]] | None = None) -> dict[str, object]:
+    """id -> (state, nodes, context_length, pinned, owned_by), in listing order."""
+    listed = CATALOGUE.model_cards(view, upstreams or {})
+    return {c.id: _summary(c) for c in listed}
+
+
+def _summary(card: ModelCard) -> tuple[str, list[str], int, bool, str]:
+    assert card.cortex is not None
+    info = card.cortex
+    return (info.state, info.nodes, info.context_length, info.pinned, card.owned_by)
+
+
+@pytest.mark.parametrize(
+    ("view", "upstreams", "expected"),
+    [
+        pytest.param(
+            fleet(node("gpu1")),
+            {},
+            {
+                "qwen3-32b": ("available", [], 32768, False, "cortex"),
+                "qwen3-8b": ("available", [], 0, True, "cortex"),
+            },
+            id="catalogue-models-a-live-node-may-serve",
+        ),
+        pytest.param(
+            fleet(node("gpu1"), node("edge", health="suspect")),
+            {},
+            {
+                "qwen3-32b": ("available", [], 32768, False, "cortex"),
+                "qwen3-8b": ("available", [], 0, True, "cortex"),
+                "claude-3-haiku": ("available", [], 0, False, "cortex"),
+            },
+            id="suspect-node-counts-as-live",
+        ),
+        pytest.param(
+            fleet(node("gpu1", health="down"), node("edge", health="down")),
+            {},
+            {},
+            id="every-node-down-lists-nothing-local",
+        ),
+        pytest.param(
+            fleet(
+                node(
+                    "gpu1",
+                    model("qwen3-8b", 8, in_flight=1),
+                    model("qwen3-32b", 20, state="loading", device="cuda:1", age_s=None),
+                    gpus=(24, 24),
+                ),
+                node("gpu2", model("qwen3-8b", 8)),
+            ),
+            {},
+            {
+                "qwen3-32b": ("loading", ["gpu1"], 32768, False, "cortex"),
+                "qwen3-8b": ("resident", ["gpu1", "gpu2"], 0, True, "cortex"),
+            },
+            id="resident-and-loading-with-their-nodes",
+        ),
+        pytest.param(
+            fleet(node("gpu1", model("claude-3-haiku", 4)), node("edge", health="down")),
+            {},
+            {
+                "qwen3-32b": ("available", [], 32768, False, "cortex"),
+                "qwen3-8b": ("available", [], 0, True, "cortex"),
+                "claude-3-haiku": ("resident", ["gpu1"], 0, False, "cortex"),
+            },
+            id="resident-outside-its-allowed-nodes-is-listed",
+        ),
+        pytest.param(
+            fleet(
+                node("gpu1", model("stray", context_length=4096, pinned=True)),
+                node("gpu2", model("gone", state="unloading")),
+            ),
+            {},
+            {
+                "qwen3-32b": ("available", [], 32768, False, "cortex"),
+                "qwen3-8b": ("available", [], 0, True, "cortex"),
+                "stray": ("resident", ["gpu1"], 4096, True, "cortex"),
+            },
+            id="resident-model-outside-the-catalogue",
+        ),
+        pytest.param(
+            fleet(node("gpu1", health="down")),
+            {"openai": ["gpt-4o"], "lab": ["qwen3-8b", "gpt-4o"]},
+            {
+                "qwen3-8b": ("resident", ["lab"], 0, False, "lab"),
+                "gpt-4o": ("resident", ["lab", "openai"], 0, False, "lab"),
+            },
+            id="upstream-models-are-always-resident",
+        ),
+        pytest.param(
+            fleet(node("gpu1")),
+            {"lab": ["qwen3-8b"]},
+            {
+                "qwen3-32b": ("available", [], 32768, False, "cortex"),
+                "qwen3-8b": ("resident", ["lab"], 0, True, "cortex"),
+            },
+            id="model-both-local-and-upstream-is-one-card",
+        ),
+    ],
+)
+def test_model_cards(
+    view: FleetView, upstreams: dict[str, list[str]], expected: dict[str, object]
+) -> None:
+    listed = cards(view, upstreams)
+    assert listed == expected
+    assert list(listed) == list(expected)  # order too
+
+
+def test_model_list_encodes_the_cortex_object() -> None:
+    listed = ModelList(data=CATALOGUE.model_cards(fleet(node("gpu1", model("qwen3-8b", 8))), {}))
+    wire = msgspec.json.decode(msgspec.json.encode(listed))
+    assert wire["data"][1]["id"] == "qwen3-8b"
+    assert wire["data"][1]["cortex"] == {
+        "state": "resident",
+        "nodes": ["gpu1"],
+        "context_length": 0,
+        "pinned": True,
+    }
+    assert msgspec.json.decode(msgspec.json.encode(listed), type=ModelList) == listed
+    assert isinstance(listed.data[0].cortex, CortexModelInfo)
