@@ -36,5 +36,9 @@ test: lint typecheck pytest
 serve: $(STAMP)
 	$(BIN)/python -m cortex.serve_demo
 
+# Source RPMs of cortex and helexa-neuron from the working tree, into build/srpm/.
+srpm:
+	rpm/build-srpm.sh build/srpm
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
