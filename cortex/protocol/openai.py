@@ -59,22 +59,28 @@ class ToolCall(msgspec.Struct, kw_only=True):
     function: FunctionCall
 
 
-class SystemMessage(msgspec.Struct, tag_field="role", tag="system", kw_only=True):
+class SystemMessage(
+    msgspec.Struct, tag_field="role", tag="system", kw_only=True, omit_defaults=True
+):
     content: Content
     name: str | None = None
 
 
-class DeveloperMessage(msgspec.Struct, tag_field="role", tag="developer", kw_only=True):
+class DeveloperMessage(
+    msgspec.Struct, tag_field="role", tag="developer", kw_only=True, omit_defaults=True
+):
     content: Content
     name: str | None = None
 
 
-class UserMessage(msgspec.Struct, tag_field="role", tag="user", kw_only=True):
+class UserMessage(msgspec.Struct, tag_field="role", tag="user", kw_only=True, omit_defaults=True):
     content: Content
     name: str | None = None
 
 
-class AssistantMessage(msgspec.Struct, tag_field="role", tag="assistant", kw_only=True):
+class AssistantMessage(
+    msgspec.Struct, tag_field="role", tag="assistant", kw_only=True, omit_defaults=True
+):
     content: Content | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
@@ -82,7 +88,7 @@ class AssistantMessage(msgspec.Struct, tag_field="role", tag="assistant", kw_onl
     reasoning_content: str | None = None
 
 
-class ToolMessage(msgspec.Struct, tag_field="role", tag="tool", kw_only=True):
+class ToolMessage(msgspec.Struct, tag_field="role", tag="tool", kw_only=True, omit_defaults=True):
     content: Content
     tool_call_id: str
 
@@ -123,7 +129,7 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     stream: bool = False
@@ -191,6 +197,8 @@ class Choice(msgspec.Struct, kw_only=True):
     message: ResponseMessage
     finish_reason: FinishReason | None
     logprobs: None = None
+    # vLLM's extension: the stop string that ended generation (None for EOS or length).
+    stop_reason: str | None = None
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -226,6 +234,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     delta: Delta
     finish_reason: FinishReason | None = None
     logprobs: None = None
+    stop_reason: str | None = None  # as in Choice
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):

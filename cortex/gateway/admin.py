@@ -1,0 +1,148 @@
+"""GET /v1/models, GET /cortex/status and POST /cortex/models/{id}/{action}."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+
+from cortex import __version__, protocol
+from cortex.errors import InvalidRequest, ModelNotFound, NotFound
+from cortex.gateway.service import GATEWAY, Gateway
+from cortex.protocol.admin import (
+    ActionResult,
+    GatewayStatus,
+    ModelAction,
+    ModelView,
+    NeuronView,
+    Rates,
+    ResidentView,
+    UpstreamView,
+)
+from cortex.protocol.openai import ModelList
+
+_encoder = msgspec.json.Encoder()
+ACTIONS = ("load", "unload", "pin", "unpin")
+
+
+def _json(obj: msgspec.Struct) -> web.Response:
+    return web.Response(body=_encoder.encode(obj), content_type="application/json")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    upstream_models = {
+        name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
+    }
+    cards = gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
+    return _json(ModelList(data=cards))
+
+
+def build_status(gateway: Gateway) -> GatewayStatus:
+    fleet = gateway.fleet
+    view = fleet.view()
+    neurons = []
+    for name, state in sorted(fleet.neurons.items()):
+        status = state.status
+        neurons.append(
+            NeuronView(
+                name=name,
+                endpoint=state.ref.endpoint,
+                state=state.health,  # type: ignore[arg-type]
+                error=state.error,
+                last_seen=state.last_seen,
+                in_flight=status.in_flight if status else 0,
+                devices=list(status.devices) if status and state.health != "down" else [],
+            )
+        )
+    progress = {
+        (m.id, name): m.progress.fraction
+        for name, s in fleet.neurons.items()
+        if s.status
+        for m in s.status.models
+        if m.progress is not None
+    }
+    models = []
+    catalogue = fleet.catalogue()
+    for entry in catalogue.values():
+        placements = [
+            ResidentView(
+                node=node.name,
+                device=copy.device,
+                state=copy.state,
+                bytes=copy.measured_bytes,
+                in_flight=copy.in_flight,
+                queued=copy.queued,
+                last_used=copy.last_used,
+                progress=progress.get((entry.id, node.name)),
+            )
+            for node, copy in view.holders(entry.id)
+        ]
+        states = {p.state for p in placements}
+        gate = gateway.loader.gates.get(entry.id)
+        models.append(
+            ModelView(
+                id=entry.id,
+                state="resident" if "loaded" in states else "loading" if states else "available",
+                pinned=entry.pinned,
+                priority=entry.priority,
+                vram_gb=entry.vram_gb,
+                queued=gate.waiting if gate else 0,
+                in_flight=sum(p.in_flight for p in placements),
+                placements=placements,
+            )
+        )
+    upstreams = [
+        UpstreamView(
+            name=name, endpoint=up.ref.endpoint, up=up.up, models=list(up.models), error=up.error
+        )
+        for name, up in sorted(fleet.upstreams.items())
+    ]
+    rps, tps = gateway.rates.rates()
+    return GatewayStatus(
+        version=__version__,
+        neurons=neurons,
+        models=models,
+        upstreams=upstreams,
+        rates=Rates(requests_per_s=rps, tokens_per_s=tps),
+        evictions=gateway.loader.stats.evictions,
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(build_status(request.app[GATEWAY]))
+
+
+async def model_action(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    action = request.match_info["action"]
+    if action not in ACTIONS:
+        raise NotFound(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    raw = await request.read()
+    body = protocol.decode(raw, ModelAction) if raw.strip() else ModelAction()
+    name = request.match_info["model"]
+    entry = gateway.catalogue.resolve(name)
+    if entry is None:
+        raise ModelNotFound(f"The model '{name}' is not in the catalogue.")
+    if body.node is not None and body.node not in gateway.fleet.neurons:
+        raise InvalidRequest(f"unknown node {body.node!r}", param="node")
+    fleet = gateway.fleet
+    if action in ("pin", "unpin"):
+        fleet.pin_overrides[entry.id] = action == "pin"
+        if action == "pin":
+            gateway.loader.ensure_pinned()
+        return _json(ActionResult(model=entry.id, action=action + "ned"))
+    if action == "load":
+        node = await gateway.loader.route(entry, node=body.node, keep=True)
+        return _json(ActionResult(model=entry.id, action="loaded", node=node))
+    holders = [n.name for n, _ in fleet.view().holders(entry.id)]
+    targets = [n for n in holders if body.node is None or n == body.node]
+    if not targets:
+        raise NotFound(f"{entry.id} is not resident{' on ' + body.node if body.node else ''}")
+    for node in targets:
+        await gateway.loader.unload(entry.id, node)
+    detail = f"at {time.strftime('%H:%M:%S')}"
+    return _json(
+        ActionResult(model=entry.id, action="unloaded", node=",".join(targets), detail=detail)
+    )

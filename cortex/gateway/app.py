@@ -1,0 +1,230 @@
+"""The gateway's aiohttp application: routes, the error/auth middleware, start-up and shutdown.
+
+Which dialect a request speaks is decided by its path (``/v1/messages*`` is Anthropic, every
+other route OpenAI-shaped), and every error, ours or aiohttp's, is rendered in that dialect with
+a ``request-id`` header, so a client never gets a body it cannot parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from cortex import config as cfg
+from cortex.errors import (
+    CortexError,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    anthropic_body,
+    anthropic_status,
+    openai_body,
+)
+from cortex.gateway import admin, chat, messages
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.loads import Loader
+from cortex.gateway.proxy import Exchange
+from cortex.gateway.service import GATEWAY, Gateway
+
+log = logging.getLogger("cortex.gateway")
+
+REQUEST_ID = "cortex.request_id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def _error_response(request: web.Request, err: CortexError) -> web.Response:
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    if _is_anthropic(request.path):
+        return web.Response(
+            body=anthropic_body(err),
+            status=anthropic_status(err),
+            content_type="application/json",
+            headers=headers,
+        )
+    return web.Response(
+        body=openai_body(err), status=err.status, content_type="application/json", headers=headers
+    )
+
+
+def _from_http(exc: web.HTTPException) -> CortexError:
+    if exc.status == 404:
+        return NotFound(f"No route {exc.reason!s}: see docs/api.md")
+    if exc.status == 413:
+        return PayloadTooLarge(exc.text or "request body too large")
+    if exc.status == 405:
+        return InvalidRequest(f"method not allowed ({exc.reason})")
+    return InvalidRequest(exc.text or exc.reason)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except CortexError as err:
+        response = _error_response(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error_response(request, _from_http(exc))
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = _error_response(request, InternalError("internal error; see the gateway log"))
+    if not response.prepared:
+        response.headers["request-id"] = request_id
+    return response
+
+
+def _key_of(request: web.Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def _key_ok(given: str | None, keys: tuple[str, ...]) -> bool:
+    """Constant-time against every key, so timing says nothing about which one is close."""
+    if given is None:
+        return False
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given.encode(), key.encode())
+    return ok
+
+
+def _loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+def auth_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+    api_keys, admin_keys = config.gateway.api_keys, config.gateway.admin_keys
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/v1/") and api_keys and not _key_ok(_key_of(request), api_keys):
+            raise Unauthorized("Invalid API key.")
+        if path.startswith("/cortex/"):
+            if admin_keys:
+                if not _key_ok(_key_of(request), admin_keys):
+                    raise Unauthorized("Invalid admin key.")
+            elif not _loopback(request):
+                raise Forbidden("the admin API is loopback-only while admin_keys is empty")
+        return await handler(request)
+
+    return middleware
+
+
+def _exchange_handler(
+    dialect: str,
+    route: str,
+    body: Callable[[Gateway, web.Request, Exchange], Awaitable[web.StreamResponse]],
+) -> Handler:
+    """Wrap a dialect handler so that every exchange is accounted once, whatever happens."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        ex = Exchange(dialect, route, request_id=request[REQUEST_ID])
+        error: CortexError | None = None
+        try:
+            return await body(gateway, request, ex)
+        except CortexError as err:
+            error = err
+            raise
+        except asyncio.CancelledError:
+            ex.status, ex.error = 499, "client closed the connection"
+            raise
+        finally:
+            gateway.finish(ex, error)
+
+    return handler
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Application:
+    """The application; nothing runs until it is started (fleet polling starts in cleanup_ctx)."""
+    max_body = int(config.gateway.max_body_mb * 1_000_000)
+    app = web.Application(
+        client_max_size=max_body, middlewares=[errors_middleware, auth_middleware(config)]
+    )
+    catalogue = Catalogue(models.models)
+    app[messages.COUNT_CACHE] = messages.CountCache()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        fleet = Fleet(config, catalogue.by_id, session)
+        loader = Loader(config, fleet, session)
+        gateway = Gateway(config, catalogue, fleet, loader, session)
+        app[GATEWAY] = gateway
+        fleet.on_node_up.append(loader.ensure_pinned)
+        await fleet.start()
+        loader.ensure_pinned()
+        log.info(
+            "gateway ready: %d neurons, %d upstreams, %d catalogue models",
+            len(config.neurons),
+            len(config.upstreams),
+            len(catalogue.models),
+        )
+        yield
+        await loader.stop()
+        await fleet.stop()
+        await session.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/health", health)
+    app.router.add_post(
+        "/v1/chat/completions",
+        _exchange_handler("openai", "/v1/chat/completions", chat.chat_completions),
+    )
+    app.router.add_post(
+        "/v1/messages", _exchange_handler("anthropic", "/v1/messages", messages.create)
+    )
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_get("/v1/models", admin.list_models)
+    app.router.add_get("/cortex/status", admin.status)
+    app.router.add_post("/cortex/models/{model}/{action}", admin.model_action)
+    return app
+
+
+def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
+    """Run the gateway until SIGINT/SIGTERM (the CLI calls this after --check passed)."""
+    models = cfg.load_models(cfg.resolve_relative(config_path, config.gateway.models))
+    host, port = cfg.split_listen(config.gateway.listen)
+    app = make_app(config, models)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=5.0,
+    )

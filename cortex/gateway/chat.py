@@ -1,0 +1,91 @@
+"""POST /v1/chat/completions: the OpenAI path, relayed byte for byte.
+
+The body is decoded once (validation at the edge). It is forwarded unchanged when the model
+name is already a catalogue id and usage is already requested; otherwise it is re-encoded once
+with the resolved id and ``stream_options.include_usage`` forced on, so that token counts are
+always known. The usage-only chunk is removed again when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+
+from cortex import protocol
+from cortex.errors import CortexError, UpstreamError
+from cortex.gateway.proxy import (
+    Exchange,
+    UpstreamResponse,
+    read_json,
+    relay_events,
+    sse_error,
+    sse_events,
+)
+from cortex.gateway.service import Gateway
+from cortex.protocol import openai
+
+SSE_HEADERS = {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+_encoder = msgspec.json.Encoder()
+_FORCED_USAGE = openai.StreamOptions(include_usage=True)
+
+
+def upstream_body(raw: bytes, req: openai.ChatCompletionRequest, model_id: str) -> bytes:
+    """The bytes to send upstream: the client's own when nothing needs to change."""
+    if req.model == model_id and (not req.stream or req.wants_usage_chunk):
+        return raw
+    fixed = msgspec.structs.replace(
+        req,
+        model=model_id,
+        stream_options=_FORCED_USAGE if req.stream else req.stream_options,
+    )
+    return _encoder.encode(fixed)
+
+
+async def chat_completions(
+    gateway: Gateway, request: web.Request, ex: Exchange
+) -> web.StreamResponse:
+    raw = await request.read()
+    req = protocol.decode(raw, openai.ChatCompletionRequest)
+    ex.stream = req.stream
+    resolved = gateway.resolve(req.model)
+    body = upstream_body(raw, req, resolved.model_id)
+    upstream = await gateway.open(resolved, "/chat/completions", body, ex)
+    try:
+        if not req.stream:
+            data = await read_json(upstream, ex)
+            return web.Response(body=data, content_type="application/json")
+        return await _relay_stream(gateway, request, upstream, ex, req.wants_usage_chunk)
+    finally:
+        upstream.close()
+
+
+async def _relay_stream(
+    gateway: Gateway,
+    request: web.Request,
+    upstream: UpstreamResponse,
+    ex: Exchange,
+    keep_usage: bool,
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
+    await response.prepare(request)
+    try:
+        async for batch in sse_events(upstream, gateway.config.gateway.idle_timeout_s):
+            out = relay_events(batch, ex, keep_usage)
+            if out:
+                await response.write(out)
+        ex.upstream_done = time.perf_counter()
+    except UpstreamError as err:
+        gateway.fleet.mark_suspect(ex.node, err.message)
+        ex.status, ex.error = err.status, err.message
+        await response.write(sse_error(err))
+    except CortexError as err:  # pragma: no cover - defensive: typed errors mid-stream
+        ex.status, ex.error = err.status, err.message
+        await response.write(sse_error(err))
+    await response.write_eof()
+    return response

@@ -1,0 +1,271 @@
+"""The one owner of fleet state: neuron statuses, upstream model lists and the gateway's counts.
+
+One poll loop per neuron (``GET /status`` every ``poll_interval_s``, at once after a load or an
+unload via ``refresh``), with back-off while a node is down. Everything runs on the event loop,
+so there are no locks: handlers read ``view()`` snapshots and bump counters synchronously.
+A node that comes back is re-read, never assumed: its status replaces whatever was known.
+
+Health: up after a good poll; suspect after one failed poll or a mid-stream failure (routing
+avoids it while another node serves); down after two failed polls in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+
+from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
+from cortex.gateway.state import FleetView, GatewayUsage, fleet_from_statuses
+from cortex.protocol.neuron import NeuronStatus
+from cortex.protocol.openai import ModelList
+
+log = logging.getLogger("cortex.gateway.fleet")
+
+MAX_BACKOFF_S = 30.0
+_status_decoder = msgspec.json.Decoder(NeuronStatus)
+_models_decoder = msgspec.json.Decoder(ModelList)
+
+
+@dataclass
+class Usage:
+    """Gateway-side counts for one (model, node): fresher than the last poll."""
+
+    in_flight: int = 0
+    queued: int = 0
+    last_used: float | None = None
+    loading_on: str | None = None
+
+
+@dataclass
+class NeuronState:
+    ref: NeuronRef
+    status: NeuronStatus | None = None
+    failures: int = 0
+    suspect: bool = False
+    error: str | None = None
+    last_seen: float | None = None
+    wake: asyncio.Event | None = None
+
+    @property
+    def health(self) -> str:
+        if self.status is None or self.failures >= 2:
+            return "down"
+        return "suspect" if (self.suspect or self.failures) else "up"
+
+
+@dataclass
+class UpstreamState:
+    ref: UpstreamRef
+    models: tuple[str, ...] = ()
+    up: bool = False
+    error: str | None = None
+
+
+def neuron_headers(ref: NeuronRef) -> dict[str, str]:
+    return {"authorization": f"Bearer {ref.token}"} if ref.token else {}
+
+
+def upstream_headers(ref: UpstreamRef) -> dict[str, str]:
+    return {"authorization": f"Bearer {ref.api_key}"} if ref.api_key else {}
+
+
+def upstream_base(ref: UpstreamRef) -> str:
+    """Upstream endpoints may be given with or without the trailing /v1."""
+    base = ref.endpoint.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+class Fleet:
+    def __init__(
+        self,
+        config: CortexConfig,
+        catalogue: Mapping[str, ModelEntry],
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.config = config
+        self._catalogue = dict(catalogue)
+        self._session = session
+        self.neurons = {ref.name: NeuronState(ref) for ref in config.neurons}
+        self.upstreams = {ref.name: UpstreamState(ref) for ref in config.upstreams}
+        self.usage: dict[tuple[str, str], Usage] = {}
+        self.pin_overrides: dict[str, bool] = {}
+        self._changed: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_node_up: list[Callable[[str], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """First poll of every node and upstream (concurrently), then the poll loops."""
+        await asyncio.gather(
+            *(self._poll(s) for s in self.neurons.values()),
+            *(self._poll_upstream(u) for u in self.upstreams.values()),
+        )
+        for state in self.neurons.values():
+            state.wake = asyncio.Event()
+            self._tasks.append(
+                asyncio.create_task(self._loop(state), name=f"poll-{state.ref.name}")
+            )
+        for up in self.upstreams.values():
+            self._tasks.append(asyncio.create_task(self._upstream_loop(up)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ reading
+
+    def catalogue(self) -> dict[str, ModelEntry]:
+        """The catalogue with runtime pin/unpin applied."""
+        if not self.pin_overrides:
+            return self._catalogue
+        return {
+            mid: msgspec.structs.replace(e, pinned=self.pin_overrides.get(mid, e.pinned))
+            for mid, e in self._catalogue.items()
+        }
+
+    def view(self) -> FleetView:
+        statuses = {
+            name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
+        }
+        suspect = {name for name, s in self.neurons.items() if s.health == "suspect"}
+        usage = {
+            key: GatewayUsage(
+                last_used=u.last_used,
+                in_flight=u.in_flight,
+                queued=u.queued,
+                loading_on=u.loading_on,
+            )
+            for key, u in self.usage.items()
+        }
+        return fleet_from_statuses(statuses, self.catalogue(), usage, suspect=suspect)
+
+    def upstream_for(self, model: str) -> UpstreamState | None:
+        for up in self.upstreams.values():
+            if up.up and model in up.models:
+                return up
+        return None
+
+    def counts(self, model: str, node: str) -> Usage:
+        key = (model, node)
+        usage = self.usage.get(key)
+        if usage is None:
+            usage = self.usage[key] = Usage()
+        return usage
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until the next status update (or ``timeout``); never raises on timeout."""
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+
+    def _notify(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+    # ------------------------------------------------------------------ writing
+
+    def refresh(self, node: str) -> None:
+        """Poll ``node`` now (after a load, an unload or a failure)."""
+        state = self.neurons.get(node)
+        if state is not None and state.wake is not None:
+            state.wake.set()
+
+    async def refresh_now(self, node: str) -> None:
+        """Poll ``node`` and wait for the answer (callers that act on the result)."""
+        state = self.neurons.get(node)
+        if state is not None:
+            await self._poll(state)
+
+    def mark_suspect(self, node: str, why: str) -> None:
+        state = self.neurons.get(node)
+        if state is not None:
+            state.suspect = True
+            state.error = why
+            log.warning("node %s suspect: %s", node, why)
+            self.refresh(node)
+            self._notify()
+
+    # ------------------------------------------------------------------ polling
+
+    async def _loop(self, state: NeuronState) -> None:
+        assert state.wake is not None
+        interval = self.config.gateway.poll_interval_s
+        while True:
+            delay = interval
+            if state.health == "down":
+                delay = min(MAX_BACKOFF_S, interval * 2 ** min(state.failures, 5))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), delay)
+            state.wake.clear()
+            await self._poll(state)
+
+    async def _poll(self, state: NeuronState) -> None:
+        ref = state.ref
+        was = state.health
+        timeout = aiohttp.ClientTimeout(total=max(5.0, self.config.gateway.poll_interval_s * 2))
+        try:
+            async with self._session.get(
+                ref.endpoint.rstrip("/") + "/status", headers=neuron_headers(ref), timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /status answered {resp.status}")
+                status = _status_decoder.decode(body)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, msgspec.DecodeError) as exc:
+            state.failures += 1
+            state.error = str(exc) or type(exc).__name__
+            if state.health != was:
+                log.warning("node %s %s: %s", ref.name, state.health, state.error)
+            self._notify()
+            return
+        state.status = status
+        state.failures = 0
+        state.suspect = False
+        state.error = None
+        state.last_seen = time.time()
+        self._settle_loading(ref.name, status)
+        if was != "up":
+            log.info("node %s up (%d models resident)", ref.name, len(status.models))
+            for callback in self.on_node_up:
+                callback(ref.name)
+        self._notify()
+
+    def _settle_loading(self, node: str, status: NeuronStatus) -> None:
+        """Once the node reports a model, the gateway's own loading marker is redundant."""
+        reported = {m.id for m in status.models}
+        for (model, where), usage in self.usage.items():
+            if where == node and usage.loading_on is not None and model in reported:
+                usage.loading_on = None
+
+    async def _upstream_loop(self, up: UpstreamState) -> None:
+        while True:
+            await asyncio.sleep(max(self.config.gateway.poll_interval_s, 10.0))
+            await self._poll_upstream(up)
+
+    async def _poll_upstream(self, up: UpstreamState) -> None:
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with self._session.get(
+                upstream_base(up.ref) + "/models", headers=upstream_headers(up.ref), timeout=timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /v1/models answered {resp.status}")
+                listing = _models_decoder.decode(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, msgspec.DecodeError) as exc:
+            if up.up:
+                log.warning("upstream %s down: %s", up.ref.name, exc)
+            up.up, up.error = False, str(exc) or type(exc).__name__
+            return
+        up.models = tuple(card.id for card in listing.data)
+        up.up, up.error = True, None

@@ -1,0 +1,315 @@
+"""Carries out the router's decisions: waits, single-flight loads, evictions and defrag moves.
+
+The policy is pure (router.py, evictor.py, defrag.py); this module is the effects side. Per model
+one ``Gate`` holds the requests waiting for it (bounded by ``queue_depth``, each with a
+``queue_wait_s`` deadline) and at most one load task, so twenty simultaneous requests for a cold
+model cause exactly one load. A load that nobody waits for any more is not started, and a load
+that finishes after its last waiter left is unloaded again (unless pinned or asked by an admin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from cortex.config import CortexConfig, ModelEntry
+from cortex.errors import CortexError, Overloaded, Unavailable, from_status
+from cortex.gateway.defrag import plan_defrag
+from cortex.gateway.fleet import Fleet, neuron_headers
+from cortex.gateway.router import Impossible, Load, Route, Wait, choose
+from cortex.gateway.state import FleetView
+from cortex.protocol.neuron import LoadRequest, UnloadRequest
+
+log = logging.getLogger("cortex.gateway.loads")
+
+UNPLACEABLE_MEMORY_S = 600.0  # how long a failed placement keeps a model on defrag's wish list
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class Gate:
+    waiting: int = 0
+    load: asyncio.Task[None] | None = None
+    keep: bool = False  # the current load was asked by an admin or a pin: never undo it
+
+
+@dataclass
+class LoadStats:
+    """Counters the status page and metrics read; written only here."""
+
+    evictions: int = 0
+    eviction_cycles: int = 0
+    loads: int = 0
+    failed_loads: int = 0
+    load_seconds: list[float] = field(default_factory=list)
+
+
+def _without(fleet: FleetView, exclude: Collection[str], only: str | None) -> FleetView:
+    """The view with some nodes treated as down (retry elsewhere, or an admin's --node)."""
+    if not exclude and only is None:
+        return fleet
+    nodes = tuple(
+        n
+        if n.name not in exclude and (only is None or n.name == only)
+        else msgspec.structs.replace(n, health="down")
+        for n in fleet.nodes
+    )
+    return FleetView(nodes=nodes)
+
+
+class Loader:
+    def __init__(self, config: CortexConfig, fleet: Fleet, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.session = session
+        self.stats = LoadStats()
+        self.gates: dict[str, Gate] = {}
+        self._unplaceable: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.observers: list[LoadObserver] = []
+
+    # ------------------------------------------------------------------ requests
+
+    async def route(
+        self,
+        entry: ModelEntry,
+        *,
+        exclude: Collection[str] = (),
+        node: str | None = None,
+        keep: bool = False,
+    ) -> str:
+        """A node where ``entry`` is loaded, loading it (and evicting) when needed.
+
+        Raises Overloaded when the model's queue is full, Unavailable when it cannot be placed
+        or did not load before the deadline (both carry Retry-After).
+        """
+        gate = self.gates.setdefault(entry.id, Gate())
+        gw = self.config.gateway
+        if gate.waiting >= gw.queue_depth:
+            raise Overloaded(
+                f"{entry.id}: {gate.waiting} requests already waiting (queue_depth)",
+                retry_after_s=max(1.0, gw.poll_interval_s),
+            )
+        deadline = time.monotonic() + gw.queue_wait_s
+        gate.waiting += 1
+        queued_on: str | None = None
+        try:
+            while True:
+                view = _without(self.fleet.view(), exclude, node)
+                decision = choose(
+                    view,
+                    entry,
+                    time.time(),
+                    self.config.eviction.strategy,
+                    self.config.eviction.min_resident_s,
+                )
+                if isinstance(decision, Route):
+                    return decision.node
+                if isinstance(decision, Impossible):
+                    self._unplaceable[entry.id] = time.monotonic()
+                    raise Unavailable(decision.reason, retry_after_s=30.0)
+                queued_on = self._queue_on(entry.id, decision.node, queued_on)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"{entry.id} is not ready after {gw.queue_wait_s:.0f}s (queue_wait_s)",
+                        retry_after_s=10.0,
+                    )
+                if isinstance(decision, Wait):
+                    await self.fleet.changed(min(remaining, gw.poll_interval_s))
+                    continue
+                await self._join_load(entry, decision, gate, keep, remaining)
+        finally:
+            gate.waiting -= 1
+            if queued_on is not None:
+                self.fleet.counts(entry.id, queued_on).queued -= 1
+
+    def _queue_on(self, model: str, node: str, previous: str | None) -> str:
+        """Count this request as queued on ``node`` so the evictor leaves the model alone."""
+        if previous != node:
+            if previous is not None:
+                self.fleet.counts(model, previous).queued -= 1
+            self.fleet.counts(model, node).queued += 1
+        return node
+
+    async def _join_load(
+        self, entry: ModelEntry, decision: Load, gate: Gate, keep: bool, remaining: float
+    ) -> None:
+        if gate.load is None or gate.load.done():
+            gate.keep = keep
+            gate.load = asyncio.create_task(self._load(entry, decision, gate))
+        else:
+            gate.keep = gate.keep or keep
+        try:
+            await asyncio.wait_for(asyncio.shield(gate.load), remaining)
+        except TimeoutError:
+            return  # the loop reports the deadline
+
+    # ------------------------------------------------------------------ effects
+
+    async def _load(self, entry: ModelEntry, decision: Load, gate: Gate) -> None:
+        if gate.waiting == 0 and not gate.keep:
+            return  # everyone left before it started
+        node = decision.node
+        if decision.evict:
+            await self._evict(decision.evict)
+        usage = self.fleet.counts(entry.id, node)
+        usage.loading_on = decision.device
+        started = time.monotonic()
+        try:
+            await self._post_load(entry, node, decision.device)
+        except CortexError as exc:
+            self.stats.failed_loads += 1
+            for observer in self.observers:
+                observer.load_failed(entry.id, node)
+            raise Unavailable(f"loading {entry.id} on {node} failed: {exc.message}") from None
+        finally:
+            usage.loading_on = None
+            await self.fleet.refresh_now(node)
+        seconds = time.monotonic() - started
+        self.stats.loads += 1
+        for observer in self.observers:
+            observer.loaded(entry.id, node, seconds)
+        log.info("loaded %s on %s/%s in %.1fs", entry.id, node, decision.device, seconds)
+        if gate.waiting == 0 and not gate.keep and not entry.pinned:
+            log.info("unloading %s again: every waiting client left", entry.id)
+            await self.unload(entry.id, node)
+
+    async def _evict(self, plan: tuple[tuple[str, str], ...]) -> None:
+        for node, model in plan:
+            log.info("evicting %s from %s", model, node)
+            await self.unload(model, node)
+            self.stats.evictions += 1
+            for observer in self.observers:
+                observer.evicted(model, node)
+        self.stats.eviction_cycles += 1
+        every = self.config.eviction.defrag_after_cycles
+        if every and self.stats.eviction_cycles % every == 0:
+            self.spawn(self.defrag())
+
+    async def _post_load(self, entry: ModelEntry, node: str, device: str) -> None:
+        body = LoadRequest(
+            model=entry.id,
+            source=entry.source,
+            harness=entry.harness,
+            quantization=entry.quantization,
+            dtype=entry.dtype,
+            device=device,
+            context_length=entry.context_length,
+            vram_gb=entry.vram_gb,
+            chat_template=entry.chat_template,
+            tool_parser=entry.tool_parser,
+            trust_remote_code=entry.trust_remote_code,
+        )
+        await self._call(
+            node, "/models/load", _encoder.encode(body), self.config.gateway.load_timeout_s
+        )
+
+    async def unload(self, model: str, node: str) -> None:
+        try:
+            body = _encoder.encode(UnloadRequest(model=model))
+            await self._call(node, "/models/unload", body, self.config.gateway.load_timeout_s)
+        finally:
+            await self.fleet.refresh_now(node)
+
+    async def _call(self, node: str, path: str, body: bytes, timeout_s: float) -> None:
+        ref = self.fleet.neurons[node].ref
+        headers = {"content-type": "application/json", **neuron_headers(ref)}
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=self.config.gateway.connect_timeout_s
+        )
+        try:
+            async with self.session.post(
+                ref.endpoint.rstrip("/") + path, data=body, headers=headers, timeout=timeout
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    message, code = _error_of(raw)
+                    raise from_status(resp.status, message, code)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.fleet.mark_suspect(node, f"{path}: {exc or type(exc).__name__}")
+            raise Unavailable(
+                f"{node} did not answer {path}: {exc or type(exc).__name__}"
+            ) from None
+
+    # ------------------------------------------------------------------ pins and defrag
+
+    def ensure_pinned(self, node: str | None = None) -> None:
+        """Load every pinned model that is resident nowhere (at start-up, when a node returns)."""
+        view = self.fleet.view()
+        for entry in self.fleet.catalogue().values():
+            if not entry.pinned or next(view.holders(entry.id), None) is not None:
+                continue
+            if node is not None and entry.nodes and node not in entry.nodes:
+                continue
+            self.spawn(self._load_pinned(entry))
+
+    async def _load_pinned(self, entry: ModelEntry) -> None:
+        try:
+            where = await self.route(entry, keep=True)
+            log.info("pinned model %s resident on %s", entry.id, where)
+        except CortexError as exc:
+            log.warning("pinned model %s not loaded: %s", entry.id, exc.message)
+
+    async def defrag(self) -> None:
+        now = time.monotonic()
+        self._unplaceable = {
+            m: t for m, t in self._unplaceable.items() if now - t < UNPLACEABLE_MEMORY_S
+        }
+        catalogue = self.fleet.catalogue()
+        wanted = [catalogue[m] for m in self._unplaceable if m in catalogue]
+        moves = plan_defrag(
+            self.fleet.view(), wanted, time.time(), self.config.eviction.min_resident_s
+        )
+        for move in moves:
+            entry = catalogue.get(move.model_id)
+            if entry is None:
+                continue
+            log.info("defrag: moving %s from %s to %s", move.model_id, move.from_node, move.to_node)
+            try:
+                await self.unload(move.model_id, move.from_node)
+                await self._post_load(entry, move.to_node, move.to_device)
+            except CortexError as exc:
+                log.warning("defrag move of %s failed: %s", move.model_id, exc.message)
+            finally:
+                await self.fleet.refresh_now(move.to_node)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run in the background, keeping a reference so the task is not garbage-collected."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self) -> None:
+        tasks = [*self._background, *(g.load for g in self.gates.values() if g.load)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class LoadObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def loaded(self, model: str, node: str, seconds: float) -> None:
+        """A load finished."""
+
+    def load_failed(self, model: str, node: str) -> None:
+        """A load failed."""
+
+    def evicted(self, model: str, node: str) -> None:
+        """A model was evicted to make room."""
+
+
+def _error_of(raw: bytes) -> tuple[str, str | None]:
+    try:
+        data = msgspec.json.decode(raw)
+        return str(data["error"]["message"]), data["error"].get("code")
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return raw.decode(errors="replace")[:300], None

@@ -1,0 +1,179 @@
+"""POST /v1/messages and /v1/messages/count_tokens: the Anthropic dialect over OpenAI neurons.
+
+All shape translation is in translate.py; this module only wires it to the request core.
+Context overflow is reported in Anthropic's own words ("prompt is too long: N tokens > M
+maximum"), since Claude Code reacts to that message by compacting the conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import OrderedDict
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from cortex import protocol
+from cortex.errors import ContextLengthExceeded, CortexError, InvalidRequest, UpstreamError
+from cortex.gateway.chat import SSE_HEADERS
+from cortex.gateway.fleet import neuron_headers
+from cortex.gateway.proxy import (
+    Exchange,
+    UpstreamResponse,
+    decode_chunks,
+    read_json,
+    sse_events,
+)
+from cortex.gateway.service import GATEWAY, Gateway, Resolved
+from cortex.gateway.translate import (
+    AnthropicStreamTranslator,
+    messages_to_openai,
+    new_message_id,
+    openai_to_messages,
+)
+from cortex.protocol import anthropic, openai
+from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
+
+_encoder = msgspec.json.Encoder()
+_completion_decoder = msgspec.json.Decoder(openai.ChatCompletion)
+_tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
+_CONTEXT = re.compile(r"maximum context length is (\d+) tokens\. However, you requested (\d+)")
+COUNT_CACHE_SIZE = 4096
+
+
+def _prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
+    match = _CONTEXT.search(err.message)
+    if match is None:
+        return err
+    maximum, requested = match.groups()
+    return InvalidRequest(f"prompt is too long: {requested} tokens > {maximum} maximum")
+
+
+def _vision(resolved: Resolved) -> bool:
+    return resolved.entry.vision if resolved.entry is not None else True
+
+
+async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.StreamResponse:
+    raw = await request.read()
+    req = protocol.decode(raw, anthropic.MessagesRequest)
+    ex.stream = req.stream
+    resolved = gateway.resolve(req.model)
+    oa_req = messages_to_openai(req, resolved.model_id, _vision(resolved))
+    try:
+        upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(oa_req), ex)
+    except ContextLengthExceeded as err:
+        raise _prompt_too_long(err) from None
+    try:
+        if not req.stream:
+            completion = _completion_decoder.decode(await read_json(upstream, ex))
+            matched = completion.choices[0].stop_reason if completion.choices else None
+            reply = openai_to_messages(completion, req.model, matched)
+            return web.Response(body=_encoder.encode(reply), content_type="application/json")
+        return await _stream(gateway, request, upstream, ex, req.model)
+    finally:
+        upstream.close()
+
+
+async def _stream(
+    gateway: Gateway,
+    request: web.Request,
+    upstream: UpstreamResponse,
+    ex: Exchange,
+    model: str,
+) -> web.StreamResponse:
+    translator = AnthropicStreamTranslator(model, new_message_id())
+    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
+    await response.prepare(request)
+    matched: str | None = None
+    try:
+        async for batch in sse_events(upstream, gateway.config.gateway.idle_timeout_s):
+            out = []
+            for chunk in decode_chunks(batch):
+                if ex.first_token is None and any(
+                    c.delta.content or c.delta.tool_calls for c in chunk.choices
+                ):
+                    ex.first_token = time.perf_counter()
+                ex.take_usage(chunk.usage)
+                matched = next((c.stop_reason for c in chunk.choices if c.stop_reason), matched)
+                out.append(translator.feed(chunk))
+            if out:
+                await response.write(b"".join(out))
+        ex.upstream_done = time.perf_counter()
+        await response.write(translator.finish(matched))
+    except UpstreamError as err:
+        gateway.fleet.mark_suspect(ex.node, err.message)
+        ex.status, ex.error = err.status, err.message
+        await response.write(translator.error(err))
+    except CortexError as err:
+        ex.status, ex.error = err.status, err.message
+        await response.write(translator.error(err))
+    await response.write_eof()
+    return response
+
+
+class CountCache:
+    """Claude Code calls count_tokens in bursts with the same body: answer repeats from memory."""
+
+    def __init__(self, size: int = COUNT_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, int] = OrderedDict()
+
+    def get(self, key: bytes) -> int | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: int) -> None:
+        self._items[key] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+COUNT_CACHE: web.AppKey[CountCache] = web.AppKey("count_cache", CountCache)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    cache = request.app[COUNT_CACHE]
+    raw = await request.read()
+    req = protocol.decode(raw, anthropic.CountTokensRequest)
+    resolved = gateway.resolve(req.model)
+    key = hashlib.blake2b(resolved.model_id.encode() + b"\0" + raw, digest_size=16).digest()
+    count = cache.get(key)
+    if count is None:
+        count = await _count(gateway, req, resolved)
+        cache.put(key, count)
+    return web.Response(
+        body=_encoder.encode(anthropic.CountTokensResponse(count)), content_type="application/json"
+    )
+
+
+async def _count(gateway: Gateway, req: anthropic.CountTokensRequest, resolved: Resolved) -> int:
+    as_messages = anthropic.MessagesRequest(
+        model=req.model, messages=req.messages, max_tokens=1, system=req.system, tools=req.tools
+    )
+    oa_req = messages_to_openai(as_messages, resolved.model_id, _vision(resolved))
+    if resolved.entry is None:
+        # A plain upstream has no tokenizer endpoint: about four bytes a token.
+        return max(1, len(_encoder.encode(oa_req.messages)) // 4)
+    node = await gateway.loader.route(resolved.entry)
+    ref = gateway.fleet.neurons[node].ref
+    body = TokenizeRequest(model=resolved.model_id, messages=oa_req.messages, tools=oa_req.tools)
+    headers = {"content-type": "application/json", **neuron_headers(ref)}
+    try:
+        async with gateway.session.post(
+            ref.endpoint.rstrip("/") + "/v1/tokenize",
+            data=_encoder.encode(body),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise UpstreamError(f"{node} could not count tokens: {raw[:300]!r}")
+            return _tokenize_decoder.decode(raw).count
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"{node} could not count tokens: {exc!r}") from None

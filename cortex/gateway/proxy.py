@@ -1,0 +1,215 @@
+"""Forwarding one chat completion to a neuron or upstream, and relaying the answer.
+
+The OpenAI path relays bytes: upstream SSE chunks are written to the client as they arrive,
+never decoded or re-encoded, except the final usage event, which is parsed (so metrics always
+know the tokens: the gateway forces ``stream_options.include_usage`` upstream) and dropped again
+when the client did not ask for it. Retries happen only before anything reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+
+from cortex.errors import CortexError, UpstreamError, from_status, openai_body
+from cortex.protocol import openai
+
+# An SSE event carrying a usage object (OpenAI sends "usage":null on every other chunk).
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# A chunk that carries generated output (the first chunk's empty "content":"" does not count).
+_TOKEN = re.compile(rb'"content"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_DONE = b"data: [DONE]\n\n"
+
+
+class _UsageOnly(msgspec.Struct):
+    usage: openai.Usage | None = None
+
+
+class _FinishOnly(msgspec.Struct):
+    """Just enough of a chunk to see how it ended (for logs and metrics)."""
+
+    class _Choice(msgspec.Struct):
+        finish_reason: str | None = None
+
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+
+
+_usage_decoder = msgspec.json.Decoder(_UsageOnly)
+_error_decoder = msgspec.json.Decoder()
+
+
+@dataclass
+class Target:
+    """Where a request goes: a neuron's or an upstream's chat completions URL."""
+
+    node: str
+    url: str
+    headers: dict[str, str]
+    is_neuron: bool
+
+
+@dataclass
+class Exchange:
+    """What happened to one request; filled as it goes, read by the log line and metrics."""
+
+    dialect: str
+    route: str
+    request_id: str = ""
+    model: str = ""
+    node: str = ""
+    status: int = 200
+    stream: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    upstream_sent: float | None = None
+    first_token: float | None = None
+    upstream_done: float | None = None
+    finished: float | None = None
+    queue_wait_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    counted: bool = False  # in-flight was incremented for (model, node) and not yet released
+
+    def take_usage(self, usage: openai.Usage | None) -> None:
+        if usage is not None:
+            self.prompt_tokens = usage.prompt_tokens
+            self.completion_tokens = usage.completion_tokens
+
+
+class UpstreamResponse:
+    """An open upstream response whose status and headers arrived (no body byte relayed yet)."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, target: Target) -> None:
+        self.resp = resp
+        self.target = target
+
+    async def error(self) -> CortexError:
+        raw = await self.resp.read()
+        self.resp.release()
+        message, code = raw.decode(errors="replace")[:500], None
+        try:
+            detail = _error_decoder.decode(raw)["error"]
+            message, code = str(detail["message"]), detail.get("code")
+        except (msgspec.DecodeError, KeyError, TypeError):
+            pass
+        return from_status(self.resp.status, message, code)
+
+    def close(self) -> None:
+        """Drop the connection (not back to the pool): the neuron sees the hang-up at once."""
+        self.resp.close()
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    target: Target,
+    body: bytes,
+    timeout: aiohttp.ClientTimeout,
+) -> UpstreamResponse:
+    """POST and wait for the status line. Connection failures raise aiohttp/Timeout errors,
+    which the caller may retry on another node: nothing has reached the client yet."""
+    headers = {"content-type": "application/json", **target.headers}
+    resp = await session.post(target.url, data=body, headers=headers, timeout=timeout)
+    return UpstreamResponse(resp, target)
+
+
+async def read_json(upstream: UpstreamResponse, exchange: Exchange) -> bytes:
+    """The whole non-stream answer, with its usage noted."""
+    try:
+        raw = await upstream.resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"{upstream.target.node} failed mid-answer: {exc!r}") from None
+    finally:
+        upstream.resp.release()
+    exchange.upstream_done = time.perf_counter()
+    exchange.first_token = exchange.upstream_done
+    try:
+        exchange.take_usage(_usage_decoder.decode(raw).usage)
+    except msgspec.DecodeError:
+        raise UpstreamError(f"{upstream.target.node} sent a body that is not JSON") from None
+    return raw
+
+
+async def sse_events(upstream: UpstreamResponse, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """Complete SSE events (each ending in a blank line) as soon as they arrive, in batches.
+
+    Yields byte strings holding one or more whole events; raises UpstreamError when the
+    upstream dies or stays silent longer than ``idle_timeout_s``.
+    """
+    pending = b""
+    content = upstream.resp.content
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                data = await content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            what = "went silent" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
+            raise UpstreamError(f"{upstream.target.node} {what} mid-stream") from None
+        if not data:
+            if pending.strip():
+                raise UpstreamError(f"{upstream.target.node} ended mid-event")
+            raise UpstreamError(f"{upstream.target.node} closed the stream before [DONE]")
+        if pending:
+            data = pending + data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            pending = data
+            continue
+        pending = data[cut + 2 :]
+        whole = data[: cut + 2]
+        yield whole
+        if whole.endswith(_DONE):
+            return
+
+
+def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
+    """Note first token and usage; drop the usage-only event if the client did not ask."""
+    if exchange.first_token is None and _TOKEN.search(batch):
+        exchange.first_token = time.perf_counter()
+    if _USAGE.search(batch) is None:
+        return batch
+    out = []
+    for event in batch.split(b"\n\n"):
+        if not event:
+            continue
+        if _USAGE.search(event):
+            payload = event[event.find(b"{") :]
+            with contextlib.suppress(msgspec.DecodeError):
+                exchange.take_usage(_usage_decoder.decode(payload).usage)
+            if not keep_usage and _EMPTY_CHOICES.search(event):
+                continue
+        out.append(event)
+        out.append(b"\n\n")
+    return b"".join(out)
+
+
+def sse_error(err: CortexError) -> bytes:
+    """An OpenAI-style error event followed by the end of the stream."""
+    return b"data: " + openai_body(err) + b"\n\n" + _DONE
+
+
+def decode_chunks(batch: bytes) -> list[openai.ChatCompletionChunk]:
+    """Parse the chunks of a batch (the Anthropic path needs them typed); skips [DONE]."""
+    chunks = []
+    for event in batch.split(b"\n\n"):
+        start = event.find(b"data:")
+        if start < 0:
+            continue
+        payload = event[start + 5 :].strip()
+        if payload == b"[DONE]" or not payload:
+            continue
+        if payload.startswith(b'{"error"'):
+            detail = _error_decoder.decode(payload)["error"]
+            raise from_status(502, str(detail.get("message", "upstream error")), detail.get("code"))
+        chunks.append(_chunk_decoder.decode(payload))
+    return chunks
+
+
+_chunk_decoder = msgspec.json.Decoder(openai.ChatCompletionChunk)

@@ -1,0 +1,197 @@
+"""The gateway's request core, shared by both dialects: resolve, route, open upstream, account.
+
+``Gateway`` owns nothing but wiring: the fleet (state), the loader (effects) and the catalogue
+(pure). Dialect modules (chat.py, messages.py) decode their request, call ``open`` for an
+upstream answer whose status arrived, and relay it in their own shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from cortex.config import CortexConfig, ModelEntry
+from cortex.errors import CortexError, ModelNotFound, Unavailable
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.fleet import Fleet, neuron_headers, upstream_base, upstream_headers
+from cortex.gateway.loads import Loader
+from cortex.gateway.proxy import Exchange, Target, UpstreamResponse, open_upstream
+
+log = logging.getLogger("cortex.gateway")
+request_log = logging.getLogger("cortex.request")
+
+MAX_ATTEMPTS = 3
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a client's model name means: a catalogue entry, or a model an upstream serves."""
+
+    model_id: str
+    entry: ModelEntry | None
+    upstream: str | None = None
+
+
+class RateWindow:
+    """Requests and tokens finished in the last minute, for `cortex status`."""
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, tokens: int) -> None:
+        self._events.append((time.monotonic(), tokens))
+
+    def rates(self) -> tuple[float, float]:
+        cutoff = time.monotonic() - RATE_WINDOW_S
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
+        tokens = sum(t for _, t in self._events)
+        return len(self._events) / RATE_WINDOW_S, tokens / RATE_WINDOW_S
+
+
+class Gateway:
+    """The request core; one per application, reached by handlers through ``GATEWAY``."""
+
+    def __init__(
+        self,
+        config: CortexConfig,
+        catalogue: Catalogue,
+        fleet: Fleet,
+        loader: Loader,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.fleet = fleet
+        self.loader = loader
+        self.session = session
+        self.rates = RateWindow()
+        self.observers: list[ExchangeObserver] = []
+        gw = config.gateway
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=gw.connect_timeout_s, sock_read=gw.first_byte_timeout_s
+        )
+
+    def resolve(self, name: str) -> Resolved:
+        entry = self.catalogue.resolve(name)
+        if entry is not None:
+            return Resolved(entry.id, entry)
+        upstream = self.fleet.upstream_for(name)
+        if upstream is not None:
+            return Resolved(name, None, upstream.ref.name)
+        raise ModelNotFound(f"The model '{name}' does not exist (see GET /v1/models).")
+
+    async def open(
+        self, resolved: Resolved, path: str, body: bytes, exchange: Exchange
+    ) -> UpstreamResponse:
+        """Route and send; retries on another node only while nothing reached the client.
+
+        On return the upstream answered with status < 400 and ``exchange.node`` is set;
+        in-flight is counted until ``finish``.
+        """
+        exchange.model = resolved.model_id
+        excluded: set[str] = set()
+        last_error = "no attempt"
+        for _ in range(MAX_ATTEMPTS):
+            queued_at = time.perf_counter()
+            target = await self._target(resolved, path, excluded)
+            exchange.queue_wait_s += time.perf_counter() - queued_at
+            exchange.node = target.node
+            usage = self.fleet.counts(resolved.model_id, target.node)
+            usage.in_flight += 1
+            usage.last_used = time.time()
+            exchange.counted = True
+            exchange.upstream_sent = time.perf_counter()
+            try:
+                upstream = await open_upstream(self.session, target, body, self._timeout)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                usage.in_flight -= 1
+                exchange.counted = False
+                last_error = f"{target.node}: {exc!r}"
+                if not target.is_neuron:
+                    break
+                self.fleet.mark_suspect(
+                    target.node, f"request failed before the first byte: {exc!r}"
+                )
+                excluded.add(target.node)
+                continue
+            if upstream.resp.status < 400:
+                return upstream
+            usage.in_flight -= 1
+            exchange.counted = False
+            err = await upstream.error()
+            if target.is_neuron and err.code == "model_not_found":
+                # Unloaded between the last poll and this request: re-read and route again.
+                await self.fleet.refresh_now(target.node)
+                last_error = err.message
+                continue
+            raise err
+        raise Unavailable(
+            f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0
+        )
+
+    async def _target(self, resolved: Resolved, path: str, excluded: set[str]) -> Target:
+        if resolved.upstream is not None:
+            up = self.fleet.upstreams[resolved.upstream]
+            return Target(
+                up.ref.name, upstream_base(up.ref) + path, upstream_headers(up.ref), False
+            )
+        assert resolved.entry is not None
+        node = await self.loader.route(resolved.entry, exclude=excluded)
+        ref = self.fleet.neurons[node].ref
+        url = ref.endpoint.rstrip("/") + "/v1" + path
+        return Target(node, url, neuron_headers(ref), True)
+
+    def finish(self, exchange: Exchange, error: CortexError | None = None) -> None:
+        """Account for one finished exchange: counters, rates, observers, the log line."""
+        exchange.finished = time.perf_counter()
+        if exchange.node:
+            usage = self.fleet.counts(exchange.model, exchange.node)
+            if exchange.counted:
+                usage.in_flight -= 1
+                exchange.counted = False
+            usage.last_used = time.time()
+        if error is not None:
+            exchange.status = error.status
+            exchange.error = error.message
+        self.rates.add(exchange.completion_tokens)
+        for observer in self.observers:
+            observer.finished(exchange)
+        request_log.info("request", extra={"fields": _log_fields(exchange)})
+
+
+class ExchangeObserver:
+    """Hook for metrics; called once per finished exchange."""
+
+    def finished(self, exchange: Exchange) -> None:
+        """Record it."""
+
+
+def _log_fields(ex: Exchange) -> dict[str, object]:
+    assert ex.finished is not None
+    fields: dict[str, object] = {
+        "id": ex.request_id,
+        "dialect": ex.dialect,
+        "model": ex.model or "-",
+        "node": ex.node or "-",
+        "status": ex.status,
+        "stream": ex.stream,
+        "prompt_tokens": ex.prompt_tokens,
+        "completion_tokens": ex.completion_tokens,
+        "duration_s": round(ex.finished - ex.started, 4),
+        "queue_wait_s": round(ex.queue_wait_s, 4),
+    }
+    if ex.first_token is not None:
+        fields["ttft_s"] = round(ex.first_token - ex.started, 4)
+    if ex.error:
+        fields["error"] = ex.error
+    return fields
+
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
