@@ -1,0 +1,147 @@
+"""A Qwen3-architecture model with random weights and a locally trained tokenizer, built offline.
+
+It exists so that the whole stack (neuron, gateway, tool calling, benchmarks) can run on any
+machine in seconds without a download. Its output is gibberish, but its shapes, chat template,
+special tokens and EOS handling are those of a real Qwen3 checkpoint. Everything is derived from
+``seed``, so two builds with the same seed are byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+Size = Literal["tiny", "small"]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+
+# Qwen2/Qwen3 pre-tokenizer split pattern.
+_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# (tokenizer vocab, hidden, layers, heads, kv heads, intermediate, model vocab)
+_SHAPES: dict[str, tuple[int, int, int, int, int, int, int]] = {
+    "tiny": (1024, 64, 2, 4, 2, 128, 1024),
+    "small": (8192, 512, 8, 8, 4, 1536, 32000),
+}
+
+CHAT_TEMPLATE = (
+    resources.files("cortex_transformers").joinpath("chat_template.jinja").read_text("utf-8")
+)
+
+_SYLLABLES = [
+    c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou", "ee")
+]
+_EXTRA = ["é", "ü", "ñ", "ß", "日本", "中文", "Привет", "λ", "→", "✓", "😀", "🚀"]
+
+
+def _corpus(rng: random.Random, lines: int) -> Iterator[str]:
+    """Synthetic text: pseudo-words, numbers, code-ish punctuation, chat markup and tool JSON."""
+    for i in range(lines):
+        words = [
+            "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4)))
+            for _ in range(rng.randint(3, 14))
+        ]
+        if i % 7 == 0:
+            words.append(rng.choice(_EXTRA))
+        if i % 5 == 0:
+            words.append(str(rng.randint(0, 99999)))
+        line = " ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":", ";"])
+        if i % 11 == 0:
+            call = {"name": words[0], "arguments": {words[1]: words[2], "n": i}}
+            line = f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+        elif i % 13 == 0:
+            line = f"<|im_start|>user\n{line}<|im_end|>\n<|im_start|>assistant\n"
+        yield line + "\n"
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (Qwen's split regex) on the synthetic corpus."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(random.Random(seed), 4000), trainer=trainer)
+    tok.add_tokens(PLAIN_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def build_config(size: Size, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
+    _, hidden, layers, heads, kv_heads, intermediate, model_vocab = _SHAPES[size]
+    vocab = max(model_vocab, len(tokenizer))
+    return Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=4096,
+        # A random model with tied embeddings repeats its last token forever.
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+
+
+def write_demo_model(directory: Path, *, seed: int = 0, size: Size = "tiny") -> Path:
+    """Write the demo model (weights, config, tokenizer, generation config) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(_SHAPES[size][0], seed)
+    config = build_config(size, tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config = GenerationConfig(
+        eos_token_id=[im_end, endoftext], pad_token_id=endoftext, bos_token_id=endoftext
+    )
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=list(_SHAPES), default="tiny")
+    args = parser.parse_args(argv)
+    print(write_demo_model(args.directory, seed=args.seed, size=args.size))
+
+
+if __name__ == "__main__":
+    main()

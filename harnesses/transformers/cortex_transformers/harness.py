@@ -1,0 +1,201 @@
+"""TransformersHarness: the cortex Harness for Hugging Face transformers causal LMs.
+
+``load`` builds a ``TransformersModel``: tokenizer, weights, a decode worker (scheduler.py) and
+a warm-up step. ``generate`` submits a Sequence to the worker and relays its events; closing the
+generator cancels the sequence, which leaves the batch before the next decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any, ClassVar
+
+import jinja2
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from cortex.errors import ContextLengthExceeded, InsufficientMemory, InvalidRequest
+from cortex.neuron.harness import (
+    Harness,
+    HarnessInfo,
+    LoadedModel,
+    LoadOptions,
+    ProgressFn,
+    SamplingParams,
+    TokenEvent,
+)
+from cortex.protocol.neuron import LoadRequest
+from cortex_transformers import __version__
+from cortex_transformers.batch import DecodeBatch
+from cortex_transformers.loading import (
+    eos_ids,
+    kv_bytes_per_token,
+    load_model,
+    load_tokenizer,
+)
+from cortex_transformers.scheduler import Scheduler
+from cortex_transformers.sequence import Sequence
+
+# Share of the device memory left after the weights that the KV cache may take.
+_KV_SHARE = 0.9
+
+
+class TransformersModel(LoadedModel):
+    def __init__(
+        self,
+        request: LoadRequest,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        device: str,
+        options: LoadOptions,
+    ) -> None:
+        self.model_id = request.model
+        self.device = device
+        self.context_length = request.context_length or _config_context(model)
+        weights = model.get_memory_footprint()
+        per_row = kv_bytes_per_token(model) * self.context_length
+        self._max_batch = _max_batch(options, weights, per_row)
+        # The worker never holds more than max_batch rows of at most context_length tokens.
+        self.bytes_used = weights + self._max_batch * per_row
+        self._model: PreTrainedModel | None = model
+        self._tokenizer = tokenizer
+        self._eos_ids = eos_ids(model, tokenizer)
+        self._decode = partial(
+            tokenizer.decode, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        batch = DecodeBatch(model, torch.device(device))
+        self._scheduler: Scheduler | None = Scheduler(
+            batch, max_batch=self._max_batch, name=request.model
+        )
+
+    @property
+    def active(self) -> int:
+        """Sequences waiting or decoding (for tests and status)."""
+        return self._scheduler.active if self._scheduler else 0
+
+    def warm_up(self) -> None:
+        """One prefill so lazy initialisation is not paid by the first request."""
+        assert self._model is not None
+        with torch.inference_mode():
+            ids = torch.tensor([[0, 1, 2, 3]], device=self.device)
+            self._model(input_ids=ids, logits_to_keep=1)
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        try:
+            ids = self._tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"the chat template rejected the conversation: {exc}") from exc
+        return list(ids)
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[TokenEvent]:
+        if self._scheduler is None:
+            raise InvalidRequest(f"{self.model_id} is unloaded")
+        if len(prompt_ids) >= self.context_length:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(prompt_ids)} tokens; {self.model_id} takes at most "
+                f"{self.context_length} including the completion"
+            )
+        if params.max_new_tokens <= 0:
+            yield TokenEvent(text="", completion_tokens=0, finish_reason="length")
+            return
+        seq = Sequence(
+            prompt_ids,
+            params,
+            eos_ids=self._eos_ids,
+            context_length=self.context_length,
+            decode=self._decode,
+            loop=asyncio.get_running_loop(),
+        )
+        scheduler = self._scheduler
+        scheduler.submit(seq)
+        try:
+            while True:
+                item = await seq.queue.get()
+                if isinstance(item, BaseException):
+                    seq.finished = True
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not seq.finished:
+                scheduler.cancel(seq)
+
+    def unload(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is None:
+            return
+        scheduler.stop()
+        self._model = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+class TransformersHarness(Harness):
+    name: ClassVar[str] = "transformers"
+
+    def info(self) -> HarnessInfo:
+        kinds = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        return HarnessInfo(
+            name=self.name,
+            quantizations=("none", "8bit", "4bit"),
+            device_kinds=kinds,
+            version=__version__,
+        )
+
+    def load(
+        self,
+        request: LoadRequest,
+        path: str,
+        device: str,
+        options: LoadOptions,
+        progress: ProgressFn,
+    ) -> LoadedModel:
+        if options.torch_threads > 0:
+            torch.set_num_threads(options.torch_threads)
+        progress(0.0, "tokenizer")
+        tokenizer = load_tokenizer(request, path, options)
+        progress(0.1, "weights")
+        model = load_model(request, path, device, options)
+        progress(0.8, "cache")
+        loaded = TransformersModel(request, model, tokenizer, device, options)
+        progress(0.9, "warm-up")
+        try:
+            loaded.warm_up()
+        except BaseException:
+            loaded.unload()
+            raise
+        progress(1.0, "loaded")
+        return loaded
+
+
+def _config_context(model: PreTrainedModel) -> int:
+    config = model.config.get_text_config()
+    return int(getattr(config, "max_position_embeddings", 0) or 4096)
+
+
+def _max_batch(options: LoadOptions, weights: int, per_row: int) -> int:
+    """Rows the worker may decode at once: max_concurrency, fewer if the KV budget is short."""
+    if options.memory_budget_bytes <= 0:
+        return max(1, options.max_concurrency)
+    spare = int((options.memory_budget_bytes - weights) * _KV_SHARE)
+    if spare < per_row:
+        raise InsufficientMemory(
+            f"weights take {weights} bytes of a {options.memory_budget_bytes}-byte budget, "
+            f"leaving no room for one {per_row}-byte context"
+        )
+    return max(1, min(options.max_concurrency, spare // per_row))

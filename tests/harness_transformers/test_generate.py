@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cortex_transformers.harness import TransformersModel
+from transformers import AutoModelForCausalLM
+
+from cortex.errors import ContextLengthExceeded, Unavailable
+from cortex.neuron.harness import SamplingParams, TokenEvent
+
+from .conftest import load
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+
+async def _collect(
+    model: TransformersModel, prompt: list[int], params: SamplingParams
+) -> list[TokenEvent]:
+    return [event async for event in model.generate(prompt, params)]
+
+
+def _prompt(model: TransformersModel, text: str) -> list[int]:
+    return model.encode_chat([{"role": "user", "content": text}], None)
+
+
+async def _wait_idle(model: TransformersModel) -> None:
+    for _ in range(200):
+        if model.active == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{model.active} sequences still active")
+
+
+def _hf_greedy(demo_dir: Path, prompt: list[int], n: int) -> list[int]:
+    hf = AutoModelForCausalLM.from_pretrained(demo_dir, local_files_only=True)
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=-1)
+    return out[0, len(prompt) :].tolist()
+
+
+async def test_greedy_output_matches_transformers_generate(demo, demo_dir: Path) -> None:
+    prompt = _prompt(demo, "hello there")
+    events = await _collect(demo, prompt, GREEDY)
+    expected = demo._tokenizer.decode(_hf_greedy(demo_dir, prompt, 12), skip_special_tokens=True)
+    assert "".join(e.text for e in events) == expected
+    assert events == await _collect(demo, prompt, GREEDY)
+
+
+async def test_max_new_tokens_finishes_with_length(demo) -> None:
+    events = await _collect(demo, _prompt(demo, "count"), GREEDY)
+    assert [e.completion_tokens for e in events] == list(range(1, 13))
+    assert [e.finish_reason for e in events] == [None] * 11 + ["length"]
+
+
+async def test_same_seed_same_sample_and_other_seeds_differ(demo) -> None:
+    prompt = _prompt(demo, "tell a story")
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, top_k=100, seed=7)
+    first = await _collect(demo, prompt, params)
+    assert first == await _collect(demo, prompt, params)
+    others = [
+        await _collect(demo, prompt, SamplingParams(max_new_tokens=16, temperature=1.0, seed=s))
+        for s in (1, 2)
+    ]
+    assert first not in others
+
+
+async def test_concurrent_generations_match_sequential_greedy(demo) -> None:
+    prompts = [_prompt(demo, "x " * i) for i in (1, 5, 9, 20)]  # different lengths: padding
+    sequential = [await _collect(demo, p, GREEDY) for p in prompts]
+    assert await asyncio.gather(*(_collect(demo, p, GREEDY) for p in prompts)) == sequential
+    await _wait_idle(demo)
+
+
+async def test_closing_a_generation_frees_its_slot(demo) -> None:
+    long = SamplingParams(max_new_tokens=400, temperature=0.0)
+    other = asyncio.create_task(_collect(demo, _prompt(demo, "keep going"), GREEDY))
+    stream = demo.generate(_prompt(demo, "stop soon"), long)
+    seen = [await anext(stream), await anext(stream)]
+    await stream.aclose()
+    assert [e.completion_tokens for e in seen] == [1, 2]
+    assert (await other)[-1].finish_reason in ("length", "stop")
+    await _wait_idle(demo)
+
+
+async def test_cancelling_the_consumer_task_frees_its_slot(demo) -> None:
+    long = SamplingParams(max_new_tokens=100_000, temperature=0.0)
+    task = asyncio.create_task(_collect(demo, _prompt(demo, "forever"), long))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _wait_idle(demo)
+
+
+async def test_eos_from_generation_config_finishes_with_stop(
+    demo, demo_dir: Path, tmp_path: Path
+) -> None:
+    prompt = _prompt(demo, "hello there")
+    third = _hf_greedy(demo_dir, prompt, 3)[2]
+    model_dir = Path(shutil.copytree(demo_dir, tmp_path / "eos"))
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = [*config["eos_token_id"], third]
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    model = load(model_dir)
+    try:
+        events = await _collect(model, prompt, GREEDY)
+    finally:
+        model.unload()
+    assert events[-1] == TokenEvent(text="", completion_tokens=2, finish_reason="stop")
+    assert len(events) == 3
+
+
+async def test_context_limit_finishes_with_length(demo_dir: Path) -> None:
+    model = load(demo_dir, context_length=40)
+    try:
+        prompt = _prompt(model, "hi")
+        events = await _collect(model, prompt, GREEDY)
+        assert events[-1].finish_reason == "length"
+        assert events[-1].completion_tokens == min(12, 40 - len(prompt))
+        with pytest.raises(ContextLengthExceeded):
+            await _collect(model, _prompt(model, "word " * 50), GREEDY)
+    finally:
+        model.unload()
+
+
+async def test_unload_ends_running_generations(demo_dir: Path) -> None:
+    model = load(demo_dir)
+    stream = model.generate(_prompt(model, "hi"), SamplingParams(max_new_tokens=100_000))
+    await anext(stream)
+    await asyncio.to_thread(model.unload)
+    with pytest.raises(Unavailable):
+        async for _ in stream:
+            pass
+    model.unload()  # idempotent
