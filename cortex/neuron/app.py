@@ -1,0 +1,172 @@
+"""The neuron's aiohttp application: factory, middlewares, start-up/teardown, and ``serve``.
+
+``make_app`` builds the app without touching devices or the network, so tests can run it in
+process; ``serve`` adds the socket and the process-level checks. Start-up opens the devices
+(NVML), creates the ModelManager and starts ``preload`` loads in the background (/health answers
+meanwhile); teardown cancels those, unloads every model and closes NVML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from cortex.config import (
+    GB,
+    ModelsConfig,
+    NeuronConfig,
+    load_models,
+    resolve_relative,
+    split_listen,
+)
+from cortex.errors import (
+    CortexError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    openai_body,
+)
+from cortex.neuron.gpus import Devices
+from cortex.neuron.harness import Harness
+from cortex.neuron.lifecycle import ModelManager
+from cortex.neuron.node import NODE, Node
+from cortex.neuron.registry import discover
+from cortex.neuron.routes import add_routes
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Request body limit (a long chat with tool schemas is well under this)."""
+
+_PUBLIC = frozenset({"/health"})
+
+
+def make_app(
+    config: NeuronConfig, models_config: ModelsConfig, harnesses: Mapping[str, Harness]
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _auth(config.neuron.token)]
+    )
+    add_routes(app)
+    app.cleanup_ctx.append(_lifespan(config, models_config, harnesses))
+    return app
+
+
+def serve(config: NeuronConfig, config_path: Path) -> None:
+    """Run a neuron until SIGINT/SIGTERM. Exits with one line when it would listen on a
+    non-loopback address without a token."""
+    host, port = split_listen(config.neuron.listen)
+    if not config.neuron.token and not _is_loopback(host):
+        raise SystemExit(
+            f"{config_path.name}: refusing to listen on {host}:{port} without neuron.token "
+            "(set a token, or listen on 127.0.0.1)"
+        )
+    models = (
+        load_models(resolve_relative(config_path, config.neuron.models))
+        if config.neuron.models
+        else ModelsConfig()
+    )
+    app = make_app(config, models, discover(config.neuron.harnesses))
+    log.info("neuron %s listening on %s:%d", config.neuron.name, host, port)
+    # handler_cancellation: a client hang-up cancels its handler, hence its sequence.
+    web.run_app(app, host=host, port=port, handler_cancellation=True, access_log=None, print=None)
+
+
+def _lifespan(
+    config: NeuronConfig, models_config: ModelsConfig, harnesses: Mapping[str, Harness]
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        devices = Devices(int(config.neuron.cpu_memory_budget_gb * GB))
+        node = Node(
+            config, models_config, harnesses, ModelManager(config.neuron, harnesses, devices)
+        )
+        app[NODE] = node
+        preloads = [asyncio.create_task(_preload(node, model_id)) for model_id in config.preload]
+        try:
+            yield
+        finally:
+            for task in preloads:
+                task.cancel()
+            await asyncio.gather(*preloads, return_exceptions=True)
+            await node.manager.shutdown()
+            devices.close()
+
+    return lifespan
+
+
+async def _preload(node: Node, model_id: str) -> None:
+    try:
+        await node.manager.load(node.preload_request(model_id))
+    except KeyError:
+        log.error("preload %r: not in the models file; skipped", model_id)
+    except CortexError as exc:
+        log.error("preload %r failed: %s", model_id, exc.message)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become responses: always an OpenAI envelope, never HTML."""
+    try:
+        return await handler(request)
+    except CortexError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err: CortexError
+        if exc.status == 413:
+            err = PayloadTooLarge(f"Request body exceeds {MAX_BODY_BYTES} bytes.")
+        elif exc.status == 404:
+            err = NotFound(f"No route {request.method} {request.path}.")
+        else:
+            err = InvalidRequest(exc.reason)
+        return _error_response(err, exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(InternalError("Internal error; see the neuron's log."))
+
+
+def _error_response(err: CortexError, status: int | None = None) -> web.Response:
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
+    return web.Response(
+        body=openai_body(err),
+        status=status or err.status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _auth(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token and request.path not in _PUBLIC:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("Missing or incorrect bearer token.")
+        return await handler(request)
+
+    return auth
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,198 @@
+"""POST /v1/chat/completions: one request, one sequence, streamed or not.
+
+Pipeline: decode -> lease the model (queue for admission) -> prompt ids and budget -> harness
+events -> stop strings (stops.py) -> tool-call parser (tools.py) -> OpenAI JSON or SSE.
+
+Cancellation: the server runs with aiohttp's ``handler_cancellation``, so a client hang-up
+cancels this handler's task wherever it waits; the harness iterator is closed in a ``finally``
+(``contextlib.aclosing``), which by the Harness contract cancels the sequence within one decode
+step, and the lease returns the admission place. A failed write on a stream ends it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from cortex.errors import CortexError, InternalError
+from cortex.neuron import chunks, prompt
+from cortex.neuron.harness import LoadedModel, SamplingParams
+from cortex.neuron.lifecycle import ModelManager
+from cortex.neuron.slot import Lease
+from cortex.neuron.stops import StopMatcher
+from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parser
+from cortex.protocol import decode, openai
+
+log = logging.getLogger(__name__)
+
+
+class Outcome:
+    """How a sequence ended; filled in by ``texts`` as it runs."""
+
+    __slots__ = ("completion_tokens", "finish_reason")
+
+    def __init__(self) -> None:
+        self.completion_tokens = 0
+        self.finish_reason: openai.FinishReason = "stop"
+
+
+class Plan:
+    """Everything decided before the first token."""
+
+    __slots__ = ("params", "parser", "prompt_ids", "stops")
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stops: list[str],
+        parser: Callable[[], ToolParser] | None,
+    ) -> None:
+        self.prompt_ids, self.params, self.stops, self.parser = prompt_ids, params, stops, parser
+
+
+async def handle(request: web.Request, manager: ModelManager) -> web.StreamResponse:
+    body = decode(await request.read(), openai.ChatCompletionRequest)
+    async with manager.lease(body.model) as lease:
+        slot = lease.slot
+        plan = await _plan(body, lease.model, slot.vision, slot.request.tool_parser)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            return await _stream(request, body, lease, plan, ident, created)
+        completion = await _complete(body, lease.model, plan, ident, created)
+        return web.Response(body=chunks.encode(completion), content_type="application/json")
+
+
+async def _plan(
+    body: openai.ChatCompletionRequest, model: LoadedModel, vision: bool, tool_parser: str
+) -> Plan:
+    messages = prompt.template_messages(body.messages, vision=vision)
+    use_tools = bool(body.tools) and body.tool_choice != "none"
+    tools = prompt.template_tools(body.tools) if use_tools else None
+    ids = await asyncio.to_thread(model.encode_chat, messages, tools)
+    budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
+    parser = get_parser(tool_parser) if use_tools and tool_parser != "none" else None
+    return Plan(ids, prompt.sampling_params(body, budget), body.stop_list, parser)
+
+
+async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenerator[str, None]:
+    """Generated text with stop strings cut out; closing it cancels the sequence."""
+    matcher = StopMatcher(plan.stops)
+    events = model.generate(plan.prompt_ids, plan.params)
+    async with _closing(events):
+        async for step in events:
+            outcome.completion_tokens = step.completion_tokens
+            if text := matcher.feed(step.text):
+                yield text
+            if matcher.matched:
+                outcome.finish_reason = "stop"
+                return
+            if step.finish_reason is not None:
+                outcome.finish_reason = step.finish_reason
+                if tail := matcher.flush():
+                    yield tail
+                return
+
+
+async def _complete(
+    body: openai.ChatCompletionRequest, model: LoadedModel, plan: Plan, ident: str, created: int
+) -> openai.ChatCompletion:
+    outcome = Outcome()
+    async with contextlib.aclosing(texts(model, plan, outcome)) as stream:
+        text = "".join([piece async for piece in stream])
+    content: str | None = text
+    calls: list[openai.ToolCall] = []
+    if plan.parser is not None:
+        content, calls = plan.parser().parse_complete(text)
+    message = openai.ResponseMessage(content=content, tool_calls=calls or None)
+    finish = "tool_calls" if calls else outcome.finish_reason
+    return openai.ChatCompletion(
+        id=ident,
+        created=created,
+        model=body.model,
+        choices=[openai.Choice(message=message, finish_reason=finish)],
+        usage=_usage(plan, outcome),
+    )
+
+
+async def _stream(
+    request: web.Request,
+    body: openai.ChatCompletionRequest,
+    lease: Lease,
+    plan: Plan,
+    ident: str,
+    created: int,
+) -> web.StreamResponse:
+    """Errors after the headers went out become an SSE error event before ``[DONE]``."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    enc = chunks.ChunkEncoder(ident, created, body.model)
+    write = response.write
+    await write(enc.delta(openai.Delta(role="assistant", content="")))
+    outcome = Outcome()
+    parser = plan.parser() if plan.parser is not None else None
+    try:
+        async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
+            async for text in stream:
+                if parser is None:
+                    await write(enc.content(text))
+                else:
+                    for piece in parser.feed(text):
+                        await write(_piece(enc, piece))
+        for piece in parser.finish() if parser is not None else ():
+            await write(_piece(enc, piece))
+        tool_calls = parser is not None and parser.saw_tool_calls
+        await write(
+            enc.delta(openai.Delta(), "tool_calls" if tool_calls else outcome.finish_reason)
+        )
+        if body.wants_usage_chunk:
+            await write(enc.usage(_usage(plan, outcome)))
+    except CortexError as exc:
+        await write(chunks.error_event(exc))
+    except asyncio.CancelledError:
+        if (evicted := lease.eviction_error()) is None:
+            raise
+        await write(chunks.error_event(evicted))
+    except ConnectionError:
+        raise
+    except Exception:
+        log.exception("generation failed for %s", body.model)
+        await write(chunks.error_event(InternalError("generation failed")))
+    await write(chunks.DONE)
+    await response.write_eof()
+    return response
+
+
+def _piece(enc: chunks.ChunkEncoder, piece: ParsedEvent) -> bytes:
+    if isinstance(piece, ContentEvent):
+        return enc.content(piece.text)
+    return enc.delta(openai.Delta(tool_calls=[piece.as_delta()]))
+
+
+def _usage(plan: Plan, outcome: Outcome) -> openai.Usage:
+    prompt_tokens = len(plan.prompt_ids)
+    return openai.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        total_tokens=prompt_tokens + outcome.completion_tokens,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close the harness iterator however we leave (done, stop string, error, cancellation)."""
+    try:
+        yield
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,140 @@
+"""From an OpenAI chat request to what a harness consumes: template dicts, a token budget and
+sampling parameters. Pure functions; every rejection is an InvalidRequest naming the field.
+
+Default completion budget: when a request sets neither ``max_tokens`` nor
+``max_completion_tokens``, the completion may use what the context leaves, capped at
+``DEFAULT_MAX_TOKENS`` so a client that forgets the limit cannot hold a slot for the whole
+context (OpenAI's own default is "the rest of the context"; the cap is ours).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from cortex.errors import ContextLengthExceeded, InvalidRequest
+from cortex.neuron.harness import SamplingParams
+from cortex.protocol import openai
+
+DEFAULT_MAX_TOKENS = 4096
+
+_args_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def template_messages(messages: list[openai.Message], *, vision: bool) -> list[dict[str, Any]]:
+    """OpenAI messages -> chat-template dicts (role, content, tool_calls, tool_call_id).
+
+    Text parts are joined with newlines; developer becomes system (chat templates know only
+    system); assistant tool-call arguments are decoded from their JSON string into a dict, the
+    shape Hugging Face templates render.
+    """
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if isinstance(msg, openai.AssistantMessage):
+            out.append(_assistant(msg, where, vision))
+        elif isinstance(msg, openai.ToolMessage):
+            content = _content(msg.content, f"{where}.content", vision)
+            out.append({"role": "tool", "content": content, "tool_call_id": msg.tool_call_id})
+        else:
+            role = (
+                "system" if isinstance(msg, openai.DeveloperMessage) else msg.__struct_config__.tag
+            )
+            out.append({"role": role, "content": _content(msg.content, f"{where}.content", vision)})
+    return out
+
+
+def template_tools(tools: list[openai.Tool] | None) -> list[dict[str, Any]] | None:
+    return [msgspec.to_builtins(t) for t in tools] if tools else None
+
+
+def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:
+    """max_new_tokens for the request; raises ContextLengthExceeded (OpenAI's exact message).
+
+    ``context_length`` 0 means unknown: no check, and the default cap applies.
+    """
+    if context_length <= 0:
+        return requested or DEFAULT_MAX_TOKENS
+    wanted = (
+        requested
+        if requested is not None
+        else min(context_length - prompt_tokens, DEFAULT_MAX_TOKENS)
+    )
+    wanted = max(wanted, 1)
+    if prompt_tokens + wanted > context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, you "
+            f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, "
+            f"{wanted} in the completion).",
+            param="messages",
+        )
+    return wanted
+
+
+def sampling_params(request: openai.ChatCompletionRequest, max_new_tokens: int) -> SamplingParams:
+    """OpenAI defaults: temperature 1.0 and top_p 1.0 when absent; temperature 0 is greedy."""
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=request.top_k or 0,
+        seed=request.seed,
+    )
+
+
+def _assistant(msg: openai.AssistantMessage, where: str, vision: bool) -> dict[str, Any]:
+    content = "" if msg.content is None else _content(msg.content, f"{where}.content", vision)
+    entry: dict[str, Any] = {"role": "assistant", "content": content}
+    if msg.reasoning_content:
+        entry["reasoning_content"] = msg.reasoning_content
+    if msg.tool_calls:
+        entry["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.function.name,
+                    "arguments": _arguments(
+                        call.function.arguments, f"{where}.tool_calls[{j}].function.arguments"
+                    ),
+                },
+            }
+            for j, call in enumerate(msg.tool_calls)
+        ]
+    return entry
+
+
+def _arguments(raw: str, where: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        return _args_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise InvalidRequest(
+            f"Invalid value for '{where}': expected a JSON object encoded as a string.", param=where
+        ) from None
+
+
+def _content(content: openai.Content, where: str, vision: bool) -> Any:
+    """A string for text-only content; the Hugging Face multimodal list when images are present
+    and the model takes them."""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    parts: list[dict[str, str]] = []
+    for j, part in enumerate(content):
+        if isinstance(part, openai.TextPart):
+            texts.append(part.text)
+            parts.append({"type": "text", "text": part.text})
+        elif isinstance(part, openai.ImagePart) and vision:
+            parts.append({"type": "image", "url": part.image_url.url})
+        else:
+            kind = part.__struct_config__.tag
+            raise InvalidRequest(
+                f"Invalid value for '{where}[{j}]': this model does not accept {kind} input.",
+                param=f"{where}[{j}]",
+            )
+    if len(parts) > len(texts):
+        return parts
+    return "\n".join(texts)
