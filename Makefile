@@ -13,10 +13,11 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyproject.toml
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyproject.toml \
+          harnesses/example/pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]" -e "harnesses/transformers"
+	$(BIN)/pip install -q -e ".[dev]" -e "harnesses/transformers" -e "harnesses/example"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,7 +40,7 @@ from cortex.gateway.service import GATEWAY, Gateway
 
 log = logging.getLogger("cortex.gateway")
 
-REQUEST_ID = "cortex.request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -15,7 +15,7 @@ or cancelling the consuming task) must cancel the sequence within one decode ste
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -85,7 +85,9 @@ class LoadedModel(ABC):
         """
 
     @abstractmethod
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Stream decode steps for one sequence; closing the iterator cancels it."""
 
     @abstractmethod

@@ -259,7 +259,7 @@ class CortexModelInfo(msgspec.Struct, kw_only=True):
     pinned: bool = False
 
 
-class ModelCard(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ModelCard(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["model"] = "model"
     created: int = 0

@@ -33,7 +33,7 @@ FEDORA_MACROS = {
 # What each spec must ship: its unit, and its configs from conf/ (source -> installed path).
 UNITS = {"cortex": "cortex.service", "helexa-neuron": "neuron.service"}
 CONFIGS = {
-    "cortex": {"conf/cortex.toml": "cortex.toml", "conf/models.example.toml": "models.toml"},
+    "cortex": {"conf/cortex.toml": "cortex.toml", "conf/models.toml": "models.toml"},
     "helexa-neuron": {"conf/neuron.toml": "neuron.toml"},
 }
 EXEC_START = {

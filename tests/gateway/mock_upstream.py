@@ -1,0 +1,116 @@
+"""A test double for a plain OpenAI-compatible upstream (what a vLLM or llama.cpp server speaks).
+
+Model names pick the behaviour: ``mock-gpt`` answers normally; ``mock-die`` streams two chunks
+and then drops the connection; ``mock-slow`` streams one chunk every 50 ms for 10 s, so a test
+can hang up mid-stream and watch the upstream see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+WORDS = ["Hello", " from", " the", " mock", "."]
+
+
+@dataclass
+class MockState:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    disconnects: int = 0
+    completed_streams: int = 0
+
+
+def _chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
+    delta: dict[str, Any] = {}
+    if role:
+        delta["role"] = "assistant"
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "mock-gpt",
+        "usage": None,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def _usage_chunk() -> bytes:
+    body = {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "mock-gpt",
+        "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12},
+    }
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+COMPLETION = {
+    "id": "chatcmpl-mock",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "mock-gpt",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(WORDS)},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12},
+}
+COMPLETION_BYTES = msgspec.json.encode(COMPLETION)
+
+
+def make_mock_upstream(state: MockState) -> web.Application:
+    async def models(request: web.Request) -> web.Response:
+        ids = ["mock-gpt", "mock-die", "mock-slow"]
+        return web.json_response(
+            {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+        )
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        state.requests.append(body)
+        if not body.get("stream"):
+            return web.Response(body=COMPLETION_BYTES, content_type="application/json")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        model = body["model"]
+        try:
+            await resp.write(_chunk("", role=True))
+            if model == "mock-die":
+                await resp.write(_chunk(WORDS[0]) + _chunk(WORDS[1]))
+                await asyncio.sleep(0.05)
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            if model == "mock-slow":
+                for i in range(200):
+                    await resp.write(_chunk(f" {i}"))
+                    await asyncio.sleep(0.05)
+            for word in WORDS:
+                await resp.write(_chunk(word))
+            await resp.write(_chunk(None, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(_usage_chunk())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            state.completed_streams += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            state.disconnects += 1
+            raise
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
