@@ -35,6 +35,7 @@ from cortex.gateway import admin, chat, messages
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
+from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.service import GATEWAY, Gateway
 
@@ -176,6 +177,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
     )
     catalogue = Catalogue(models.models)
     app[messages.COUNT_CACHE] = messages.CountCache()
+    app[METRICS] = GatewayMetrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
@@ -184,6 +186,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
         loader = Loader(config, fleet, session)
         gateway = Gateway(config, catalogue, fleet, loader, session)
         app[GATEWAY] = gateway
+        app[METRICS].attach(gateway)
         fleet.on_node_up.append(loader.ensure_pinned)
         await fleet.start()
         loader.ensure_pinned()
@@ -219,6 +222,7 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
     models = cfg.load_models(cfg.resolve_relative(config_path, config.gateway.models))
     host, port = cfg.split_listen(config.gateway.listen)
     app = make_app(config, models)
+    app.cleanup_ctx.append(listener(*cfg.split_listen(config.gateway.metrics_listen)))
     web.run_app(
         app,
         host=host,

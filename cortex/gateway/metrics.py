@@ -1,0 +1,310 @@
+"""The gateway's Prometheus metrics: per-request observers, fleet gauges, the metrics listener.
+
+Each application owns a ``CollectorRegistry`` (never the process-global one: tests run several
+gateways in one process). Three sources feed it:
+
+- ``RequestMetrics`` (an ExchangeObserver) records every finished exchange. It is on the hot
+  path, so the labelled children for one (model, node, route, status) are resolved once and
+  cached; a request then costs one dict lookup plus a few lock-protected adds.
+- ``LoadMetrics`` (a LoadObserver) counts loads, load seconds and evictions.
+- ``FleetCollector`` reads the fleet at scrape time (neuron health, device memory, resident
+  models, in-flight and queued counts): no background loop, never stale by more than one poll.
+
+Time definitions (all from the Exchange's perf_counter stamps):
+- duration: finished - started.
+- TTFT: first_token - started, streamed requests only (a non-stream answer has no first token
+  the client could see; its first_token is the end of the body).
+- time per output token: (upstream_done - first_token) / (completion_tokens - 1), streamed
+  requests with at least two completion tokens.
+- gateway overhead: (upstream_sent - started - queue_wait) + (finished - upstream_done), the
+  work before the request leaves and after the upstream finished; the relay of a stream is
+  interleaved with waiting for the upstream and is not counted. An exchange that never reached
+  an upstream (bad request, unknown model) counts finished - started - queue_wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import Counter, Histogram
+from prometheus_client.registry import Collector
+
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.loads import LoadObserver
+from cortex.gateway.proxy import Exchange
+from cortex.gateway.service import ExchangeObserver, Gateway
+
+log = logging.getLogger("cortex.gateway.metrics")
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1)
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+NO_LABEL = "-"  # model or node of an exchange that failed before it was routed
+
+
+class _Children:
+    """The labelled series one (model, node, route, status) writes to, resolved once."""
+
+    __slots__ = (
+        "completion",
+        "duration",
+        "overhead",
+        "prompt",
+        "queue_wait",
+        "requests",
+        "tpot",
+        "ttft",
+    )
+
+    def __init__(self, m: RequestMetrics, model: str, node: str, route: str, status: int) -> None:
+        self.requests = m.requests.labels(model, node, route, str(status))
+        self.duration = m.duration.labels(model, route)
+        self.ttft = m.ttft.labels(model)
+        self.tpot = m.tpot.labels(model)
+        self.prompt = m.tokens.labels(model, "prompt")
+        self.completion = m.tokens.labels(model, "completion")
+        self.overhead = m.overhead.labels(route)
+        self.queue_wait = m.queue_wait.labels(model)
+
+
+class RequestMetrics(ExchangeObserver):
+    """Per-request counters and histograms, recorded once per finished exchange."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "cortex_requests",
+            "Requests finished, by model, node, route and HTTP status.",
+            ("model", "node", "route", "status"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "cortex_request_duration_seconds",
+            "Request duration as the client saw it (queue wait included).",
+            ("model", "route"),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "cortex_time_to_first_token_seconds",
+            "Time from request arrival to the first generated token relayed (streams only).",
+            ("model",),
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "cortex_time_per_output_token_seconds",
+            "Mean time between output tokens after the first (streams only).",
+            ("model",),
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "cortex_tokens",
+            "Tokens by model and kind (prompt or completion), as reported in usage.",
+            ("model", "kind"),
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "cortex_gateway_overhead_seconds",
+            "Time spent in the gateway itself, upstream and queue wait excluded.",
+            ("route",),
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "cortex_queue_wait_seconds",
+            "Time a routed request waited for its model (loads and evictions included).",
+            ("model",),
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, str, int], _Children] = {}
+
+    def finished(self, exchange: Exchange) -> None:
+        ex = exchange
+        key = (ex.model or NO_LABEL, ex.node or NO_LABEL, ex.route, ex.status)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = _Children(self, *key)
+        started, finished = ex.started, ex.finished
+        assert finished is not None  # Gateway.finish stamps it before calling observers
+        c.requests.inc()
+        c.duration.observe(finished - started)
+        if ex.prompt_tokens:
+            c.prompt.inc(ex.prompt_tokens)
+        if ex.completion_tokens:
+            c.completion.inc(ex.completion_tokens)
+        if ex.node:
+            c.queue_wait.observe(ex.queue_wait_s)
+        sent, done, first = ex.upstream_sent, ex.upstream_done, ex.first_token
+        if sent is None:
+            c.overhead.observe(finished - started - ex.queue_wait_s)
+        elif done is not None:
+            c.overhead.observe(sent - started - ex.queue_wait_s + finished - done)
+        if ex.stream and first is not None:
+            c.ttft.observe(first - started)
+            if done is not None and ex.completion_tokens > 1:
+                c.tpot.observe((done - first) / (ex.completion_tokens - 1))
+
+
+class LoadMetrics(LoadObserver):
+    """Model loads (with their duration) and evictions, per model and node."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.load_seconds = Histogram(
+            "cortex_model_load_seconds",
+            "Duration of successful model loads, as the gateway waited for them.",
+            ("model", "node"),
+            buckets=LOAD_BUCKETS,
+            registry=registry,
+        )
+        self.loads = Counter(
+            "cortex_model_loads",
+            "Model loads the gateway asked for, by result (ok or failed).",
+            ("model", "node", "result"),
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "cortex_evictions",
+            "Models unloaded to make room for another.",
+            ("model", "node"),
+            registry=registry,
+        )
+
+    def loaded(self, model: str, node: str, seconds: float) -> None:
+        self.load_seconds.labels(model, node).observe(seconds)
+        self.loads.labels(model, node, "ok").inc()
+
+    def load_failed(self, model: str, node: str) -> None:
+        self.loads.labels(model, node, "failed").inc()
+
+    def evicted(self, model: str, node: str) -> None:
+        self.evictions.labels(model, node).inc()
+
+
+class FleetCollector(Collector):
+    """Gauges computed from the fleet's last polls at scrape time.
+
+    Device memory and resident models are reported only for nodes that are not down (a down
+    node's last status is stale); ``cortex_neuron_up`` is 1 for up and suspect nodes.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "cortex_neuron_up", "1 when the neuron answers its polls.", labels=["node"]
+        )
+        memory = GaugeMetricFamily(
+            "cortex_gpu_memory_bytes",
+            "Device memory per node and device, by state (used, free, total).",
+            labels=["node", "device", "state"],
+        )
+        resident = GaugeMetricFamily(
+            "cortex_model_resident", "1 for each model loaded on a node.", labels=["model", "node"]
+        )
+        for name, state in self._fleet.neurons.items():
+            alive = state.health != "down"
+            up.add_metric([name], 1.0 if alive else 0.0)
+            if not alive or state.status is None:
+                continue
+            for d in state.status.devices:
+                memory.add_metric([name, d.id, "used"], d.used_bytes)
+                memory.add_metric([name, d.id, "free"], d.free_bytes)
+                memory.add_metric([name, d.id, "total"], d.total_bytes)
+            for m in state.status.models:
+                if m.state == "loaded":
+                    resident.add_metric([m.id, name], 1.0)
+        yield up
+        yield memory
+        yield resident
+        yield from self._usage()
+
+    def _usage(self) -> Iterator[Metric]:
+        in_flight: dict[str, int] = {}
+        queued: dict[str, int] = {}
+        for (model, _node), usage in self._fleet.usage.items():
+            in_flight[model] = in_flight.get(model, 0) + usage.in_flight
+            queued[model] = queued.get(model, 0) + usage.queued
+        flying = GaugeMetricFamily(
+            "cortex_requests_in_flight",
+            "Requests sent upstream and not yet finished.",
+            labels=["model"],
+        )
+        waiting = GaugeMetricFamily(
+            "cortex_requests_queued",
+            "Requests waiting for their model (loading, or no room yet).",
+            labels=["model"],
+        )
+        for model, n in in_flight.items():
+            flying.add_metric([model], n)
+        for model, n in queued.items():
+            waiting.add_metric([model], n)
+        yield flying
+        yield waiting
+
+
+class GatewayMetrics:
+    """One application's registry and its sources; ``attach`` wires them into a gateway."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = RequestMetrics(self.registry)
+        self.loads = LoadMetrics(self.registry)
+
+    def attach(self, gateway: Gateway) -> None:
+        gateway.observers.append(self.requests)
+        gateway.loader.observers.append(self.loads)
+        self.registry.register(FleetCollector(gateway.fleet))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+
+
+def metrics_handler(
+    metrics: GatewayMetrics,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /metrics in the Prometheus text format."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"content-type": CONTENT_TYPE_LATEST}
+        )
+
+    return handler
+
+
+def listener(
+    host: str, port: int
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """A cleanup_ctx serving the app's METRICS on its own port (``metrics_listen``).
+
+    Separate from ``make_app`` so that in-process tests need no fixed port; ``serve`` adds it.
+    """
+
+    @contextlib.asynccontextmanager
+    async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", metrics_handler(app[METRICS]))
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    return serve_metrics
