@@ -1,0 +1,147 @@
+"""Start real neuron processes on loopback for end-to-end tests (the gateway e2e tests too).
+
+    neuron = NeuronProcess.start(workdir, model_roots=[root], models=[{"id": "tiny", ...}],
+                                 preload=["tiny"], token="t")
+    neuron.url, neuron.token, neuron.api("GET", "/status"), neuron.log_text()
+    neuron.stop()
+
+``start`` writes neuron.toml (and models.toml) into ``workdir``, runs ``python -m cortex --role
+neuron`` on a free port and returns once ``/health`` answers (polling, never a blind sleep); it
+raises with the log tail if the process dies first. ``stop`` sends SIGTERM, waits, then kills
+and reaps: no process outlives its fixture. Synchronous, so fixtures of any scope can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT_S = 90.0
+TomlValue = str | int | float | bool | list[str]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def toml_table(name: str, values: Mapping[str, TomlValue]) -> str:
+    """One TOML table from flat values (JSON string/array syntax is valid TOML for these)."""
+    lines = [f"[{name}]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+class NeuronProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, token: str, log: Path) -> None:
+        self.proc, self.url, self.token, self.log = proc, url, token, log
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        model_roots: Iterable[Path | str],
+        token: str = "e2e-token",
+        models: Iterable[Mapping[str, TomlValue]] = (),
+        preload: Iterable[str] = (),
+        name: str = "e2e-neuron",
+        env: Mapping[str, str] | None = None,
+        **neuron: TomlValue,
+    ) -> NeuronProcess:
+        """``neuron`` holds further ``[neuron]`` keys (cpu_memory_budget_gb=2, ...)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        models = list(models)
+        for attempt in range(3):  # a free port can be taken between probing and binding
+            port = free_port()
+            section: dict[str, TomlValue] = {
+                "name": name,
+                "listen": f"127.0.0.1:{port}",
+                "token": token,
+                "model_roots": [str(r) for r in model_roots],
+                "torch_threads": 1,
+                **neuron,
+            }
+            if models:
+                section["models"] = "models.toml"
+                text = "".join(toml_table("[models]", m) for m in models)  # [[models]]
+                (workdir / "models.toml").write_text(text)
+            config = workdir / "neuron.toml"
+            config.write_text(
+                f"preload = {json.dumps(list(preload))}\n" + toml_table("neuron", section)
+            )
+            log = workdir / f"neuron-{port}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "cortex", "--role", "neuron", "--config", str(config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                )
+            neuron = cls(proc, f"http://127.0.0.1:{port}", token, log)
+            if neuron._wait_ready():
+                return neuron
+            neuron.stop()
+            if "address already in use" not in neuron.log_text().lower() or attempt == 2:
+                raise RuntimeError(f"neuron did not start:\n{neuron.log_text()[-4000:]}")
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One authenticated JSON call; returns (status, decoded body) for errors too."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+        """Poll /status until ``predicate(status)`` is truthy; returns that status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, status = self.api("GET", "/status")
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"neuron status never matched: {status}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()

@@ -1,0 +1,154 @@
+"""Chat completions against a real neuron process on the tiny demo model, via the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.neuron_process import NeuronProcess
+
+CONTEXT = 4096  # the demo model's own; long enough that a hang-up test cannot finish first
+MESSAGES = [{"role": "user", "content": "Tell me about the weather"}]
+
+
+@pytest.fixture(scope="module")
+def neuron(start_neuron: Callable[..., NeuronProcess], model_root: Path) -> NeuronProcess:
+    """One neuron for the module, the demo model preloaded from models.toml."""
+    neuron = start_neuron(
+        model_roots=[model_root],
+        models=[
+            {"id": "tiny", "source": "tiny", "harness": "transformers", "context_length": CONTEXT}
+        ],
+        preload=["tiny"],
+        harnesses=["transformers"],
+        cpu_memory_budget_gb=2.0,
+    )
+    neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=60)
+    return neuron
+
+
+@pytest.fixture
+def client(neuron: NeuronProcess) -> Iterator[openai.AsyncOpenAI]:
+    yield openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key=neuron.token, max_retries=0)
+
+
+async def greedy(
+    client: openai.AsyncOpenAI, max_tokens: int, **extra: object
+) -> openai.types.chat.ChatCompletion:
+    return await client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=max_tokens,
+        temperature=0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_non_stream_reports_length_and_usage(client: openai.AsyncOpenAI) -> None:
+    completion = await greedy(client, 12)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content
+    assert completion.usage is not None and completion.usage.completion_tokens == 12
+
+
+async def test_stream_matches_non_stream_and_reports_usage(client: openai.AsyncOpenAI) -> None:
+    expected = (await greedy(client, 12)).choices[0].message.content
+    stream = await client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+async def test_stop_string_cuts_the_text(client: openai.AsyncOpenAI) -> None:
+    full = (await greedy(client, 24)).choices[0].message.content or ""
+    stop = full[8:11]
+    assert len(stop) == 3
+    completion = await greedy(client, 24, stop=[stop])
+    assert completion.choices[0].message.content == full[: full.index(stop)]
+    assert completion.choices[0].finish_reason == "stop"
+
+
+async def test_context_length_exceeded(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await greedy(client, CONTEXT)
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
+    assert error["message"].startswith(f"This model's maximum context length is {CONTEXT} tokens.")
+    assert f"in the messages, {CONTEXT} in the completion)." in error["message"]
+
+
+async def test_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "model_not_found"
+
+
+async def test_wrong_token_is_401(neuron: NeuronProcess) -> None:
+    bad = openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await bad.models.list()
+
+
+async def test_models_lists_the_resident_model(client: openai.AsyncOpenAI) -> None:
+    assert [m.id async for m in client.models.list()] == ["tiny"]
+
+
+async def test_tokenize_counts_like_the_completion_prompt(
+    client: openai.AsyncOpenAI, neuron: NeuronProcess
+) -> None:
+    usage = (await greedy(client, 1)).usage
+    status, body = neuron.api("POST", "/v1/tokenize", {"model": "tiny", "messages": MESSAGES})
+    assert status == 200 and usage is not None
+    assert (body["count"], body["max_model_len"]) == (usage.prompt_tokens, CONTEXT)
+
+
+async def test_four_concurrent_streams_complete(client: openai.AsyncOpenAI) -> None:
+    async def one(i: int) -> tuple[str, str | None]:
+        stream = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": f"story number {i}"}],
+            max_tokens=24,
+            stream=True,
+        )
+        text, finish = "", None
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        return text, finish
+
+    results = await asyncio.gather(*(one(i) for i in range(4)))
+    assert all(finish in {"stop", "length"} for _, finish in results)
+
+
+async def test_hang_up_mid_stream_frees_the_slot(
+    client: openai.AsyncOpenAI, neuron: NeuronProcess
+) -> None:
+    # Greedy on this prompt does not stop early (checked first): ~4000 tokens take over 8 s here,
+    # so the slot coming back within 1 s means the hang-up cancelled the sequence.
+    assert (await greedy(client, 40)).choices[0].finish_reason == "length"
+    stream = await client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=CONTEXT - 100,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    )
+    await anext(aiter(stream))
+    assert neuron.api("GET", "/status")[1]["in_flight"] == 1
+    await stream.close()
+    neuron.wait_for(lambda s: s["in_flight"] == 0 and s["models"][0]["in_flight"] == 0, timeout=1)
