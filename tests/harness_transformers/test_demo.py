@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cortex_transformers.demo import main, write_demo_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,3 +36,13 @@ def test_module_entry_point_writes_the_model(tmp_path: Path, capsys) -> None:
     main([str(tmp_path / "cli"), "--seed", "2"])
     assert (tmp_path / "cli" / "model.safetensors").exists()
     assert str(tmp_path / "cli") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_small_demo_model_has_the_documented_shape(tmp_path: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(
+        write_demo_model(tmp_path, size="small"), local_files_only=True
+    )
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (512, 8, 32000)
+    assert 50_000_000 < model.num_parameters() < 80_000_000

@@ -10,7 +10,7 @@ import torch
 from cortex_transformers.harness import TransformersModel
 from transformers import AutoModelForCausalLM
 
-from cortex.errors import ContextLengthExceeded, Unavailable
+from cortex.errors import ContextLengthExceeded, InvalidRequest, Unavailable
 from cortex.neuron.harness import SamplingParams, TokenEvent
 
 from .conftest import load
@@ -75,6 +75,22 @@ async def test_concurrent_generations_match_sequential_greedy(demo) -> None:
     await _wait_idle(demo)
 
 
+async def test_joining_and_leaving_mid_decode_keeps_outputs_exact(demo) -> None:
+    """A joins, B joins after A's 5th token, A (the longer prompt) leaves first: rows realign."""
+    a_prompt = _prompt(demo, "long prompt " * 12)
+    a_params = SamplingParams(max_new_tokens=200, temperature=0)
+    b_prompt = _prompt(demo, "short")
+    b_params = SamplingParams(max_new_tokens=300, temperature=0)
+    expected = [await _collect(demo, a_prompt, a_params), await _collect(demo, b_prompt, b_params)]
+    assert [e[-1].completion_tokens for e in expected] == [200, 300]  # no early EOS
+    a_stream = demo.generate(a_prompt, a_params)
+    a_events = [await anext(a_stream) for _ in range(5)]
+    b_task = asyncio.create_task(_collect(demo, b_prompt, b_params))
+    a_events += [event async for event in a_stream]
+    assert [a_events, await b_task] == expected
+    await _wait_idle(demo)
+
+
 async def test_closing_a_generation_frees_its_slot(demo) -> None:
     long = SamplingParams(max_new_tokens=400, temperature=0.0)
     other = asyncio.create_task(_collect(demo, _prompt(demo, "keep going"), GREEDY))
@@ -125,6 +141,11 @@ async def test_context_limit_finishes_with_length(demo_dir: Path) -> None:
             await _collect(model, _prompt(model, "word " * 50), GREEDY)
     finally:
         model.unload()
+
+
+async def test_out_of_vocabulary_prompt_ids_are_invalid(demo) -> None:
+    with pytest.raises(InvalidRequest):
+        await _collect(demo, [1, 2, 10**9], GREEDY)
 
 
 async def test_unload_ends_running_generations(demo_dir: Path) -> None:

@@ -75,7 +75,8 @@ class DecodeBatch:
             use_cache=True,
         )
         self._positions += 1
-        return out.logits[:, -1]
+        logits: torch.Tensor = out.logits[:, -1]  # [B, V]
+        return logits
 
     def advance(self, tokens: list[int]) -> None:
         """Set each row's next input token (after ``step``)."""

@@ -85,7 +85,7 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(_corpus(random.Random(seed), 4000), trainer=trainer)
     tok.add_tokens(PLAIN_TOKENS)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -93,6 +93,10 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
         chat_template=CHAT_TEMPLATE,
         model_max_length=4096,
     )
+
+
+def _id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
 
 def build_config(size: Size, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
@@ -109,8 +113,8 @@ def build_config(size: Size, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
         max_position_embeddings=4096,
         # A random model with tied embeddings repeats its last token forever.
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        bos_token_id=_id(tokenizer, "<|endoftext|>"),
+        eos_token_id=_id(tokenizer, "<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
     )
@@ -124,9 +128,8 @@ def write_demo_model(directory: Path, *, seed: int = 0, size: Size = "tiny") -> 
     config = build_config(size, tokenizer)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    model.generation_config = GenerationConfig(
+    im_end, endoftext = _id(tokenizer, "<|im_end|>"), _id(tokenizer, "<|endoftext|>")
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=[im_end, endoftext], pad_token_id=endoftext, bos_token_id=endoftext
     )
     model.save_pretrained(directory, safe_serialization=True)

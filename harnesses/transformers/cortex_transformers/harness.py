@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from functools import partial
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 import jinja2
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cortex.errors import ContextLengthExceeded, InsufficientMemory, InvalidRequest
+from cortex.errors import ContextLengthExceeded, InsufficientMemory, InvalidRequest, Unavailable
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -37,7 +36,7 @@ from cortex_transformers.loading import (
     load_tokenizer,
 )
 from cortex_transformers.scheduler import Scheduler
-from cortex_transformers.sequence import Sequence
+from cortex_transformers.sequence import Sequence as Seq
 
 # Share of the device memory left after the weights that the KV cache may take.
 _KV_SHARE = 0.9
@@ -55,7 +54,7 @@ class TransformersModel(LoadedModel):
         self.model_id = request.model
         self.device = device
         self.context_length = request.context_length or _config_context(model)
-        weights = model.get_memory_footprint()
+        weights: int = model.get_memory_footprint()  # type: ignore[no-untyped-call]
         per_row = kv_bytes_per_token(model) * self.context_length
         self._max_batch = _max_batch(options, weights, per_row)
         # The worker never holds more than max_batch rows of at most context_length tokens.
@@ -63,9 +62,7 @@ class TransformersModel(LoadedModel):
         self._model: PreTrainedModel | None = model
         self._tokenizer = tokenizer
         self._eos_ids = eos_ids(model, tokenizer)
-        self._decode = partial(
-            tokenizer.decode, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        self._vocab_size = int(model.config.get_text_config().vocab_size)
         batch = DecodeBatch(model, torch.device(device))
         self._scheduler: Scheduler | None = Scheduler(
             batch, max_batch=self._max_batch, name=request.model
@@ -78,10 +75,17 @@ class TransformersModel(LoadedModel):
 
     def warm_up(self) -> None:
         """One prefill so lazy initialisation is not paid by the first request."""
-        assert self._model is not None
-        with torch.inference_mode():
-            ids = torch.tensor([[0, 1, 2, 3]], device=self.device)
-            self._model(input_ids=ids, logits_to_keep=1)
+        if self._model is not None:
+            with torch.inference_mode():
+                ids = torch.tensor([[0, 1, 2, 3]], device=self.device)
+                self._model(input_ids=ids, logits_to_keep=1)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(
+            self._tokenizer.decode(
+                list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+        )
 
     def encode_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
@@ -89,7 +93,7 @@ class TransformersModel(LoadedModel):
         try:
             ids = self._tokenizer.apply_chat_template(
                 messages,
-                tools=tools or None,
+                tools=tools or None,  # type: ignore[arg-type]
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,
@@ -100,9 +104,11 @@ class TransformersModel(LoadedModel):
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         if self._scheduler is None:
-            raise InvalidRequest(f"{self.model_id} is unloaded")
+            raise Unavailable(f"{self.model_id} is unloaded")
+        if prompt_ids and not 0 <= min(prompt_ids) <= max(prompt_ids) < self._vocab_size:
+            raise InvalidRequest(f"prompt token ids must lie in [0, {self._vocab_size})")
         if len(prompt_ids) >= self.context_length:
             raise ContextLengthExceeded(
                 f"the prompt has {len(prompt_ids)} tokens; {self.model_id} takes at most "
@@ -111,7 +117,7 @@ class TransformersModel(LoadedModel):
         if params.max_new_tokens <= 0:
             yield TokenEvent(text="", completion_tokens=0, finish_reason="length")
             return
-        seq = Sequence(
+        seq = Seq(
             prompt_ids,
             params,
             eos_ids=self._eos_ids,
@@ -140,9 +146,7 @@ class TransformersModel(LoadedModel):
             return
         scheduler.stop()
         self._model = None
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        release_memory(self.device)
 
 
 class TransformersHarness(Harness):
@@ -172,7 +176,12 @@ class TransformersHarness(Harness):
         progress(0.1, "weights")
         model = load_model(request, path, device, options)
         progress(0.8, "cache")
-        loaded = TransformersModel(request, model, tokenizer, device, options)
+        try:
+            loaded = TransformersModel(request, model, tokenizer, device, options)
+        except BaseException:
+            del model
+            release_memory(device)
+            raise
         progress(0.9, "warm-up")
         try:
             loaded.warm_up()
@@ -181,6 +190,13 @@ class TransformersHarness(Harness):
             raise
         progress(1.0, "loaded")
         return loaded
+
+
+def release_memory(device: str) -> None:
+    """Return freed tensors' memory to the device once the last references are gone."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def _config_context(model: PreTrainedModel) -> int:

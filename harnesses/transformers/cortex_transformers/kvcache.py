@@ -20,11 +20,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 _MIN_CAPACITY = 64
 
 
-class BufferedLayer(DynamicLayer):
+class BufferedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """One layer's KV, written in place into a buffer with spare capacity."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.length = 0
         self._k = torch.empty(0)
         self._v = torch.empty(0)

@@ -43,10 +43,10 @@ def quantization_config(quantization: str, device: str) -> BitsAndBytesConfig | 
             param="quantization",
         )
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
     # NF4 with bf16 compute on CUDA; on CPU bf16 compute is ~8x slower than fp32.
     compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=compute,
@@ -97,7 +97,7 @@ def load_model(
         raise InsufficientMemory(f"{request.model} does not fit on {device}: {exc}") from exc
     except (OSError, ValueError, ImportError) as exc:
         raise InvalidRequest(f"cannot load a model from {path!r}: {exc}", param="source") from exc
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return model
 
 
@@ -121,4 +121,4 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     element = torch.finfo(model.dtype).bits // 8
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * element
+    return int(2 * config.num_hidden_layers * kv_heads * head_dim * element)
