@@ -78,8 +78,17 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
     )
     app = make_app(config, models, discover(config.neuron.harnesses))
     log.info("neuron %s listening on %s:%d", config.neuron.name, host, port)
-    # handler_cancellation: a client hang-up cancels its handler, hence its sequence.
-    web.run_app(app, host=host, port=port, handler_cancellation=True, access_log=None, print=None)
+    # handler_cancellation: a client hang-up cancels its handler, hence its sequence. On SIGTERM
+    # requests in flight get unload_drain_s to finish, as an unload would give them.
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        handler_cancellation=True,
+        shutdown_timeout=config.neuron.unload_drain_s,
+        access_log=None,
+        print=None,
+    )
 
 
 def _lifespan(

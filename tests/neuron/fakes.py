@@ -1,9 +1,9 @@
 """A scripted harness for in-process neuron tests: no torch, deterministic, instant.
 
 Prompt ids are one per character of ``role: content`` lines. The reply is scripted by the last
-user message: ``say:TEXT`` streams TEXT two characters per token then stops (EOS); anything
-else streams ``"ab"`` forever, until max_new_tokens. Every step sleeps ``step_s`` so tests can
-hang up or unload mid-generation.
+user message: ``say:TEXT`` streams TEXT two characters per token then stops (EOS); ``boom``
+fails at the second step; anything else streams ``"ab"`` until max_new_tokens. Every step
+sleeps ``step_s`` so tests can hang up or unload mid-generation.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class FakeModel(LoadedModel):
                     done = True
                     yield TokenEvent(text="", completion_tokens=n - 1, finish_reason="stop")
                     return
+                if last_user == "boom" and n == 2:
+                    raise RuntimeError("device fell over")
                 text = pieces[n - 1] if script is not None else "ab"
                 last = n == params.max_new_tokens
                 done = last

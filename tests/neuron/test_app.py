@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cortex.config import ModelEntry, ModelsConfig, NeuronConfig, NeuronSection
-from cortex.neuron.app import make_app
+from cortex.neuron.app import make_app, serve
 from tests.neuron.fakes import FakeHarness, FakeModel
 
 TOKEN = "s3cret"
@@ -380,3 +380,23 @@ async def test_models_list_and_tokenize(client: Client) -> None:
         "count": len("user: hi\n"),
         "max_model_len": 256,
     }
+
+
+async def test_unexpected_harness_error_is_a_500_envelope_or_a_stream_error_event(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    await load(client)
+    code, body = await chat(client, "boom")
+    assert code == 500 and body["error"]["type"] == "server_error"
+    events = await stream(client, "boom")
+    assert events[1]["choices"][0]["delta"] == {"content": "ab"}
+    assert events[-2]["error"]["type"] == "server_error" and events[-1] == "[DONE]"
+    assert "device fell over" in caplog.text
+
+
+def test_serve_refuses_a_public_address_without_a_token() -> None:
+    config = NeuronConfig(neuron=NeuronSection(listen="0.0.0.0:13131"))
+    with pytest.raises(
+        SystemExit, match=r"refusing to listen on 0\.0\.0\.0:13131 without neuron\.token"
+    ):
+        serve(config, Path("neuron.toml"))
