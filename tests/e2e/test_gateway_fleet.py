@@ -1,0 +1,185 @@
+"""A real gateway in front of two real neurons running the tiny demo model.
+
+Node memory is made scarce on purpose (cpu_memory_budget_gb with declared vram_gb), so the tiny
+model behaves like a big one: n1 has room for one model (the pinned one), n2 for two.
+Tests run in file order and the last ones kill a neuron.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import NeuronProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _model(model_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": model_id, "source": "tiny", "vram_gb": 0.6, "context_length": 2048, **extra}
+
+
+MODELS = [
+    _model("pin", pinned=True, nodes=["n1"]),
+    _model("a", priority=1),
+    _model("b", priority=3),
+    _model("c", priority=5),
+]
+
+
+@pytest.fixture(scope="module")
+def neurons(
+    start_neuron: Callable[..., NeuronProcess], model_root: Path
+) -> dict[str, NeuronProcess]:
+    return {
+        "n1": start_neuron(name="n1", model_roots=[model_root], cpu_memory_budget_gb=1.0),
+        "n2": start_neuron(name="n2", model_roots=[model_root], cpu_memory_budget_gb=1.3),
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    neurons: dict[str, NeuronProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess.start(tmp_path_factory.mktemp("gw"), neurons=neurons, models=MODELS)
+    yield gw
+    gw.stop()
+
+
+def _chat(gw: GatewayProcess, model: str, **extra: Any) -> dict[str, Any]:
+    status, body = gw.call(
+        "POST",
+        "/v1/chat/completions",
+        {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], **extra},
+    )
+    assert status == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def test_pinned_model_loads_at_start_and_catalogue_merges(gateway: GatewayProcess) -> None:
+    placements = gateway.wait_for(lambda p: p.get("pin") == ["n1"])
+    assert set(placements) == {"pin", "a", "b", "c"}
+    _, listing = gateway.call("GET", "/v1/models")
+    states = {m["id"]: m["cortex"]["state"] for m in listing["data"]}
+    assert states == {"pin": "resident", "a": "available", "b": "available", "c": "available"}
+
+
+def test_cold_model_loads_on_first_request_and_lru_evicts(gateway: GatewayProcess) -> None:
+    assert _chat(gateway, "a")["usage"]["completion_tokens"] >= 1
+    _chat(gateway, "b")
+    assert gateway.wait_for(lambda p: p["a"] == ["n2"] and p["b"] == ["n2"])
+    _chat(gateway, "a")  # b is now the least recently used
+    _chat(gateway, "c")
+    placements = gateway.wait_for(lambda p: p["c"] == ["n2"])
+    assert placements["b"] == [], "lru evicts the least recently used"
+    assert placements["a"] == ["n2"]
+    assert placements["pin"] == ["n1"], "a pinned model is never evicted"
+
+
+def test_twenty_concurrent_requests_for_a_cold_model_load_it_once(
+    gateway: GatewayProcess, neurons: dict[str, NeuronProcess]
+) -> None:
+    async def burst() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> int:
+                body = {
+                    "model": "b",
+                    "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "x"}],
+                }
+                async with session.post(gateway.url + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    return resp.status
+
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+    assert asyncio.run(burst()) == [200] * 20
+    logs = neurons["n1"].log_text() + neurons["n2"].log_text()
+    assert len(re.findall(r"loading b from", logs)) == 2, "one load before, exactly one now"
+
+
+def test_openai_sdk_streams_through_the_gateway(gateway: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="pin",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_priority_strategy_evicts_lowest_priority(
+    neurons: dict[str, NeuronProcess],
+    gateway: GatewayProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    gateway.proc.send_signal(2)  # this gateway steps aside; the neurons keep their models
+    gateway.proc.wait(15)
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw-priority"),
+        neurons=neurons,
+        models=MODELS,
+        eviction={"strategy": "priority"},
+    )
+    try:
+        placements = gw.wait_for(lambda p: len(p["pin"]) == 1)
+        resident = {m for m in ("a", "b", "c") if placements[m] == ["n2"]}
+        missing = ({"a", "b", "c"} - resident).pop()
+        low = min(resident, key=lambda m: {"a": 1, "b": 3, "c": 5}[m])
+        _chat(gw, low)  # most recently used, but still the lowest priority
+        _chat(gw, missing)
+        after = gw.wait_for(lambda p: p[missing] == ["n2"])
+        assert after[low] == [], f"priority evicts {low} (lowest) even though it was used last"
+    finally:
+        gw.stop()
+
+
+def test_killed_neuron_fails_over_before_first_byte_and_errors_mid_stream(
+    neurons: dict[str, NeuronProcess], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    unpinned = [{**m, "pinned": False} for m in MODELS]  # so n1 may make room
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw-kill"), neurons=neurons, models=unpinned, poll_interval_s=30.0
+    )
+    try:
+        placements = gw.wait_for(lambda p: p["pin"] == ["n1"])
+        on_n2 = next(m for m in ("a", "b", "c") if placements[m] == ["n2"])
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model=on_n2,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=1500,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        got_text = False
+        with pytest.raises(openai.APIError) as err:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content and not got_text:
+                    got_text = True
+                    neurons["n2"].proc.kill()  # kill -9 mid-stream
+        assert got_text
+        assert "n2" in str(err.value)
+        # The gateway still believes n2 is up (30 s polls): the next request for the model
+        # goes there, fails to connect, and is retried on n1 before any byte reaches us.
+        started = time.monotonic()
+        body = _chat(gw, on_n2)
+        assert body["usage"]["completion_tokens"] >= 1
+        assert time.monotonic() - started < 60
+        assert gw.placements()[on_n2] == ["n1"]
+    finally:
+        gw.stop()
