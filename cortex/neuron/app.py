@@ -39,6 +39,7 @@ from cortex.errors import (
 from cortex.neuron.gpus import Devices
 from cortex.neuron.harness import Harness
 from cortex.neuron.lifecycle import ModelManager
+from cortex.neuron.metrics import METRICS, NeuronMetrics
 from cortex.neuron.node import NODE, Node
 from cortex.neuron.registry import discover
 from cortex.neuron.routes import add_routes
@@ -58,6 +59,7 @@ def make_app(
         client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _auth(config.neuron.token)]
     )
     add_routes(app)
+    app[METRICS] = NeuronMetrics()
     app.cleanup_ctx.append(_lifespan(config, models_config, harnesses))
     return app
 
@@ -101,6 +103,7 @@ def _lifespan(
             config, models_config, harnesses, ModelManager(config.neuron, harnesses, devices)
         )
         app[NODE] = node
+        app[METRICS].attach(node.manager)
         preloads = [asyncio.create_task(_preload(node, model_id)) for model_id in config.preload]
         try:
             yield

@@ -25,6 +25,7 @@ from cortex.errors import CortexError, InternalError
 from cortex.neuron import chunks, prompt
 from cortex.neuron.harness import LoadedModel, SamplingParams
 from cortex.neuron.lifecycle import ModelManager
+from cortex.neuron.metrics import METRICS
 from cortex.neuron.slot import Lease
 from cortex.neuron.stops import StopMatcher
 from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parser
@@ -34,11 +35,27 @@ log = logging.getLogger(__name__)
 
 
 class Outcome:
-    """How a sequence ended; filled in by ``texts`` as it runs."""
+    """How a request went: ``handle`` stamps admission and status, ``texts`` the generation.
 
-    __slots__ = ("completion_tokens", "finish_reason")
+    Times are perf_counter stamps; metrics.py reads them once the request is done.
+    """
+
+    __slots__ = (
+        "admitted",
+        "completion_tokens",
+        "finish_reason",
+        "first_token",
+        "prompt_tokens",
+        "started",
+        "status",
+    )
 
     def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.admitted: float | None = None
+        self.first_token: float | None = None
+        self.status = 200
+        self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: openai.FinishReason = "stop"
 
@@ -60,13 +77,37 @@ class Plan:
 
 async def handle(request: web.Request, manager: ModelManager) -> web.StreamResponse:
     body = decode(await request.read(), openai.ChatCompletionRequest)
+    outcome = Outcome()
+    try:
+        return await _answer(request, manager, body, outcome)
+    except CortexError as exc:
+        outcome.status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        outcome.status = 499  # the client hung up
+        raise
+    except Exception:
+        outcome.status = 500
+        raise
+    finally:
+        request.app[METRICS].finished(body.model, outcome)
+
+
+async def _answer(
+    request: web.Request,
+    manager: ModelManager,
+    body: openai.ChatCompletionRequest,
+    outcome: Outcome,
+) -> web.StreamResponse:
     async with manager.lease(body.model) as lease:
+        outcome.admitted = time.perf_counter()
         slot = lease.slot
         plan = await _plan(body, lease.model, slot.vision, slot.request.tool_parser)
+        outcome.prompt_tokens = len(plan.prompt_ids)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return await _stream(request, body, lease, plan, ident, created)
-        completion = await _complete(body, lease.model, plan, ident, created)
+            return await _stream(request, body, lease, plan, ident, created, outcome)
+        completion = await _complete(body, lease.model, plan, ident, created, outcome)
         return web.Response(body=chunks.encode(completion), content_type="application/json")
 
 
@@ -89,6 +130,8 @@ async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenera
     async with _closing(events):
         async for step in events:
             outcome.completion_tokens = step.completion_tokens
+            if outcome.first_token is None and step.completion_tokens:
+                outcome.first_token = time.perf_counter()
             if text := matcher.feed(step.text):
                 yield text
             if matcher.matched:
@@ -102,9 +145,13 @@ async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenera
 
 
 async def _complete(
-    body: openai.ChatCompletionRequest, model: LoadedModel, plan: Plan, ident: str, created: int
+    body: openai.ChatCompletionRequest,
+    model: LoadedModel,
+    plan: Plan,
+    ident: str,
+    created: int,
+    outcome: Outcome,
 ) -> openai.ChatCompletion:
-    outcome = Outcome()
     async with contextlib.aclosing(texts(model, plan, outcome)) as stream:
         text = "".join([piece async for piece in stream])
     content: str | None = text
@@ -129,6 +176,7 @@ async def _stream(
     plan: Plan,
     ident: str,
     created: int,
+    outcome: Outcome,
 ) -> web.StreamResponse:
     """Errors after the headers went out become an SSE error event before ``[DONE]``."""
     response = web.StreamResponse(
@@ -138,7 +186,6 @@ async def _stream(
     enc = chunks.ChunkEncoder(ident, created, body.model)
     write = response.write
     await write(enc.delta(openai.Delta(role="assistant", content="")))
-    outcome = Outcome()
     parser = plan.parser() if plan.parser is not None else None
     try:
         async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:

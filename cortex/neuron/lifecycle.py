@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from cortex.config import GB, NeuronSection
@@ -55,6 +55,7 @@ class ModelManager:
         self._slots: dict[str, Slot] = {}
         self._admission = asyncio.Semaphore(config.max_concurrency)
         self.running = 0  # sequences admitted and not yet finished, all models
+        self.on_load: list[Callable[[str, bool, float], None]] = []  # (model, ok, seconds)
 
     # ------------------------------------------------------------------ queries
 
@@ -220,11 +221,13 @@ class ModelManager:
         except BaseException as exc:
             slot.state, slot.error, slot.progress = "failed", _describe(exc), None
             log.error("loading %s failed: %s", model_id, slot.error)
+            self._load_ended(model_id, False, started)
             if isinstance(exc, CortexError | asyncio.CancelledError):
                 raise
             raise Unavailable(f"loading {model_id!r} failed: {slot.error}") from exc
         slot.model, slot.state, slot.progress = model, "loaded", None
         slot.loaded_at = slot.last_used = time.time()
+        self._load_ended(model_id, True, started)
         log.info(
             "loaded %s on %s: %.2f GB in %.1f s",
             model_id,
@@ -232,6 +235,10 @@ class ModelManager:
             model.bytes_used / GB,
             time.monotonic() - started,
         )
+
+    def _load_ended(self, model_id: str, ok: bool, started: float) -> None:
+        for callback in self.on_load:
+            callback(model_id, ok, time.monotonic() - started)
 
     # ------------------------------------------------------------------ unload
 

@@ -10,7 +10,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from cortex.neuron import completions
+from cortex.neuron import completions, metrics
 from cortex.neuron.node import NODE
 from cortex.neuron.prompt import template_messages, template_tools
 from cortex.protocol import decode, openai
@@ -87,4 +87,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/models/unload", unload)
     app.router.add_post("/v1/tokenize", tokenize)
     app.router.add_post("/v1/chat/completions", chat_completions)
-    # GET /metrics (Prometheus) is registered here by the metrics issue; it is behind auth.
+    app.router.add_get("/metrics", metrics.handler)  # behind the token, like every route

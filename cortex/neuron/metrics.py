@@ -1,0 +1,192 @@
+"""The neuron's Prometheus metrics, served on its own API port at ``GET /metrics`` (token required).
+
+Names and units match the gateway's (docs/metrics.md); a dashboard tells the roles apart by
+the scrape job. There is no ``node`` label: the scrape target identifies the neuron.
+
+Each application owns a ``CollectorRegistry``. Requests are recorded once each by
+``completions.handle`` through ``finished`` (labelled children cached per (model, status), as on
+the gateway); loads through ``ModelManager.on_load``; in-flight, queued, resident models and
+device memory are read from the ModelManager at scrape time (an NVML read, microseconds).
+
+Times, from the request's perf_counter stamps (``completions.Outcome``): duration from the body
+decoded to the response done; queue wait until admission (``max_concurrency``); TTFT until the
+harness produced the first token (stream or not: the neuron sees generation itself); time per
+output token = (done - first token) / (completion tokens - 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import Counter, Histogram
+from prometheus_client.registry import Collector
+
+from cortex.neuron.lifecycle import ModelManager
+
+if TYPE_CHECKING:
+    from cortex.neuron.completions import Outcome
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1)
+QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+NO_MODEL = "-"  # a request that was never admitted (unknown model): client text is no label
+
+
+class _Children:
+    """The labelled series one (model, status) writes to, resolved once."""
+
+    __slots__ = ("completion", "duration", "prompt", "queue_wait", "requests", "tpot", "ttft")
+
+    def __init__(self, m: NeuronMetrics, model: str, status: int) -> None:
+        self.requests = m.requests.labels(model, str(status))
+        self.duration = m.duration.labels(model)
+        self.queue_wait = m.queue_wait.labels(model)
+        self.ttft = m.ttft.labels(model)
+        self.tpot = m.tpot.labels(model)
+        self.prompt = m.tokens.labels(model, "prompt")
+        self.completion = m.tokens.labels(model, "completion")
+
+
+class NeuronMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "cortex_requests",
+            "Chat completions finished, by model and HTTP status.",
+            ("model", "status"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "cortex_request_duration_seconds",
+            "Chat completion duration on the neuron (queue wait included).",
+            ("model",),
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "cortex_queue_wait_seconds",
+            "Time a request waited for a max_concurrency place.",
+            ("model",),
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "cortex_time_to_first_token_seconds",
+            "Time from request arrival to the first generated token.",
+            ("model",),
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "cortex_time_per_output_token_seconds",
+            "Mean time between output tokens after the first.",
+            ("model",),
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "cortex_tokens",
+            "Tokens by model and kind (prompt or completion), as reported in usage.",
+            ("model", "kind"),
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "cortex_model_load_seconds",
+            "Duration of successful model loads.",
+            ("model",),
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.loads = Counter(
+            "cortex_model_loads",
+            "Model loads by result (ok or failed).",
+            ("model", "result"),
+            registry=r,
+        )
+        self._children: dict[tuple[str, int], _Children] = {}
+
+    def attach(self, manager: ModelManager) -> None:
+        """Count ``manager``'s loads and read its state at every scrape."""
+        manager.on_load.append(self.load_done)
+        self.registry.register(ManagerCollector(manager))
+
+    def finished(self, model: str, outcome: Outcome) -> None:
+        """Record one chat completion; called once per request however it ended."""
+        done = time.perf_counter()
+        admitted = outcome.admitted
+        key = (model if admitted is not None else NO_MODEL, outcome.status)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = _Children(self, *key)
+        started = outcome.started
+        c.requests.inc()
+        c.duration.observe(done - started)
+        if admitted is None:
+            return
+        c.queue_wait.observe(admitted - started)
+        if outcome.prompt_tokens:
+            c.prompt.inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            c.completion.inc(outcome.completion_tokens)
+        first = outcome.first_token
+        if first is not None:
+            c.ttft.observe(first - started)
+            if outcome.completion_tokens > 1:
+                c.tpot.observe((done - first) / (outcome.completion_tokens - 1))
+
+    def load_done(self, model: str, ok: bool, seconds: float) -> None:
+        if ok:
+            self.load_seconds.labels(model).observe(seconds)
+        self.loads.labels(model, "ok" if ok else "failed").inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ManagerCollector(Collector):
+    """In-flight, queued and resident models, and device memory, as the manager has them now."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        flying = GaugeMetricFamily(
+            "cortex_requests_in_flight", "Requests generating now.", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "cortex_requests_queued", "Requests waiting for admission.", labels=["model"]
+        )
+        resident = GaugeMetricFamily(
+            "cortex_model_resident", "1 for each loaded model.", labels=["model"]
+        )
+        for m in self._manager.models():
+            flying.add_metric([m.id], m.in_flight)
+            queued.add_metric([m.id], m.queued)
+            if m.state == "loaded":
+                resident.add_metric([m.id], 1.0)
+        memory = GaugeMetricFamily(
+            "cortex_gpu_memory_bytes",
+            "Device memory by state (used, free, total); the cpu device is its budget.",
+            labels=["device", "state"],
+        )
+        for d in self._manager.devices():
+            memory.add_metric([d.id, "used"], d.used_bytes)
+            memory.add_metric([d.id, "free"], d.free_bytes)
+            memory.add_metric([d.id, "total"], d.total_bytes)
+        yield from (flying, queued, resident, memory)
+
+
+METRICS: web.AppKey[NeuronMetrics] = web.AppKey("cortex.neuron.metrics", NeuronMetrics)
+
+
+async def handler(request: web.Request) -> web.Response:
+    """GET /metrics in the Prometheus text format."""
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
