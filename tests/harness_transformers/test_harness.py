@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import msgspec
 import pytest
 from cortex_transformers import loading
 from cortex_transformers.harness import TransformersHarness
@@ -143,3 +144,13 @@ async def test_quantized_load_on_cpu_generates(
         assert events[-1].completion_tokens in (1, 2, 3)
     finally:
         model.unload()
+
+
+def test_estimate_matches_the_loaded_weights(demo, demo_dir: Path) -> None:
+    harness = TransformersHarness()
+    request = LoadRequest(model="demo", source=str(demo_dir), device="cpu")
+    full = harness.estimate_bytes(request, str(demo_dir))
+    assert abs(full - demo._model.get_memory_footprint()) < full / 100  # buffers aside
+    quantized = msgspec.structs.replace(request, quantization="4bit")
+    assert full / 4 < harness.estimate_bytes(quantized, str(demo_dir)) < full
+    assert harness.estimate_bytes(request, "not/a/dir") == 0

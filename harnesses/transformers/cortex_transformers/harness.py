@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import jinja2
@@ -29,11 +30,13 @@ from cortex.neuron.harness import (
 from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__
 from cortex_transformers.batch import DecodeBatch
+from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.loading import (
     eos_ids,
     kv_bytes_per_token,
     load_model,
     load_tokenizer,
+    resolve_dtype,
 )
 from cortex_transformers.scheduler import Scheduler
 from cortex_transformers.sequence import Sequence as Seq
@@ -190,6 +193,14 @@ class TransformersHarness(Harness):
             raise
         progress(1.0, "loaded")
         return loaded
+
+    def estimate_bytes(self, request: LoadRequest, path: str) -> int:
+        """Weights only: the KV reserve depends on the memory budget given at load time."""
+        device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        directory = Path(path)
+        if not directory.is_dir():
+            return 0
+        return weight_bytes(directory, request.quantization, resolve_dtype(request.dtype, device))
 
 
 def release_memory(device: str) -> None:

@@ -1,0 +1,37 @@
+"""Weight bytes a load will take, from safetensors headers alone (no tensor is read).
+
+Lets the neuron refuse a load that cannot fit (507) before spending minutes on it. bitsandbytes
+quantizes 2-D linear weights only; embeddings, the LM head, norms and biases keep the load dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import torch
+
+_QUANTIZED_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1.0 + 4 / 64}  # payload + per-block scales
+_UNQUANTIZED_NAMES = ("embed", "lm_head", "wte", "wpe")
+
+
+def weight_bytes(path: Path, quantization: str, dtype: torch.dtype) -> int:
+    """Bytes of the weights once loaded; 0 when ``path`` holds no safetensors files."""
+    element = torch.finfo(dtype).bits / 8
+    total = 0.0
+    for file in sorted(path.glob("*.safetensors")):
+        for name, shape in _tensor_shapes(file):
+            count = math.prod(shape)
+            linear = len(shape) == 2 and not any(part in name for part in _UNQUANTIZED_NAMES)
+            total += count * (_QUANTIZED_BYTES.get(quantization, element) if linear else element)
+    return int(total)
+
+
+def _tensor_shapes(file: Path) -> list[tuple[str, list[int]]]:
+    # Layout: u64 little-endian header length, then a JSON header {name: {dtype, shape, ...}}.
+    with file.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return [(name, meta["shape"]) for name, meta in header.items() if name != "__metadata__"]
