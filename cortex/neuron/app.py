@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -69,10 +70,13 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
     non-loopback address without a token."""
     host, port = split_listen(config.neuron.listen)
     if not config.neuron.token and not _is_loopback(host):
-        raise SystemExit(
+        # Exit 2 like any config error: systemd's RestartPreventExitStatus=2 stops a restart loop.
+        print(
             f"{config_path.name}: refusing to listen on {host}:{port} without neuron.token "
-            "(set a token, or listen on 127.0.0.1)"
+            "(set a token, or listen on 127.0.0.1)",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     models = (
         load_models(resolve_relative(config_path, config.neuron.models))
         if config.neuron.models

@@ -41,8 +41,13 @@ class ChunkEncoder:
     def content(self, text: str) -> bytes:
         return self._head + _encoder.encode(text) + self._tail
 
-    def delta(self, delta: openai.Delta, finish: openai.FinishReason | None = None) -> bytes:
-        return event(self._encode(delta, finish))
+    def delta(
+        self,
+        delta: openai.Delta,
+        finish: openai.FinishReason | None = None,
+        stop_reason: str | None = None,
+    ) -> bytes:
+        return event(self._encode(delta, finish, stop_reason))
 
     def usage(self, usage: openai.Usage) -> bytes:
         """The extra chunk ``stream_options.include_usage`` asks for: no choices, only usage."""
@@ -51,8 +56,13 @@ class ChunkEncoder:
         )
         return event(_encoder.encode(chunk))
 
-    def _encode(self, delta: openai.Delta, finish: openai.FinishReason | None) -> bytes:
-        choice = openai.ChunkChoice(delta=delta, finish_reason=finish)
+    def _encode(
+        self,
+        delta: openai.Delta,
+        finish: openai.FinishReason | None,
+        stop_reason: str | None = None,
+    ) -> bytes:
+        choice = openai.ChunkChoice(delta=delta, finish_reason=finish, stop_reason=stop_reason)
         chunk = openai.ChatCompletionChunk(
             id=self._id, created=self._created, model=self._model, choices=[choice]
         )

@@ -48,6 +48,7 @@ class Outcome:
         "prompt_tokens",
         "started",
         "status",
+        "stop_string",
     )
 
     def __init__(self) -> None:
@@ -58,6 +59,7 @@ class Outcome:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: openai.FinishReason = "stop"
+        self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
 
 
 class Plan:
@@ -136,6 +138,7 @@ async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenera
                 yield text
             if matcher.matched:
                 outcome.finish_reason = "stop"
+                outcome.stop_string = matcher.matched
                 return
             if step.finish_reason is not None:
                 outcome.finish_reason = step.finish_reason
@@ -164,7 +167,9 @@ async def _complete(
         id=ident,
         created=created,
         model=body.model,
-        choices=[openai.Choice(message=message, finish_reason=finish)],
+        choices=[
+            openai.Choice(message=message, finish_reason=finish, stop_reason=outcome.stop_string)
+        ],
         usage=_usage(plan, outcome),
     )
 
@@ -198,9 +203,8 @@ async def _stream(
         for piece in parser.finish() if parser is not None else ():
             await write(_piece(enc, piece))
         tool_calls = parser is not None and parser.saw_tool_calls
-        await write(
-            enc.delta(openai.Delta(), "tool_calls" if tool_calls else outcome.finish_reason)
-        )
+        finish = "tool_calls" if tool_calls else outcome.finish_reason
+        await write(enc.delta(openai.Delta(), finish, outcome.stop_string))
         if body.wants_usage_chunk:
             await write(enc.usage(_usage(plan, outcome)))
     except CortexError as exc:

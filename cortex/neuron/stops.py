@@ -17,19 +17,20 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._firsts = frozenset(s[0] for s in self._stops)
         self._held = ""
-        self.matched = False
+        self.matched: str | None = None  # the stop string that ended the text, once one did
 
     def feed(self, text: str) -> str:
-        """The text that is safe to emit now. After a match, ``matched`` is True and the text
-        up to the stop string is returned; feeding more afterwards returns ""."""
+        """The text that is safe to emit now. After a match, ``matched`` names the stop string
+        and the text up to it is returned; feeding more afterwards returns ""."""
         if self.matched:
             return ""
         if not self._stops:
             return text
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._held, self.matched = "", True
+        found = [(i, s) for s in self._stops if (i := buf.find(s)) >= 0]
+        if found:
+            cut, stop = min(found)
+            self._held, self.matched = "", stop
             return buf[:cut]
         keep = self._partial_len(buf)
         self._held = buf[len(buf) - keep :]

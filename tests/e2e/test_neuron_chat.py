@@ -81,6 +81,7 @@ async def test_stop_string_cuts_the_text(client: openai.AsyncOpenAI) -> None:
     completion = await greedy(client, 24, stop=[stop])
     assert completion.choices[0].message.content == full[: full.index(stop)]
     assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].model_extra == {"stop_reason": stop}, "vLLM-style extension"
 
 
 async def test_context_length_exceeded(client: openai.AsyncOpenAI) -> None:

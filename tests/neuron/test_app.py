@@ -394,9 +394,11 @@ async def test_unexpected_harness_error_is_a_500_envelope_or_a_stream_error_even
     assert "device fell over" in caplog.text
 
 
-def test_serve_refuses_a_public_address_without_a_token() -> None:
+def test_serve_refuses_a_public_address_without_a_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     config = NeuronConfig(neuron=NeuronSection(listen="0.0.0.0:13131"))
-    with pytest.raises(
-        SystemExit, match=r"refusing to listen on 0\.0\.0\.0:13131 without neuron\.token"
-    ):
+    with pytest.raises(SystemExit) as exit_info:
         serve(config, Path("neuron.toml"))
+    assert exit_info.value.code == 2, "a config error: systemd must not restart it"
+    assert "refusing to listen on 0.0.0.0:13131 without neuron.token" in capsys.readouterr().err

@@ -10,7 +10,13 @@ def run(chunks: list[str], stops: list[str]) -> tuple[str, bool]:
     out = "".join(matcher.feed(c) for c in chunks)
     if not matcher.matched:
         out += matcher.flush()
-    return out, matcher.matched
+    return out, matcher.matched is not None
+
+
+def test_matched_names_the_earliest_stop_string() -> None:
+    matcher = StopMatcher(["STOP", "END"])
+    assert matcher.feed("xx END yy STOP") == "xx "
+    assert matcher.matched == "END"
 
 
 TEXT = "Hello <|user|> world"
