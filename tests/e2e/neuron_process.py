@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT_S = 90.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TomlValue = str | int | float | bool | list[str]
 
 
@@ -58,9 +59,11 @@ class NeuronProcess:
         preload: Iterable[str] = (),
         name: str = "e2e-neuron",
         env: Mapping[str, str] | None = None,
+        module: str = "cortex",
         **neuron: TomlValue,
     ) -> NeuronProcess:
-        """``neuron`` holds further ``[neuron]`` keys (cpu_memory_budget_gb=2, ...)."""
+        """``neuron`` holds further ``[neuron]`` keys (cpu_memory_budget_gb=2, ...); ``module``
+        is what ``python -m`` runs (tests.e2e.scripted_neuron adds the scripted test double)."""
         workdir.mkdir(parents=True, exist_ok=True)
         models = list(models)
         for attempt in range(3):  # a free port can be taken between probing and binding
@@ -84,7 +87,8 @@ class NeuronProcess:
             log = workdir / f"neuron-{port}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cortex", "--role", "neuron", "--config", str(config)],
+                    [sys.executable, "-m", module, "--role", "neuron", "--config", str(config)],
+                    cwd=REPO_ROOT,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},

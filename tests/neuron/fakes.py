@@ -1,7 +1,8 @@
 """A scripted harness for in-process neuron tests: no torch, deterministic, instant.
 
 Prompt ids are one per character of ``role: content`` lines. The reply is scripted by the last
-user message: ``say:TEXT`` streams TEXT two characters per token then stops (EOS); ``boom``
+user message: ``say:TEXT`` streams TEXT (a literal ``\\n`` in it becomes a newline) two
+characters per token then stops (EOS); ``boom``
 fails at the second step; anything else streams ``"ab"`` until max_new_tokens. Every step
 sleeps ``step_s`` so tests can hang up or unload mid-generation.
 """
@@ -50,7 +51,8 @@ class FakeModel(LoadedModel):
         self, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         last_user = "".join(map(chr, prompt_ids)).rsplit("user: ", 1)[-1].split("\n", 1)[0]
-        script = last_user[4:] if last_user.startswith("say:") else None
+        # A literal backslash-n in the script stands for a newline (prompt lines end at "\n").
+        script = last_user[4:].replace("\\n", "\n") if last_user.startswith("say:") else None
         pieces = [script[i : i + 2] for i in range(0, len(script), 2)] if script else []
         self.running += 1
         done = False
