@@ -54,6 +54,9 @@ def _serve(role: Role, path: Path, check: bool) -> None:
     if check:
         click.echo(f"{path}: ok")
         return
+    options = click.get_current_context().find_root().obj or {}
+    section = cfg.gateway if isinstance(cfg, config.CortexConfig) else cfg.neuron
+    setup_logging(options.get("log_level", "info"), options.get("log_format") or section.log_format)
     if isinstance(cfg, config.NeuronConfig):
         from cortex.neuron.app import serve as serve_neuron
 
@@ -109,6 +112,7 @@ def main(
     setup_logging(log_level, log_format or "text")
     ctx.ensure_object(dict)
     ctx.obj["log_format"] = log_format
+    ctx.obj["log_level"] = log_level
     if ctx.invoked_subcommand is not None:
         return
     if role is None and config_path is None:

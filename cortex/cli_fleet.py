@@ -121,9 +121,11 @@ def status(gateway: str, key: str | None, as_json: bool, watch: bool, interval: 
 
 @click.command()
 @_gateway_option
-@_key_option
+@click.option(
+    "--key", envvar="CORTEX_API_KEY", default=None, help="Client API key (env CORTEX_API_KEY)."
+)
 def models(gateway: str, key: str | None) -> None:
-    """List the models the gateway offers."""
+    """List the models the gateway offers (a client route: it takes an api_keys key)."""
     listing = msgspec.json.decode(_request(gateway, key, "GET", "/v1/models", None), type=ModelList)
     for card in listing.data:
         extra = card.cortex

@@ -105,7 +105,12 @@ def main() -> int:
         subprocess.Popen([*cortex, "--role", "neuron", "--config", str(HOME / "neuron.toml")]),
         subprocess.Popen([*cortex, "--role", "gateway", "--config", str(HOME / "cortex.toml")]),
     ]
-    signal.signal(signal.SIGTERM, lambda *_: (_stop(procs), sys.exit(0)))
+
+    def on_term(*_: object) -> None:
+        _stop(procs)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     url = f"http://127.0.0.1:{gateway_port}"
     try:
         if not _wait_ready(url, procs, timeout_s=120):

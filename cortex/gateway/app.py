@@ -65,9 +65,9 @@ def _error_response(request: web.Request, err: CortexError) -> web.Response:
     )
 
 
-def _from_http(exc: web.HTTPException) -> CortexError:
+def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
     if exc.status == 404:
-        return NotFound(f"No route {exc.reason!s}: see docs/api.md")
+        return NotFound(f"No route for {request.method} {request.path}: see docs/api.md")
     if exc.status == 413:
         return PayloadTooLarge(exc.text or "request body too large")
     if exc.status == 405:
@@ -86,7 +86,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error_response(request, _from_http(exc))
+        response = _error_response(request, _from_http(request, exc))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import CortexError, UpstreamError
+from cortex.errors import CortexError, InvalidRequest, UpstreamError
 from cortex.gateway.proxy import (
     Exchange,
     UpstreamResponse,
@@ -47,6 +47,16 @@ def upstream_body(raw: bytes, req: openai.ChatCompletionRequest, model_id: str) 
     return _encoder.encode(fixed)
 
 
+def _refuse_images(req: openai.ChatCompletionRequest, model_id: str) -> None:
+    """models.toml says the model takes no images: a clear 400 here, not a template error."""
+    for i, message in enumerate(req.messages):
+        content = getattr(message, "content", None)
+        if isinstance(content, list) and any(isinstance(p, openai.ImagePart) for p in content):
+            raise InvalidRequest(
+                f"model {model_id} does not accept images", param=f"messages[{i}].content"
+            )
+
+
 async def chat_completions(
     gateway: Gateway, request: web.Request, ex: Exchange
 ) -> web.StreamResponse:
@@ -54,6 +64,8 @@ async def chat_completions(
     req = protocol.decode(raw, openai.ChatCompletionRequest)
     ex.stream = req.stream
     resolved = gateway.resolve(req.model)
+    if resolved.entry is not None and not resolved.entry.vision:
+        _refuse_images(req, resolved.model_id)
     body = upstream_body(raw, req, resolved.model_id)
     upstream = await gateway.open(resolved, "/chat/completions", body, ex)
     try:

@@ -227,6 +227,18 @@ def test_openai_dialect_gets_tool_calls_streamed_and_not(gateway: GatewayProcess
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
+def test_openai_images_to_a_text_model_are_refused(gateway: GatewayProcess) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    status, body = gateway.call(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "coder", "messages": [{"role": "user", "content": [image]}]},
+    )
+    assert status == 400
+    assert body["error"]["message"] == "model coder does not accept images"
+    assert body["error"]["param"] == "messages[0].content"
+
+
 async def test_claude_code_style_request_round_trips(gateway: GatewayProcess) -> None:
     tools = [
         {
