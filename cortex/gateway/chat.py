@@ -87,7 +87,7 @@ async def _relay_stream(
     response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
     await response.prepare(request)
     try:
-        async for batch in sse_events(upstream, gateway.config.gateway.idle_timeout_s):
+        async for batch in sse_events(upstream):
             out = relay_events(batch, ex, keep_usage)
             if out:
                 await response.write(out)

@@ -89,7 +89,7 @@ async def _stream(
     await response.prepare(request)
     matched: str | None = None
     try:
-        async for batch in sse_events(upstream, gateway.config.gateway.idle_timeout_s):
+        async for batch in sse_events(upstream):
             out = []
             for chunk in decode_chunks(batch):
                 if ex.first_token is None and any(

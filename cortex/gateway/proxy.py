@@ -8,7 +8,6 @@ when the client did not ask for it. Retries happen only before anything reached 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -137,18 +136,17 @@ async def read_json(upstream: UpstreamResponse, exchange: Exchange) -> bytes:
     return raw
 
 
-async def sse_events(upstream: UpstreamResponse, idle_timeout_s: float) -> AsyncIterator[bytes]:
+async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """Complete SSE events (each ending in a blank line) as soon as they arrive, in batches.
 
     Yields byte strings holding one or more whole events; raises UpstreamError when the
-    upstream dies or stays silent longer than ``idle_timeout_s``.
+    upstream dies or stays silent past the request's sock_read timeout.
     """
     pending = b""
     content = upstream.resp.content
     while True:
         try:
-            async with asyncio.timeout(idle_timeout_s):
-                data = await content.readany()
+            data = await content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             what = "went silent" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
             raise UpstreamError(f"{upstream.target.node} {what} mid-stream") from None

@@ -74,8 +74,14 @@ class Gateway:
         self.rates = RateWindow()
         self.observers: list[ExchangeObserver] = []
         gw = config.gateway
+        # Non-stream: the first byte is the whole answer. Streams: neurons send the role chunk
+        # before prefill, so every later read may wait at most idle_timeout_s (enforced by
+        # aiohttp per read, with no timer of ours per chunk).
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=gw.connect_timeout_s, sock_read=gw.first_byte_timeout_s
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=gw.connect_timeout_s, sock_read=gw.idle_timeout_s
         )
 
     def resolve(self, name: str) -> Resolved:
@@ -109,7 +115,8 @@ class Gateway:
             exchange.counted = True
             exchange.upstream_sent = time.perf_counter()
             try:
-                upstream = await open_upstream(self.session, target, body, self._timeout)
+                timeout = self._stream_timeout if exchange.stream else self._timeout
+                upstream = await open_upstream(self.session, target, body, timeout)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 usage.in_flight -= 1
                 exchange.counted = False
