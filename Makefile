@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyprojec
           harnesses/example/pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]" -e "harnesses/transformers" -e "harnesses/example"
+	$(BIN)/pip install -q -e ".[dev]" -e "harnesses/transformers[cuda]" -e "harnesses/example"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 from aiohttp import web
 
@@ -142,7 +140,4 @@ async def model_action(request: web.Request) -> web.Response:
         raise NotFound(f"{entry.id} is not resident{' on ' + body.node if body.node else ''}")
     for node in targets:
         await gateway.loader.unload(entry.id, node)
-    detail = f"at {time.strftime('%H:%M:%S')}"
-    return _json(
-        ActionResult(model=entry.id, action="unloaded", node=",".join(targets), detail=detail)
-    )
+    return _json(ActionResult(model=entry.id, action="unloaded", node=",".join(targets)))

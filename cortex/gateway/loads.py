@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,9 +46,6 @@ class LoadStats:
 
     evictions: int = 0
     eviction_cycles: int = 0
-    loads: int = 0
-    failed_loads: int = 0
-    load_seconds: list[float] = field(default_factory=list)
 
 
 def _without(fleet: FleetView, exclude: Collection[str], only: str | None) -> FleetView:
@@ -157,16 +154,21 @@ class Loader:
     async def _load(self, entry: ModelEntry, decision: Load, gate: Gate) -> None:
         if gate.waiting == 0 and not gate.keep:
             return  # everyone left before it started
-        node = decision.node
         if decision.evict:
             await self._evict(decision.evict)
+        await self._place(entry, decision.node, decision.device)
+        if gate.waiting == 0 and not gate.keep and not entry.pinned:
+            log.info("unloading %s again: every waiting client left", entry.id)
+            await self.unload(entry.id, decision.node)
+
+    async def _place(self, entry: ModelEntry, node: str, device: str) -> None:
+        """Load ``entry`` on ``node``: reserved in the fleet view meanwhile, timed, observed."""
         usage = self.fleet.counts(entry.id, node)
-        usage.loading_on = decision.device
+        usage.loading_on = device
         started = time.monotonic()
         try:
-            await self._post_load(entry, node, decision.device)
+            await self._post_load(entry, node, device)
         except CortexError as exc:
-            self.stats.failed_loads += 1
             for observer in self.observers:
                 observer.load_failed(entry.id, node)
             raise Unavailable(f"loading {entry.id} on {node} failed: {exc.message}") from None
@@ -174,13 +176,9 @@ class Loader:
             usage.loading_on = None
             await self.fleet.refresh_now(node)
         seconds = time.monotonic() - started
-        self.stats.loads += 1
         for observer in self.observers:
             observer.loaded(entry.id, node, seconds)
-        log.info("loaded %s on %s/%s in %.1fs", entry.id, node, decision.device, seconds)
-        if gate.waiting == 0 and not gate.keep and not entry.pinned:
-            log.info("unloading %s again: every waiting client left", entry.id)
-            await self.unload(entry.id, node)
+        log.info("loaded %s on %s/%s in %.1fs", entry.id, node, device, seconds)
 
     async def _evict(self, plan: tuple[tuple[str, str], ...]) -> None:
         for node, model in plan:
@@ -275,11 +273,9 @@ class Loader:
             log.info("defrag: moving %s from %s to %s", move.model_id, move.from_node, move.to_node)
             try:
                 await self.unload(move.model_id, move.from_node)
-                await self._post_load(entry, move.to_node, move.to_device)
+                await self._place(entry, move.to_node, move.to_device)
             except CortexError as exc:
                 log.warning("defrag move of %s failed: %s", move.model_id, exc.message)
-            finally:
-                await self.fleet.refresh_now(move.to_node)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run in the background, keeping a reference so the task is not garbage-collected."""

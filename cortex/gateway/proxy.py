@@ -32,15 +32,6 @@ class _UsageOnly(msgspec.Struct):
     usage: openai.Usage | None = None
 
 
-class _FinishOnly(msgspec.Struct):
-    """Just enough of a chunk to see how it ended (for logs and metrics)."""
-
-    class _Choice(msgspec.Struct):
-        finish_reason: str | None = None
-
-    choices: list[_Choice] = msgspec.field(default_factory=list)
-
-
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 _error_decoder = msgspec.json.Decoder()
 
