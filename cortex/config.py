@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from cortex.errors import ConfigError
+from cortex.validation import MISSING, path_parts, split_error, value_at
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -151,32 +152,16 @@ def _unique(what: str, names: list[str]) -> None:
 
 def _one_line(path: Path, err: msgspec.ValidationError, data: Any) -> str:
     """Turn msgspec's 'msg - at `$.a.b[0]`' into 'file: a.b[0]: msg, got <value>'."""
-    text = str(err)
-    where = ""
-    match = re.search(r" - at `\$\.?(.*)`$", text)
-    if match:
-        where, text = match.group(1), text[: match.start()]
-    got = _lookup(data, where)
+    text, path_or_none = split_error(str(err))
+    where = path_or_none or ""
+    got = value_at(data, where)
     text = re.sub(r", got `\w+`$", "", text)
     if text.startswith("Object contains unknown field"):
         return f"{path.name}: {where or '(top level)'}: unknown key {text.split('`')[1]!r}"
-    if got is not _MISSING and "got" not in text and "Invalid enum value" not in text:
+    if got is not MISSING and "got" not in text and "Invalid enum value" not in text:
         text = f"{text}, got {got!r}"
     text = text.replace("Expected", "expected")
     return f"{path.name}: {where or '(top level)'}: {text}"
-
-
-_MISSING = object()
-
-
-def _lookup(data: Any, where: str) -> Any:
-    node = data
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", where):
-        try:
-            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return _MISSING
-    return node
 
 
 _LITERAL = re.compile(r"Invalid enum value '(.*)'")
@@ -214,7 +199,7 @@ def _explain_enum(line: str, kind: type[msgspec.Struct]) -> str:
 
 def _allowed_values(kind: type[msgspec.Struct], key_path: str) -> list[str]:
     info: Any = msgspec.inspect.type_info(kind)
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key_path):
+    for part in path_parts(key_path):
         while isinstance(info, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
             info = info.item_type
         if part.startswith("["):

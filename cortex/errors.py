@@ -187,19 +187,3 @@ def from_status(status: int, message: str, code: str | None = None) -> CortexErr
     if code == "context_length_exceeded":
         cls = ContextLengthExceeded
     return cls(message, code=code)
-
-
-def validation_message(
-    exc: msgspec.ValidationError | msgspec.DecodeError,
-) -> tuple[str, str | None]:
-    """msgspec's 'Expected `float` <= 2.0 - at `$.temperature`' -> (readable message, param)."""
-    text = str(exc)
-    param = None
-    marker = " - at `$"
-    if marker in text:
-        text, _, where = text.partition(marker)
-        param = where.rstrip("`").lstrip(".") or None
-    text = text.replace("Expected", "expected")
-    if param:
-        return f"Invalid value for '{param}': {text}", param
-    return f"Invalid request body: {text}", None

@@ -34,6 +34,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import Counter, Histogram
 from prometheus_client.registry import Collector
 
+from cortex.buckets import (
+    DURATION_BUCKETS,
+    LOAD_BUCKETS,
+    OVERHEAD_BUCKETS,
+    QUEUE_BUCKETS,
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+)
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import LoadObserver
 from cortex.gateway.proxy import Exchange
@@ -41,12 +49,6 @@ from cortex.gateway.service import ExchangeObserver, Gateway
 
 log = logging.getLogger("cortex.gateway.metrics")
 
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1)
-OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
-QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 NO_LABEL = "-"  # model or node of an exchange that failed before it was routed
 
 

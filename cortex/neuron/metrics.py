@@ -26,16 +26,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import Counter, Histogram
 from prometheus_client.registry import Collector
 
+from cortex.buckets import (
+    DURATION_BUCKETS,
+    LOAD_BUCKETS,
+    QUEUE_BUCKETS,
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+)
 from cortex.neuron.lifecycle import ModelManager
 
 if TYPE_CHECKING:
     from cortex.neuron.completions import Outcome
 
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1)
-QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 NO_MODEL = "-"  # a request that was never admitted (unknown model): client text is no label
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 
 from cortex.errors import InvalidRequest
+from cortex.validation import MISSING, split_error, value_at
 
 T = TypeVar("T")
 
@@ -28,10 +28,7 @@ def decode(body: bytes, kind: type[T]) -> T:
 
 
 def _rejection(text: str, body: bytes) -> InvalidRequest:
-    param: str | None = None
-    match = re.search(r" - at `\$\.?(.*)`$", text)
-    if match:
-        param, text = match.group(1) or None, text[: match.start()]
+    text, param = split_error(text)
     text = text.replace("Expected", "expected")
     if "Object missing required field" in text:
         field = text.split("`")[1] if "`" in text else "?"
@@ -40,24 +37,15 @@ def _rejection(text: str, body: bytes) -> InvalidRequest:
     if param is None:
         return InvalidRequest(f"Invalid request body: {text}")
     got = _value_at(body, param)
-    shown = "" if got is _MISSING or text.startswith("Invalid") else f", got {_short(got)}"
+    shown = "" if got is MISSING or text.startswith("Invalid") else f", got {_short(got)}"
     return InvalidRequest(f"Invalid value for '{param}': {text}{shown}.", param=param)
-
-
-_MISSING: Any = object()
 
 
 def _value_at(body: bytes, path: str) -> Any:
     try:
-        node: Any = msgspec.json.decode(body)
+        return value_at(msgspec.json.decode(body), path)
     except msgspec.DecodeError:
-        return _MISSING
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        try:
-            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return _MISSING
-    return node
+        return MISSING
 
 
 def _short(value: Any) -> str:
