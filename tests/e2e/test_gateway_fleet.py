@@ -8,7 +8,10 @@ Tests run in file order and the last ones kill a neuron.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,6 +123,36 @@ def test_openai_sdk_streams_through_the_gateway(gateway: GatewayProcess) -> None
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def _cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cortex", *args, "--gateway", gw.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_status_load_unload_and_pin(gateway: GatewayProcess) -> None:
+    before = gateway.placements()
+    resident = next(m for m in ("a", "b", "c") if before[m] == ["n2"])
+    done = _cli(gateway, "unload", resident)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{resident}: unloaded on n2"
+    assert gateway.placements()[resident] == []
+    done = _cli(gateway, "load", resident, "--node", "n2")
+    assert done.returncode == 0 and done.stdout.strip() == f"{resident}: loaded on n2"
+    table = _cli(gateway, "status").stdout
+    assert re.search(r"^n1\s+up\b", table, re.M) and re.search(r"^n2\s+up\b", table, re.M)
+    assert re.search(rf"^{resident}\s+resident\b.*n2/cpu loaded", table, re.M)
+    assert re.search(r"^pin\s+resident\s+yes\b", table, re.M)
+    raw = json.loads(_cli(gateway, "status", "--json").stdout)
+    assert {n["name"] for n in raw["neurons"]} == {"n1", "n2"}
+    assert _cli(gateway, "pin", resident).stdout.strip() == f"{resident}: pinned"
+    assert _cli(gateway, "unpin", resident).stdout.strip() == f"{resident}: unpinned"
+    missing = _cli(gateway, "load", "nope")
+    assert missing.returncode == 1 and "404" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_priority_strategy_evicts_lowest_priority(
