@@ -217,6 +217,15 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
     return app
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed: the gateway's per-request CPU is mostly event-loop work."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
     """Run the gateway until SIGINT/SIGTERM (the CLI calls this after --check passed)."""
     models = cfg.load_models(cfg.resolve_relative(config_path, config.gateway.models))
@@ -227,6 +236,7 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
         app,
         host=host,
         port=port,
+        loop=_event_loop(),
         print=None,
         access_log=None,
         handler_cancellation=True,
