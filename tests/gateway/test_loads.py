@@ -32,6 +32,7 @@ class FakeNeuron:
     """Serves the neuron admin API; loads take ``load_s``."""
 
     load_s: float = 0.3
+    total_bytes: int = 10 * GB
     loads: int = 0
     unloads: int = 0
     models: dict[str, ModelStatus] = field(default_factory=dict)
@@ -46,8 +47,8 @@ class FakeNeuron:
     async def status(self, request: web.Request) -> web.Response:
         used = sum(m.bytes for m in self.models.values())
         device = DeviceStatus(
-            id="cpu", kind="cpu", index=0, name="cpu", total_bytes=10 * GB,
-            free_bytes=10 * GB - used, used_bytes=used,
+            id="cpu", kind="cpu", index=0, name="cpu", total_bytes=self.total_bytes,
+            free_bytes=self.total_bytes - used, used_bytes=used,
         )  # fmt: skip
         status = NeuronStatus(
             name="n1", version="t", harnesses=["fake"], devices=[device],
@@ -176,3 +177,53 @@ async def test_pinned_model_loads_at_start_up(neuron: tuple[FakeNeuron, str]) ->
         assert fake.unloads == 0, "a pinned load is kept although nobody waits for it"
     finally:
         await _close(loader, fleet, session)
+
+
+def _resident(model_id: str, gb: int) -> ModelStatus:
+    return ModelStatus(
+        id=model_id, state="loaded", harness="fake", device="cpu", source=model_id,
+        quantization="none", bytes=gb * GB, loaded_at=time.time() - 3600,
+    )  # fmt: skip
+
+
+async def test_defrag_moves_an_idle_model_so_an_unplaceable_one_fits() -> None:
+    """x (3 GB) on n1 and y (3 GB) on n2 leave 7 GB free on each 10 GB node: z (8 GB) fits
+    nowhere while both are busy. Once they are idle, defrag moves one so that z fits whole."""
+    fakes = {name: FakeNeuron(load_s=0.05) for name in ("n1", "n2")}
+    fakes["n1"].models["x"] = _resident("x", 3)
+    fakes["n2"].models["y"] = _resident("y", 3)
+    servers = [TestServer(f.app(), host="127.0.0.1") for f in fakes.values()]
+    for server in servers:
+        await server.start_server()
+    catalogue = {m.id: m for m in (
+        ModelEntry(id="x", source="x", vram_gb=3.0),
+        ModelEntry(id="y", source="y", vram_gb=3.0),
+        ModelEntry(id="z", source="z", vram_gb=8.0),
+    )}  # fmt: skip
+    config = CortexConfig(
+        gateway=GatewaySection(poll_interval_s=0.1),
+        neurons=tuple(
+            NeuronRef(name=n, endpoint=str(s.make_url("")).rstrip("/"))
+            for n, s in zip(fakes, servers, strict=True)
+        ),
+    )
+    session = aiohttp.ClientSession()
+    fleet = Fleet(config, catalogue, session)
+    await fleet.start()
+    loader = Loader(config, fleet, session)
+    try:
+        fleet.counts("x", "n1").in_flight = fleet.counts("y", "n2").in_flight = 1
+        with pytest.raises(Unavailable):
+            await loader.route(catalogue["z"])
+        fleet.counts("x", "n1").in_flight = fleet.counts("y", "n2").in_flight = 0
+        await loader.defrag()
+        holders = [n for n, f in fakes.items() if sorted(f.models) == ["x", "y"]]
+        assert len(holders) == 1, "both small models now share one node"
+        assert sum(f.unloads for f in fakes.values()) == 1, "one idle model moved, none evicted"
+        node = await loader.route(catalogue["z"])
+        assert node != holders[0]
+        assert sum(f.unloads for f in fakes.values()) == 1, "z placed without an eviction"
+    finally:
+        await _close(loader, fleet, session)
+        for server in servers:
+            await server.close()
