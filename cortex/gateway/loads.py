@@ -193,19 +193,7 @@ class Loader:
             self.spawn(self.defrag())
 
     async def _post_load(self, entry: ModelEntry, node: str, device: str) -> None:
-        body = LoadRequest(
-            model=entry.id,
-            source=entry.source,
-            harness=entry.harness,
-            quantization=entry.quantization,
-            dtype=entry.dtype,
-            device=device,
-            context_length=entry.context_length,
-            vram_gb=entry.vram_gb,
-            chat_template=entry.chat_template,
-            tool_parser=entry.tool_parser,
-            trust_remote_code=entry.trust_remote_code,
-        )
+        body = LoadRequest.from_entry(entry, device)
         await self._call(
             node, "/models/load", _encoder.encode(body), self.config.gateway.load_timeout_s
         )

@@ -45,19 +45,7 @@ class Node:
 
     def preload_request(self, model_id: str) -> LoadRequest:
         """The load a ``preload`` id stands for, from its models.toml entry (KeyError if none)."""
-        e = self.catalogue[model_id]
-        return LoadRequest(
-            model=e.id,
-            source=e.source,
-            harness=e.harness,
-            quantization=e.quantization,
-            dtype=e.dtype,
-            context_length=e.context_length,
-            vram_gb=e.vram_gb,
-            chat_template=e.chat_template,
-            tool_parser=e.tool_parser,
-            trust_remote_code=e.trust_remote_code,
-        )
+        return LoadRequest.from_entry(self.catalogue[model_id])
 
 
 NODE = web.AppKey("cortex.neuron.node", Node)

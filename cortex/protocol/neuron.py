@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cortex.config import DType, Name, Quantization
+from cortex.config import DType, ModelEntry, Name, Quantization
 from cortex.protocol.openai import Message, Tool
 
 ModelState = Literal["loading", "loaded", "unloading", "failed"]
@@ -26,6 +26,23 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False
+
+    @classmethod
+    def from_entry(cls, entry: ModelEntry, device: str | None = None) -> LoadRequest:
+        """The load a models.toml entry stands for (gateway loads and neuron preloads)."""
+        return cls(
+            model=entry.id,
+            source=entry.source,
+            harness=entry.harness,
+            quantization=entry.quantization,
+            dtype=entry.dtype,
+            device=device,
+            context_length=entry.context_length,
+            vram_gb=entry.vram_gb,
+            chat_template=entry.chat_template,
+            tool_parser=entry.tool_parser,
+            trust_remote_code=entry.trust_remote_code,
+        )
 
     def same_spec(self, other: LoadRequest) -> bool:
         """Equal in everything that changes the loaded weights (device None means any)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.neuron_process import NeuronProcess, TomlValue, free_port, toml_table
+from tests.e2e.neuron_process import (
+    NeuronProcess,
+    TomlValue,
+    free_port,
+    stop_process,
+    toml_table,
+)
 
 READY_TIMEOUT_S = 30.0
 
@@ -115,10 +120,4 @@ class GatewayProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
+        stop_process(self.proc)

@@ -14,14 +14,13 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import NeuronProcess
+from tests.prometheus_samples import Samples, samples, total
 
 pytestmark = pytest.mark.slow
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MODELS = [{"id": m, "source": "tiny", "vram_gb": 0.6, "context_length": 2048} for m in ("a", "b")]
 
 
@@ -30,17 +29,7 @@ def _scrape(url: str, token: str | None = None) -> Samples:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _sum(found: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
+        return samples(resp.read())
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +75,23 @@ def test_metrics_match_what_clients_were_told(fleet: tuple[GatewayProcess, Neuro
         oa.chat.completions.create(model="nope", messages=messages)
 
     g = _scrape(gw.metrics_url)
-    assert _sum(g, "cortex_requests_total", status="200") == 4
-    assert _sum(g, "cortex_requests_total", model="a", route="/v1/chat/completions") == 2
-    assert _sum(g, "cortex_requests_total", model="b", route="/v1/messages") == 2
-    assert _sum(g, "cortex_requests_total", model="-", status="404") == 1
-    assert _sum(g, "cortex_tokens_total", kind="prompt") == prompt
-    assert _sum(g, "cortex_tokens_total", kind="completion") == completion
-    assert _sum(g, "cortex_time_to_first_token_seconds_count") == 2  # the two streams
-    assert _sum(g, "cortex_model_loads_total", node="n1", result="ok") == 2
-    assert _sum(g, "cortex_evictions_total", model="a", node="n1") == 1
-    assert _sum(g, "cortex_neuron_up", node="n1") == 1
-    assert _sum(g, "cortex_model_resident", model="b", node="n1") == 1
-    assert _sum(g, "cortex_gpu_memory_bytes", node="n1", device="cpu", state="total") == 1e9
-    assert _sum(g, "cortex_requests_in_flight") == 0
+    assert total(g, "cortex_requests_total", status="200") == 4
+    assert total(g, "cortex_requests_total", model="a", route="/v1/chat/completions") == 2
+    assert total(g, "cortex_requests_total", model="b", route="/v1/messages") == 2
+    assert total(g, "cortex_requests_total", model="-", status="404") == 1
+    assert total(g, "cortex_tokens_total", kind="prompt") == prompt
+    assert total(g, "cortex_tokens_total", kind="completion") == completion
+    assert total(g, "cortex_time_to_first_token_seconds_count") == 2  # the two streams
+    assert total(g, "cortex_model_loads_total", node="n1", result="ok") == 2
+    assert total(g, "cortex_evictions_total", model="a", node="n1") == 1
+    assert total(g, "cortex_neuron_up", node="n1") == 1
+    assert total(g, "cortex_model_resident", model="b", node="n1") == 1
+    assert total(g, "cortex_gpu_memory_bytes", node="n1", device="cpu", state="total") == 1e9
+    assert total(g, "cortex_requests_in_flight") == 0
 
     n = _scrape(neuron.url, neuron.token)
-    assert _sum(n, "cortex_requests_total", status="200") == 4
-    assert _sum(n, "cortex_tokens_total", kind="prompt") == prompt
-    assert _sum(n, "cortex_tokens_total", kind="completion") == completion
-    assert _sum(n, "cortex_model_loads_total", result="ok") == 2
-    assert _sum(n, "cortex_model_resident", model="b") == 1
+    assert total(n, "cortex_requests_total", status="200") == 4
+    assert total(n, "cortex_tokens_total", kind="prompt") == prompt
+    assert total(n, "cortex_tokens_total", kind="completion") == completion
+    assert total(n, "cortex_model_loads_total", result="ok") == 2
+    assert total(n, "cortex_model_resident", model="b") == 1

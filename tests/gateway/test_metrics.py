@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
-from prometheus_client.parser import text_string_to_metric_families
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, NeuronRef, UpstreamRef
 from cortex.gateway.app import make_app
@@ -18,21 +17,7 @@ from cortex.gateway.metrics import METRICS, FleetCollector, GatewayMetrics, list
 from cortex.gateway.proxy import Exchange
 from cortex.protocol.neuron import DeviceStatus, ModelStatus, NeuronStatus
 from tests.gateway.mock_upstream import WORDS, MockState, make_mock_upstream
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(exposition: bytes) -> Samples:
-    """Every sample as {(name, labels): value}."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(exposition.decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
+from tests.prometheus_samples import samples, value
 
 
 def exchange(**fields: Any) -> Exchange:

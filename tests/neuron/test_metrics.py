@@ -9,30 +9,17 @@ import msgspec
 import pynvml
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from cortex.config import ModelsConfig, NeuronConfig, NeuronSection
 from cortex.neuron.app import make_app
 from cortex.neuron.completions import Outcome
 from cortex.neuron.metrics import NeuronMetrics
 from tests.neuron.fakes import FakeHarness
+from tests.prometheus_samples import samples, value
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 Client = TestClient[Any, Any]
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(exposition: bytes) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(exposition.decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_finished_request_records_times_and_tokens() -> None:
