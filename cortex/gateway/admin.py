@@ -18,7 +18,7 @@ from cortex.protocol.admin import (
     ResidentView,
     UpstreamView,
 )
-from cortex.protocol.openai import ModelList
+from cortex.protocol.openai import ModelCard, ModelList
 
 _encoder = msgspec.json.Encoder()
 ACTIONS = ("load", "unload", "pin", "unpin")
@@ -28,13 +28,27 @@ def _json(obj: msgspec.Struct) -> web.Response:
     return web.Response(body=_encoder.encode(obj), content_type="application/json")
 
 
-async def list_models(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
+def _cards(gateway: Gateway) -> list[ModelCard]:
     upstream_models = {
         name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
     }
-    cards = gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
-    return _json(ModelList(data=cards))
+    return gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return _json(ModelList(data=_cards(request.app[GATEWAY])))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """One card, by id or alias (the OpenAI SDK's models.retrieve)."""
+    gateway = request.app[GATEWAY]
+    name = request.match_info["model"]
+    entry = gateway.catalogue.resolve(name)
+    wanted = entry.id if entry is not None else name
+    for card in _cards(gateway):
+        if card.id == wanted:
+            return _json(card)
+    raise ModelNotFound(f"The model '{name}' does not exist (see GET /v1/models).")
 
 
 def build_status(gateway: Gateway) -> GatewayStatus:

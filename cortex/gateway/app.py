@@ -212,6 +212,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
     )
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", admin.list_models)
+    app.router.add_get("/v1/models/{model}", admin.get_model)
     app.router.add_get("/cortex/status", admin.status)
     app.router.add_post("/cortex/models/{model}/{action}", admin.model_action)
     return app

@@ -83,6 +83,16 @@ async def test_models_lists_upstream_models_as_resident(gateway: GatewayFactory)
     assert cards["mock-gpt"].model_extra["cortex"]["state"] == "resident"  # type: ignore[index]
 
 
+async def test_models_retrieve_one_card_or_404(gateway: GatewayFactory) -> None:
+    base = await gateway()
+    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused", max_retries=0)
+    card = await client.models.retrieve("mock-gpt")
+    assert card.id == "mock-gpt" and card.owned_by == "mock"
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.models.retrieve("nope")
+    assert err.value.code == "model_not_found"
+
+
 async def test_non_stream_body_is_relayed_byte_for_byte(gateway: GatewayFactory) -> None:
     base = await gateway()
     status, body, headers = await _post(base, "v1/chat/completions", CHAT)
