@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import NeuronProcess
+from tests.prometheus_samples import samples, total
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +125,45 @@ def test_openai_sdk_streams_through_the_gateway(gateway: GatewayProcess) -> None
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def _hung_up(neuron: NeuronProcess) -> float:
+    request = urllib.request.Request(neuron.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {neuron.token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return total(samples(resp.read()), "cortex_requests_total", status="499")
+
+
+def test_client_hang_up_through_the_gateway_cancels_generation_on_the_neuron(
+    gateway: GatewayProcess, neurons: dict[str, NeuronProcess]
+) -> None:
+    n1 = neurons["n1"]
+    before = _hung_up(n1)
+    body = {
+        "model": "pin",
+        "stream": True,
+        "max_tokens": 1500,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+
+    async def hang_up() -> int:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(gateway.url + "/v1/chat/completions", json=body)
+            events = 0
+            while events < 5:
+                if (await resp.content.readline()).startswith(b"data: "):
+                    events += 1
+            resp.close()
+            return events
+
+    assert asyncio.run(hang_up()) == 5
+    status = n1.wait_for(lambda s: s["in_flight"] == 0, timeout=5)
+    assert all(m["in_flight"] == 0 for m in status["models"])
+    deadline = time.monotonic() + 5
+    while _hung_up(n1) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _hung_up(n1) == before + 1, "the neuron saw the hang-up (499), not a finished stream"
 
 
 def _cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,59 @@
+"""A model no live neuron can serve: 503 (529 for Anthropic) with Retry-After and the reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from cortex.config import CortexConfig, GatewaySection, ModelEntry, ModelsConfig, NeuronRef
+from cortex.gateway.app import make_app
+from tests.e2e.neuron_process import free_port
+
+
+@pytest.fixture
+async def base() -> AsyncIterator[str]:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = CortexConfig(
+        gateway=GatewaySection(poll_interval_s=60.0),
+        neurons=(NeuronRef(name="gpu1", endpoint=dead),),
+    )
+    models = ModelsConfig(models=(ModelEntry(id="m", source="m", vram_gb=8.0),))
+    server = TestServer(make_app(config, models), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("/")).rstrip("/")
+    await server.close()
+
+
+async def test_openai_gets_503_with_retry_after_and_the_reason(base: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + "/v1/chat/completions", json=body) as resp,
+    ):
+        error = (await resp.json())["error"]
+        assert resp.status == 503
+        assert int(resp.headers["retry-after"]) >= 1
+    assert error["message"] == "no live neuron may serve m (allowed: any; up: none)"
+    assert error["type"] == "server_error"
+
+
+async def test_anthropic_gets_529_overloaded_with_retry_after(base: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + "/v1/messages", json=body) as resp,
+    ):
+        payload = await resp.json()
+        assert resp.status == 529
+        assert "retry-after" in resp.headers
+    assert payload["type"] == "error" and payload["error"]["type"] == "overloaded_error"
+
+
+async def test_admin_status_shows_the_node_down(base: str) -> None:
+    async with aiohttp.ClientSession() as session, session.get(base + "/cortex/status") as resp:
+        status = await resp.json()
+    assert status["neurons"][0]["state"] == "down"
+    assert status["models"][0] == {**status["models"][0], "id": "m", "state": "available"}
