@@ -93,8 +93,12 @@ class UpstreamResponse:
         return from_status(self.resp.status, message, code)
 
     def close(self) -> None:
-        """Drop the connection (not back to the pool): the neuron sees the hang-up at once."""
-        self.resp.close()
+        """Done with it: a fully read answer goes back to the pool (keep-alive); anything
+        else drops the connection, so the neuron sees the hang-up at once and cancels."""
+        if self.resp.content.is_eof():
+            self.resp.release()
+        else:
+            self.resp.close()
 
 
 async def open_upstream(
@@ -155,7 +159,17 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         whole = data[: cut + 2]
         yield whole
         if whole.endswith(_DONE):
+            await _drain(content)
             return
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read the end of the body after [DONE] so the connection can be reused."""
+    try:
+        while await content.readany():
+            pass
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # close() drops a connection that did not end cleanly
 
 
 def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:

@@ -22,6 +22,7 @@ class MockState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
     completed_streams: int = 0
+    peers: set[tuple[str, int]] = field(default_factory=set)  # client (host, port) per request
 
 
 def _chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
@@ -80,6 +81,8 @@ def make_mock_upstream(state: MockState) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         state.requests.append(body)
+        assert request.transport is not None
+        state.peers.add(request.transport.get_extra_info("peername"))
         if not body.get("stream"):
             return web.Response(body=COMPLETION_BYTES, content_type="application/json")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})

@@ -115,6 +115,19 @@ async def test_stream_forces_usage_upstream_and_hides_it_from_client(
     assert upstream[1].requests[-1]["stream_options"] == {"include_usage": True}
 
 
+async def test_finished_streams_reuse_the_upstream_connection(
+    gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
+) -> None:
+    base = await gateway()
+    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
+    for _ in range(3):
+        stream = await client.chat.completions.create(
+            model="mock-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert len([c async for c in stream]) > 1
+    assert len(upstream[1].peers) == 1, "keep-alive: one connection for three streams"
+
+
 async def test_stream_keeps_usage_when_client_asks(gateway: GatewayFactory) -> None:
     base = await gateway()
     client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
