@@ -8,6 +8,7 @@ from aiohttp import web
 from cortex import __version__, protocol
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.gateway.service import GATEWAY, Gateway
+from cortex.protocol import anthropic
 from cortex.protocol.admin import (
     ActionResult,
     GatewayStatus,
@@ -35,19 +36,33 @@ def _cards(gateway: Gateway) -> list[ModelCard]:
     return gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
 
 
+def _anthropic(request: web.Request) -> bool:
+    """Anthropic's SDKs always send anthropic-version; they expect their own list shape."""
+    return "anthropic-version" in request.headers
+
+
+def _info(card: ModelCard) -> anthropic.ModelInfo:
+    return anthropic.ModelInfo(id=card.id, display_name=card.id)
+
+
 async def list_models(request: web.Request) -> web.Response:
-    return _json(ModelList(data=_cards(request.app[GATEWAY])))
+    cards = _cards(request.app[GATEWAY])
+    if not _anthropic(request):
+        return _json(ModelList(data=cards))
+    infos = [_info(card) for card in cards]
+    first, last = (infos[0].id, infos[-1].id) if infos else (None, None)
+    return _json(anthropic.ModelListPage(data=infos, first_id=first, last_id=last))
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """One card, by id or alias (the OpenAI SDK's models.retrieve)."""
+    """One card, by id or alias (the SDKs' models.retrieve)."""
     gateway = request.app[GATEWAY]
     name = request.match_info["model"]
     entry = gateway.catalogue.resolve(name)
     wanted = entry.id if entry is not None else name
     for card in _cards(gateway):
         if card.id == wanted:
-            return _json(card)
+            return _json(_info(card) if _anthropic(request) else card)
     raise ModelNotFound(f"The model '{name}' does not exist (see GET /v1/models).")
 
 

@@ -264,3 +264,20 @@ StreamEvent = (
     | Ping
     | ErrorEvent
 )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    id: str
+    display_name: str
+    created_at: str = "1970-01-01T00:00:00Z"  # RFC 3339; the epoch when unknown, as the API allows
+    type: Literal["model"] = "model"
+
+
+class ModelListPage(msgspec.Struct, kw_only=True, omit_defaults=False):
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

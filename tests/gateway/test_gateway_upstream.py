@@ -93,6 +93,19 @@ async def test_models_retrieve_one_card_or_404(gateway: GatewayFactory) -> None:
     assert err.value.code == "model_not_found"
 
 
+async def test_anthropic_sdk_lists_and_retrieves_models_in_its_shape(
+    gateway: GatewayFactory,
+) -> None:
+    base = await gateway()
+    client = anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused", max_retries=0)
+    page = await client.models.list()
+    assert [m.id for m in page.data] == ["mock-gpt", "mock-die", "mock-slow"]
+    assert page.data[0].type == "model" and page.data[0].display_name == "mock-gpt"
+    assert (await client.models.retrieve("mock-gpt")).id == "mock-gpt"
+    with pytest.raises(anthropic.NotFoundError):
+        await client.models.retrieve("nope")
+
+
 async def test_non_stream_body_is_relayed_byte_for_byte(gateway: GatewayFactory) -> None:
     base = await gateway()
     status, body, headers = await _post(base, "v1/chat/completions", CHAT)
