@@ -3,10 +3,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from cortex_transformers import scheduler
 from cortex_transformers.harness import TransformersModel
 from transformers import AutoModelForCausalLM
 
@@ -157,3 +159,41 @@ async def test_unload_ends_running_generations(demo_dir: Path) -> None:
         async for _ in stream:
             pass
     model.unload()  # idempotent
+
+
+@pytest.fixture
+def chunked(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TransformersModel]:
+    """The demo model with prompts prefilled 4 tokens at a time."""
+    monkeypatch.setattr(scheduler, "PREFILL_CHUNK_TOKENS", 4)
+    model = load(demo_dir)
+    yield model
+    model.unload()
+
+
+async def test_chunked_prefill_equals_whole_prefill(
+    chunked: TransformersModel, demo_dir: Path
+) -> None:
+    prompt = _prompt(chunked, "a long prompt that takes many chunks " * 3)
+    assert len(prompt) > 40
+    events = await _collect(chunked, prompt, GREEDY)
+    expected = chunked._tokenizer.decode(_hf_greedy(demo_dir, prompt, 12), skip_special_tokens=True)
+    assert "".join(e.text for e in events) == expected
+
+
+async def test_long_prefill_interleaves_with_running_streams(chunked: TransformersModel) -> None:
+    """While a long prompt prefills chunk by chunk, a running stream keeps getting tokens."""
+    running = chunked.generate(
+        _prompt(chunked, "go"), SamplingParams(max_new_tokens=400, temperature=0)
+    )
+    await anext(running)
+    long_prompt = _prompt(chunked, "context " * 40)
+    chunks = -(-len(long_prompt) // 4)
+    joiner = asyncio.create_task(anext(chunked.generate(long_prompt, GREEDY)))
+    during = 0
+    while not joiner.done():
+        await anext(running)
+        during += 1
+    await joiner
+    await running.aclose()
+    assert during >= chunks // 2, f"{during} tokens streamed while {chunks} chunks prefilled"
+    await _wait_idle(chunked)

@@ -34,14 +34,16 @@ class DecodeBatch:
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)  # [B], next input token
         self._padded = False
 
-    def prefill(self, prompt: list[int]) -> tuple[Cache, torch.Tensor]:
-        """Run a new sequence's prompt alone; returns its cache and last logits [V].
+    def prefill(self, tokens: list[int], cache: Cache | None = None) -> tuple[Cache, torch.Tensor]:
+        """Run (the next chunk of) a new sequence's prompt alone, extending ``cache`` (None: a
+        fresh one); returns the cache and the chunk's last logits [V].
 
-        Prefilling alone avoids padded query rows; the sequence joins (``join``) once its first
-        token is known.
+        Prefilling alone avoids padded query rows; positions continue from the cache length, so
+        a prompt prefilled in chunks equals one prefilled whole. The sequence joins (``join``)
+        once its first token is known.
         """
-        ids = torch.tensor([prompt], dtype=torch.long, device=self._device)  # [1, S]
-        cache = new_cache()
+        ids = torch.tensor([tokens], dtype=torch.long, device=self._device)  # [1, S]
+        cache = cache if cache is not None else new_cache()
         out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         return cache, out.logits[0, -1]
 

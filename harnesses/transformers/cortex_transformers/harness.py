@@ -28,7 +28,7 @@ from cortex.neuron.harness import (
     TokenEvent,
 )
 from cortex.protocol.neuron import LoadRequest
-from cortex_transformers import __version__
+from cortex_transformers import __version__, scheduler
 from cortex_transformers.batch import DecodeBatch
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.loading import (
@@ -68,7 +68,10 @@ class TransformersModel(LoadedModel):
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         batch = DecodeBatch(model, torch.device(device))
         self._scheduler: Scheduler | None = Scheduler(
-            batch, max_batch=self._max_batch, name=request.model
+            batch,
+            max_batch=self._max_batch,
+            name=request.model,
+            prefill_chunk=scheduler.PREFILL_CHUNK_TOKENS,
         )
 
     @property

@@ -1,9 +1,12 @@
 """The decode worker: one thread per loaded model runs continuous batching.
 
 Between two decode steps it drops cancelled sequences, admits waiting ones (prefill, first
-token) up to ``max_batch``, then decodes one token for every running row. The thread owns the
-batch and every sequence's state; the event loop only appends to ``_waiting`` (under the lock)
-and sets ``Sequence.cancelled``. Events go back through ``deliver`` (call_soon_threadsafe).
+token) up to ``max_batch``, then decodes one token for every running row. A prompt longer than
+``prefill_chunk`` tokens is prefilled one chunk per iteration, between decode steps, so a long
+prompt (a coding agent's 20k-token context) delays the running streams by one chunk at a time
+instead of stalling them for its whole prefill. The thread owns the batch and every sequence's
+state; the event loop only appends to ``_waiting`` (under the lock) and sets
+``Sequence.cancelled``. Events go back through ``deliver`` (call_soon_threadsafe).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import Cache
 
 from cortex.errors import CortexError, InternalError, Unavailable
 from cortex_transformers.batch import DecodeBatch
@@ -21,11 +26,31 @@ from cortex_transformers.sequence import Item, Sequence, deliver
 
 log = logging.getLogger(__name__)
 
+PREFILL_CHUNK_TOKENS = 512
+
+
+@dataclass
+class _Prefill:
+    """A sequence part-way through its prompt: ``done`` tokens are in ``cache``."""
+
+    seq: Sequence
+    cache: Cache | None = None
+    done: int = 0
+
 
 class Scheduler:
-    def __init__(self, batch: DecodeBatch, *, max_batch: int, name: str) -> None:
+    def __init__(
+        self,
+        batch: DecodeBatch,
+        *,
+        max_batch: int,
+        name: str,
+        prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+    ) -> None:
         self._batch = batch
         self._max_batch = max_batch
+        self._chunk = prefill_chunk
+        self._prefilling: _Prefill | None = None  # worker thread only
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._waiting: deque[Sequence] = deque()
@@ -36,7 +61,7 @@ class Scheduler:
     @property
     def active(self) -> int:
         """Sequences waiting or running (approximate when read off the worker thread)."""
-        return len(self._waiting) + len(self._batch.rows)
+        return len(self._waiting) + len(self._batch.rows) + (self._prefilling is not None)
 
     def submit(self, seq: Sequence) -> None:
         with self._lock:
@@ -64,7 +89,7 @@ class Scheduler:
                 self._wake.clear()
                 if self._stopping:
                     break
-                if not self._waiting and not self._batch.rows:
+                if not self._waiting and not self._batch.rows and self._prefilling is None:
                     self._wake.wait()
                     continue
                 try:
@@ -79,6 +104,9 @@ class Scheduler:
         with self._lock:
             left = list(self._waiting) + list(self._batch.rows)
             self._waiting.clear()
+        if self._prefilling is not None:
+            left.append(self._prefilling.seq)
+            self._prefilling = None
         self._fail(left, Unavailable("the model was unloaded"))
         self._batch.keep([])
 
@@ -86,14 +114,22 @@ class Scheduler:
         self._drop_cancelled()
         events: list[tuple[Sequence, Item]] = []
         while len(self._batch.rows) < self._max_batch:
-            with self._lock:
-                if not self._waiting:
-                    break
-                seq = self._waiting.popleft()
+            job = self._prefilling or self._next_waiting()
+            if job is None:
+                break
+            self._prefilling = None
+            seq = job.seq
             if seq.cancelled:
                 continue
             try:
-                cache, logits = self._batch.prefill(seq.prompt)
+                end = job.done + self._chunk
+                cache, logits = self._batch.prefill(seq.prompt[job.done : end], job.cache)
+                job.cache, job.done = cache, min(end, len(seq.prompt))
+                if job.done < len(seq.prompt):
+                    self._prefilling = job
+                    if self._batch.rows:
+                        break  # the running rows decode a step before the next chunk
+                    continue
                 (token,) = next_tokens(logits[None], [seq.sampler])
                 events.append((seq, seq.accept(token)))
             except Exception as exc:
@@ -103,6 +139,10 @@ class Scheduler:
             if not seq.finished:
                 self._batch.join(seq, cache, token)
         deliver(events)
+
+    def _next_waiting(self) -> _Prefill | None:
+        with self._lock:
+            return _Prefill(self._waiting.popleft()) if self._waiting else None
 
     def _step(self) -> None:
         rows = self._batch.rows
