@@ -77,7 +77,7 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=15)
