@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest serve demo-model bench srpm clean
+.PHONY: test lint typecheck pytest serve demo-model bench srpm clean clients
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,18 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyprojec
 
 install: $(STAMP)
 
+# The real agent CLIs (Claude Code, Codex) for the e2e tests that drive them headless. Best
+# effort: where npm cannot install them, those tests skip and say why.
+CLIENTS := $(VENV)/clients
+$(CLIENTS)/.installed:
+	mkdir -p $(CLIENTS)
+	npm install --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error \
+	    @anthropic-ai/claude-code @openai/codex \
+	  || echo "npm could not install the agent CLIs; their e2e tests will skip"
+	touch $@
+
+clients: $(CLIENTS)/.installed
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -29,7 +41,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy cortex
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CLIENTS)/.installed
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

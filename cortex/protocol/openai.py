@@ -180,10 +180,17 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
-class Usage(msgspec.Struct):
+class PromptTokensDetails(msgspec.Struct):
+    """OpenAI's breakdown of the prompt: ``cached_tokens`` came from the prefix cache."""
+
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ResponseMessage(msgspec.Struct, kw_only=True, omit_defaults=False):
