@@ -24,6 +24,7 @@ from cortex.gateway.proxy import (
     sse_events,
 )
 from cortex.gateway.service import Gateway
+from cortex.gateway.sessions import session_key
 from cortex.protocol import openai
 
 SSE_HEADERS = {
@@ -67,6 +68,7 @@ async def chat_completions(
     if resolved.entry is not None and not resolved.entry.vision:
         _refuse_images(req, resolved.model_id)
     body = upstream_body(raw, req, resolved.model_id)
+    ex.session = session_key(request.headers, req.user, req.messages)
     upstream = await gateway.open(resolved, "/chat/completions", body, ex)
     try:
         if not req.stream:

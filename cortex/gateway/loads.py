@@ -81,8 +81,10 @@ class Loader:
         exclude: Collection[str] = (),
         node: str | None = None,
         keep: bool = False,
+        session: str | None = None,
     ) -> str:
-        """A node where ``entry`` is loaded, loading it (and evicting) when needed.
+        """A node where ``entry`` is loaded, loading it (and evicting) when needed;
+        ``session``: the request's affinity key (router.choose).
 
         Raises Overloaded when the model's queue is full, Unavailable when it cannot be placed
         or did not load before the deadline (both carry Retry-After).
@@ -106,6 +108,7 @@ class Loader:
                     time.time(),
                     self.config.eviction.strategy,
                     self.config.eviction.min_resident_s,
+                    session,
                 )
                 if isinstance(decision, Route):
                     return decision.node

@@ -55,6 +55,7 @@ class Exchange:
     request_id: str = ""
     model: str = ""
     node: str = ""
+    session: str | None = None  # affinity key (sessions.session_key), set before Gateway.open
     status: int = 200
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)

@@ -2,8 +2,13 @@
 
 Order of preference, each step only when the one before has no answer:
 
-1. ``Route``: the model is loaded on an up node (then on a suspect one): the copy with the
-   fewest requests in flight or queued, then the least busy node, then the name.
+1. ``Route``: the model is loaded on an up node (then on a suspect one). With a ``session``
+   key, the copy that session hashes to (rendezvous hashing: each session prefers one node,
+   and adding or losing a copy moves only the sessions that preferred it), unless that copy
+   is much busier than the least busy one (``BALANCE_ABS`` more requests in flight or queued
+   and ``BALANCE_REL`` times as many: SGLang router's defaults). Otherwise, or without a key,
+   the copy with the fewest requests in flight or queued, then the least busy node, then the
+   name.
 2. ``Wait``: the model is loading somewhere: join that load rather than start another.
 3. ``Load``: on an allowed up node, the device where it fits leaving the least free memory
    (best fit), GPUs before the CPU.
@@ -16,16 +21,21 @@ operator put it there with ``cortex load --node``); ``nodes`` restricts new load
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import msgspec
 
 from cortex.config import GB, ModelEntry
 from cortex.gateway.evictor import Strategy, plan_eviction
-from cortex.gateway.state import Device, FleetView, Node
+from cortex.gateway.state import Device, FleetView, Node, Resident
 
 # A model of unknown size (vram_gb = 0) needs some free memory, however little.
 _UNKNOWN_SIZE_BYTES = 1
+# A session leaves its node only when that copy has BALANCE_ABS more requests (in flight plus
+# queued) than the least busy copy AND more than BALANCE_REL times as many.
+BALANCE_ABS = 64
+BALANCE_REL = 1.5
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -55,9 +65,13 @@ def choose(
     now: float,
     strategy: Strategy,
     min_resident_s: float,
+    session: str | None = None,
 ) -> Decision:
-    """The one thing the gateway should do next to serve ``model``."""
-    return _existing(fleet, model.id) or _place(fleet, model, now, strategy, min_resident_s)
+    """The one thing the gateway should do next to serve ``model``; ``session``: the
+    request's affinity key (see ``cortex.gateway.sessions``), None for plain least-busy."""
+    return _existing(fleet, model.id, session) or _place(
+        fleet, model, now, strategy, min_resident_s
+    )
 
 
 def allowed_up_nodes(fleet: FleetView, model: ModelEntry) -> list[Node]:
@@ -71,18 +85,33 @@ def needed_bytes(model: ModelEntry) -> int:
     return round(model.vram_gb * GB) or _UNKNOWN_SIZE_BYTES
 
 
-def _existing(fleet: FleetView, model_id: str) -> Route | Wait | None:
+def _existing(fleet: FleetView, model_id: str, session: str | None) -> Route | Wait | None:
     for health in ("up", "suspect"):
         copies = [(n, c) for n, c in fleet.holders(model_id) if n.health == health]
         loaded = [(n, c) for n, c in copies if c.state == "loaded"]
         if loaded:
-            node, _ = min(
-                loaded, key=lambda nc: (nc[1].in_flight + nc[1].queued, nc[0].in_flight, nc[0].name)
-            )
+            node, least = min(loaded, key=lambda nc: (_load(nc[1]), nc[0].in_flight, nc[0].name))
+            if session is not None:
+                home, copy = max(loaded, key=lambda nc: _affinity(session, nc[0].name))
+                if not _much_busier(_load(copy), _load(least)):
+                    node = home
             return Route(node.name)
         if copies:
             return Wait(copies[0][0].name)
     return None
+
+
+def _load(copy: Resident) -> int:
+    return copy.in_flight + copy.queued
+
+
+def _affinity(session: str, node: str) -> bytes:
+    """Rendezvous weight of ``node`` for ``session``: stable across processes and restarts."""
+    return hashlib.blake2b(f"{session}\0{node}".encode(), digest_size=8).digest()
+
+
+def _much_busier(load: int, least: int) -> bool:
+    return load - least > BALANCE_ABS and load > least * BALANCE_REL
 
 
 def _place(

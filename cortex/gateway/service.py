@@ -96,7 +96,8 @@ class Gateway:
     async def open(
         self, resolved: Resolved, path: str, body: bytes, exchange: Exchange
     ) -> UpstreamResponse:
-        """Route and send; retries on another node only while nothing reached the client.
+        """Route (by ``exchange.session`` when set) and send; retries on another node only while
+        nothing reached the client.
 
         On return the upstream answered with status < 400 and ``exchange.node`` is set;
         in-flight is counted until ``finish``.
@@ -106,7 +107,7 @@ class Gateway:
         last_error = "no attempt"
         for _ in range(MAX_ATTEMPTS):
             queued_at = time.perf_counter()
-            target = await self._target(resolved, path, excluded)
+            target = await self._target(resolved, path, excluded, exchange.session)
             exchange.queue_wait_s += time.perf_counter() - queued_at
             exchange.node = target.node
             usage = self.fleet.counts(resolved.model_id, target.node)
@@ -143,14 +144,16 @@ class Gateway:
             f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0
         )
 
-    async def _target(self, resolved: Resolved, path: str, excluded: set[str]) -> Target:
+    async def _target(
+        self, resolved: Resolved, path: str, excluded: set[str], session: str | None
+    ) -> Target:
         if resolved.upstream is not None:
             up = self.fleet.upstreams[resolved.upstream]
             return Target(
                 up.ref.name, upstream_base(up.ref) + path, upstream_headers(up.ref), False
             )
         assert resolved.entry is not None
-        node = await self.loader.route(resolved.entry, exclude=excluded)
+        node = await self.loader.route(resolved.entry, exclude=excluded, session=session)
         ref = self.fleet.neurons[node].ref
         url = ref.endpoint.rstrip("/") + "/v1" + path
         return Target(node, url, neuron_headers(ref), True)
@@ -187,6 +190,7 @@ def _log_fields(ex: Exchange) -> dict[str, object]:
         "dialect": ex.dialect,
         "model": ex.model or "-",
         "node": ex.node or "-",
+        "session": ex.session or "-",
         "status": ex.status,
         "stream": ex.stream,
         "prompt_tokens": ex.prompt_tokens,

@@ -71,6 +71,81 @@ def test_route_to_loaded_copy(view: FleetView, expected: Decision) -> None:
     assert decide(view) == expected
 
 
+# --------------------------------------------------------------------------- session affinity
+
+SESSIONS = [f"session-{i}" for i in range(40)]
+
+
+def routed(view: FleetView, session: str) -> str:
+    decision = choose(view, QWEN, NOW, "lru", MIN_RESIDENT_S, session)
+    assert isinstance(decision, Route)
+    return decision.node
+
+
+def three_copies(**loads: tuple[int, int]) -> FleetView:
+    """Nodes a, b, c each holding qwen; ``loads``: node -> (in_flight, queued)."""
+    return fleet(
+        *(
+            node(
+                n,
+                model("qwen", 8, in_flight=loads.get(n, (0, 0))[0], queued=loads.get(n, (0, 0))[1]),
+            )
+            for n in "abc"
+        )
+    )
+
+
+def test_a_session_stays_on_its_node_across_turns_and_load_changes() -> None:
+    homes = {s: routed(three_copies(), s) for s in SESSIONS}
+    for s in SESSIONS:
+        # Its node being busier (below the thresholds) does not move it.
+        busier = three_copies(**{homes[s]: (30, 30)})
+        assert routed(busier, s) == homes[s]
+
+
+def test_sessions_spread_over_all_copies() -> None:
+    homes = [routed(three_copies(), s) for s in SESSIONS]
+    assert all(homes.count(n) >= 8 for n in "abc"), homes
+
+
+def test_losing_a_copy_moves_only_the_sessions_that_lived_there() -> None:
+    before = {s: routed(three_copies(), s) for s in SESSIONS}
+    two = fleet(node("a", model("qwen", 8)), node("b", model("qwen", 8)), node("c"))
+    after = {s: routed(two, s) for s in SESSIONS}
+    assert all(after[s] == before[s] for s in SESSIONS if before[s] != "c")
+
+
+@pytest.mark.parametrize(
+    ("home_load", "least_load", "moves"),
+    [
+        pytest.param((65, 0), (0, 0), True, id="65-more-than-idle"),
+        pytest.param((60, 10), (0, 0), True, id="queued-counts-too"),
+        pytest.param((64, 0), (0, 0), False, id="exactly-the-absolute-threshold"),
+        pytest.param((200, 0), (140, 0), False, id="60-more-is-under-absolute"),
+        pytest.param((250, 0), (180, 0), False, id="70-more-but-under-1.5x"),
+        pytest.param((300, 0), (180, 0), True, id="120-more-and-over-1.5x"),
+    ],
+)
+def test_affinity_breaks_only_when_much_busier(
+    home_load: tuple[int, int], least_load: tuple[int, int], moves: bool
+) -> None:
+    session = SESSIONS[0]
+    home = routed(three_copies(), session)
+    others = [n for n in "abc" if n != home]
+    loads = {home: home_load, others[0]: least_load, others[1]: (999, 0)}
+    expected = others[0] if moves else home
+    assert routed(three_copies(**loads), session) == expected
+
+
+def test_session_does_not_prefer_a_suspect_or_loading_copy() -> None:
+    view = fleet(
+        node("a", model("qwen", 8)),
+        node("b", model("qwen", 8), health="suspect"),
+        node("c", model("qwen", 8, state="loading")),
+    )
+    assert {routed(view, s) for s in SESSIONS} == {"a"}
+
+
 def test_loaded_copy_outside_allowed_nodes_is_served() -> None:
     view = fleet(node("a"), node("b", model("qwen", 8)))
     assert decide(view, entry("qwen", 8, nodes=("a",))) == Route("b")
