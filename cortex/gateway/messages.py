@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections import OrderedDict
 
 import aiohttp
@@ -17,16 +16,10 @@ import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import ContextLengthExceeded, CortexError, InvalidRequest, UpstreamError
-from cortex.gateway.chat import SSE_HEADERS
+from cortex.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
 from cortex.gateway.fleet import neuron_headers
-from cortex.gateway.proxy import (
-    Exchange,
-    UpstreamResponse,
-    decode_chunks,
-    read_json,
-    sse_events,
-)
+from cortex.gateway.proxy import Exchange
+from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.service import GATEWAY, Gateway, Resolved
 from cortex.gateway.translate import (
     AnthropicStreamTranslator,
@@ -34,11 +27,10 @@ from cortex.gateway.translate import (
     new_message_id,
     openai_to_messages,
 )
-from cortex.protocol import anthropic, openai
+from cortex.protocol import anthropic
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
 _encoder = msgspec.json.Encoder()
-_completion_decoder = msgspec.json.Decoder(openai.ChatCompletion)
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 _CONTEXT = re.compile(r"maximum context length is (\d+) tokens\. However, you requested (\d+)")
 COUNT_CACHE_SIZE = 4096
@@ -52,66 +44,26 @@ def _prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
     return InvalidRequest(f"prompt is too long: {requested} tokens > {maximum} maximum")
 
 
-def _vision(resolved: Resolved) -> bool:
-    return resolved.entry.vision if resolved.entry is not None else True
-
-
 async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.StreamResponse:
     raw = await request.read()
     req = protocol.decode(raw, anthropic.MessagesRequest)
     ex.stream = req.stream
     resolved = gateway.resolve(req.model)
-    oa_req = messages_to_openai(req, resolved.model_id, _vision(resolved))
+    oa_req = messages_to_openai(req, resolved.model_id, accepts_images(resolved))
     try:
         upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(oa_req), ex)
     except ContextLengthExceeded as err:
         raise _prompt_too_long(err) from None
     try:
         if not req.stream:
-            completion = _completion_decoder.decode(await read_json(upstream, ex))
+            completion = await read_completion(upstream, ex)
             matched = completion.choices[0].stop_reason if completion.choices else None
             reply = openai_to_messages(completion, req.model, matched)
             return web.Response(body=_encoder.encode(reply), content_type="application/json")
-        return await _stream(gateway, request, upstream, ex, req.model)
+        translator = AnthropicStreamTranslator(req.model, new_message_id())
+        return await relay_stream(gateway, request, upstream, ex, translator)
     finally:
         upstream.close()
-
-
-async def _stream(
-    gateway: Gateway,
-    request: web.Request,
-    upstream: UpstreamResponse,
-    ex: Exchange,
-    model: str,
-) -> web.StreamResponse:
-    translator = AnthropicStreamTranslator(model, new_message_id())
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
-    await response.prepare(request)
-    matched: str | None = None
-    try:
-        async for batch in sse_events(upstream):
-            out = []
-            for chunk in decode_chunks(batch):
-                if ex.first_token is None and any(
-                    c.delta.content or c.delta.tool_calls for c in chunk.choices
-                ):
-                    ex.first_token = time.perf_counter()
-                ex.take_usage(chunk.usage)
-                matched = next((c.stop_reason for c in chunk.choices if c.stop_reason), matched)
-                out.append(translator.feed(chunk))
-            if out:
-                await response.write(b"".join(out))
-        ex.upstream_done = time.perf_counter()
-        await response.write(translator.finish(matched))
-    except UpstreamError as err:
-        gateway.fleet.mark_suspect(ex.node, err.message)
-        ex.status, ex.error = err.status, err.message
-        await response.write(translator.error(err))
-    except CortexError as err:
-        ex.status, ex.error = err.status, err.message
-        await response.write(translator.error(err))
-    await response.write_eof()
-    return response
 
 
 class CountCache:
@@ -156,7 +108,7 @@ async def _count(gateway: Gateway, req: anthropic.CountTokensRequest, resolved: 
     as_messages = anthropic.MessagesRequest(
         model=req.model, messages=req.messages, max_tokens=1, system=req.system, tools=req.tools
     )
-    oa_req = messages_to_openai(as_messages, resolved.model_id, _vision(resolved))
+    oa_req = messages_to_openai(as_messages, resolved.model_id, accepts_images(resolved))
     if resolved.entry is None:
         # A plain upstream has no tokenizer endpoint: about four bytes a token.
         return max(1, len(_encoder.encode(oa_req.messages)) // 4)
