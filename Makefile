@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest serve demo-model bench srpm clean clients
+.PHONY: test lint typecheck pytest serve demo-model bench srpm clean clients browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ $(CLIENTS)/.installed:
 
 clients: $(CLIENTS)/.installed
 
+# Headless Chromium renders the /ui dashboard in its e2e test. Best effort: Debian's package
+# where apt-get runs as root; elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "chromium not installed; the dashboard browser test will skip"
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -41,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy cortex
 
-pytest: $(STAMP) $(CLIENTS)/.installed
+pytest: $(STAMP) $(CLIENTS)/.installed browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

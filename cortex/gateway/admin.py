@@ -132,7 +132,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
         neurons=neurons,
         models=models,
         upstreams=upstreams,
-        rates=Rates(requests_per_s=rps, tokens_per_s=tps),
+        rates=Rates(requests_per_s=rps, tokens_per_s=tps, ttft_p50_s=gateway.rates.ttft_p50()),
         evictions=gateway.loader.stats.evictions,
     )
 

@@ -31,7 +31,7 @@ from cortex.errors import (
     anthropic_status,
     openai_body,
 )
-from cortex.gateway import admin, chat, messages
+from cortex.gateway import admin, chat, messages, ui
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
@@ -214,6 +214,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
     app.router.add_get("/v1/models", admin.list_models)
     app.router.add_get("/v1/models/{model}", admin.get_model)
     app.router.add_get("/cortex/status", admin.status)
+    app.router.add_get("/ui", ui.dashboard)
     app.router.add_post("/cortex/models/{model}/{action}", admin.model_action)
     return app
 

@@ -39,20 +39,30 @@ class Resolved:
 
 
 class RateWindow:
-    """Requests and tokens finished in the last minute, for `cortex status`."""
+    """Requests, tokens and time to first token of the last minute, for `cortex status` and /ui."""
 
     def __init__(self) -> None:
-        self._events: deque[tuple[float, int]] = deque()
+        self._events: deque[tuple[float, int, float | None]] = deque()
 
-    def add(self, tokens: int) -> None:
-        self._events.append((time.monotonic(), tokens))
+    def add(self, tokens: int, ttft_s: float | None = None) -> None:
+        self._events.append((time.monotonic(), tokens, ttft_s))
 
     def rates(self) -> tuple[float, float]:
+        """(requests/s, tokens/s) over the window."""
+        self._expire()
+        tokens = sum(t for _, t, _ in self._events)
+        return len(self._events) / RATE_WINDOW_S, tokens / RATE_WINDOW_S
+
+    def ttft_p50(self) -> float | None:
+        """Median time to first token of the window's requests that produced one."""
+        self._expire()
+        ttfts = sorted(t for _, _, t in self._events if t is not None)
+        return ttfts[len(ttfts) // 2] if ttfts else None
+
+    def _expire(self) -> None:
         cutoff = time.monotonic() - RATE_WINDOW_S
         while self._events and self._events[0][0] < cutoff:
             self._events.popleft()
-        tokens = sum(t for _, t in self._events)
-        return len(self._events) / RATE_WINDOW_S, tokens / RATE_WINDOW_S
 
 
 class Gateway:
@@ -170,7 +180,8 @@ class Gateway:
         if error is not None:
             exchange.status = error.status
             exchange.error = error.message
-        self.rates.add(exchange.completion_tokens)
+        ttft = None if exchange.first_token is None else exchange.first_token - exchange.started
+        self.rates.add(exchange.completion_tokens, ttft)
         for observer in self.observers:
             observer.finished(exchange)
         request_log.info("request", extra={"fields": _log_fields(exchange)})

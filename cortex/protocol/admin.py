@@ -53,6 +53,7 @@ class Rates(msgspec.Struct, kw_only=True):
     window_s: float = 60.0
     requests_per_s: float = 0.0
     tokens_per_s: float = 0.0
+    ttft_p50_s: float | None = None
 
 
 class GatewayStatus(msgspec.Struct, kw_only=True):
