@@ -169,6 +169,16 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def root(request: web.Request) -> web.Response:
+    """GET and HEAD /: Claude Code probes its base URL before the first request."""
+    return web.json_response({"name": "cortex", "status": "ok"})
+
+
+async def drop_events(request: web.Request) -> web.Response:
+    """POST /api/event_logging/batch: Claude Code's telemetry, accepted and dropped."""
+    return web.json_response({})
+
+
 def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Application:
     """The application; nothing runs until it is started (fleet polling starts in cleanup_ctx)."""
     max_body = int(config.gateway.max_body_mb * 1_000_000)
@@ -203,6 +213,8 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health", health)
+    app.router.add_get("/", root)  # HEAD too
+    app.router.add_post("/api/event_logging/batch", drop_events)
     app.router.add_post(
         "/v1/chat/completions",
         _exchange_handler("openai", "/v1/chat/completions", chat.chat_completions),

@@ -1,8 +1,9 @@
 """POST /v1/messages and /v1/messages/count_tokens: the Anthropic dialect over OpenAI neurons.
 
 All shape translation is in translate.py; this module only wires it to the request core.
-Context overflow is reported in Anthropic's own words ("prompt is too long: N tokens > M
-maximum"), since Claude Code reacts to that message by compacting the conversation.
+``max_tokens`` is a ceiling (the neuron caps it at what the context leaves); only a prompt that
+does not fit is refused, in Anthropic's own words ("prompt is too long: N tokens > M maximum"),
+since Claude Code reacts to that message by compacting the conversation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cortex.gateway.fleet import neuron_headers
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.service import GATEWAY, Gateway, Resolved
+from cortex.gateway.sessions import session_key
 from cortex.gateway.translate import (
     AnthropicStreamTranslator,
     messages_to_openai,
@@ -32,7 +34,9 @@ from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
-_CONTEXT = re.compile(r"maximum context length is (\d+) tokens\. However, you requested (\d+)")
+_CONTEXT = re.compile(
+    r"maximum context length is (\d+) tokens\. However, your messages resulted in (\d+)"
+)
 COUNT_CACHE_SIZE = 4096
 
 
@@ -50,6 +54,7 @@ async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.St
     ex.stream = req.stream
     resolved = gateway.resolve(req.model)
     oa_req = messages_to_openai(req, resolved.model_id, accepts_images(resolved))
+    ex.session = session_key(request.headers, oa_req.user, oa_req.messages)
     try:
         upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(oa_req), ex)
     except ContextLengthExceeded as err:
@@ -89,37 +94,40 @@ COUNT_CACHE: web.AppKey[CountCache] = web.AppKey("count_cache", CountCache)
 
 
 async def count_tokens(request: web.Request) -> web.Response:
+    """The prompt's tokens with the model's own template; never ``max_tokens`` (it has none)
+    and never a refusal for length: a client counts precisely to learn whether it fits."""
     gateway = request.app[GATEWAY]
     cache = request.app[COUNT_CACHE]
-    raw = await request.read()
-    req = protocol.decode(raw, anthropic.CountTokensRequest)
+    req = protocol.decode(await request.read(), anthropic.CountTokensRequest)
     resolved = gateway.resolve(req.model)
-    key = hashlib.blake2b(resolved.model_id.encode() + b"\0" + raw, digest_size=16).digest()
+    as_messages = anthropic.MessagesRequest(
+        model=req.model, messages=req.messages, max_tokens=1, system=req.system, tools=req.tools
+    )
+    oa_req = messages_to_openai(as_messages, resolved.model_id, accepts_images(resolved))
+    body = TokenizeRequest(model=resolved.model_id, messages=oa_req.messages, tools=oa_req.tools)
+    encoded = _encoder.encode(body)  # after prefix hygiene: per-request noise misses no cache
+    key = hashlib.blake2b(encoded, digest_size=16).digest()
     count = cache.get(key)
     if count is None:
-        count = await _count(gateway, req, resolved)
+        count = await _count(gateway, resolved, encoded)
         cache.put(key, count)
     return web.Response(
         body=_encoder.encode(anthropic.CountTokensResponse(count)), content_type="application/json"
     )
 
 
-async def _count(gateway: Gateway, req: anthropic.CountTokensRequest, resolved: Resolved) -> int:
-    as_messages = anthropic.MessagesRequest(
-        model=req.model, messages=req.messages, max_tokens=1, system=req.system, tools=req.tools
-    )
-    oa_req = messages_to_openai(as_messages, resolved.model_id, accepts_images(resolved))
+async def _count(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
+    """``body``: an encoded TokenizeRequest."""
     if resolved.entry is None:
         # A plain upstream has no tokenizer endpoint: about four bytes a token.
-        return max(1, len(_encoder.encode(oa_req.messages)) // 4)
+        return max(1, len(body) // 4)
     node = await gateway.loader.route(resolved.entry)
     ref = gateway.fleet.neurons[node].ref
-    body = TokenizeRequest(model=resolved.model_id, messages=oa_req.messages, tools=oa_req.tools)
     headers = {"content-type": "application/json", **neuron_headers(ref)}
     try:
         async with gateway.session.post(
             ref.endpoint.rstrip("/") + "/v1/tokenize",
-            data=_encoder.encode(body),
+            data=body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=60),
         ) as resp:

@@ -11,16 +11,29 @@ Choices that are not forced by either spec:
   (OpenAI requires tool messages right after the assistant's calls). ``is_error`` prefixes the
   content with "Error: ". Images in a tool result move into the user message that follows, since
   OpenAI tool messages carry text only.
+- ``system`` and every ``role: "system"`` message (Claude Code sends them mid-conversation) are
+  merged, in order, into one leading system message: chat templates accept a system message
+  only first.
+- Per-request noise is removed from the system prompt (Claude Code's
+  ``x-anthropic-billing-header: ...; cch=<random>;`` line), so every turn of a session starts
+  with byte-identical tokens and the neuron's prefix cache can reuse them.
 - Thinking blocks are dropped (a local model cannot verify their signatures); documents, server
-  tools and file-id images are refused.
-- Tool arguments that are not a JSON object become ``{"_raw": "<arguments>"}`` in a non-stream
-  response: the client's tool validation then reports the problem back to the model, which can
-  retry, instead of the whole turn failing. Streams relay argument fragments unchanged.
+  tools and file-id images are refused. Images inside a tool result, for a model without vision,
+  become a short text note (a screenshot tool must not end the session); an image in the user's
+  own words stays a 400.
+- Tool arguments that are not a JSON object become ``{"_raw": "<arguments>"}``: the client's
+  tool validation then reports the problem back to the model, which can retry, instead of the
+  whole turn failing. Streams hold a tool call's argument fragments until its block closes and
+  then relay them unchanged when they form a JSON object (else the ``_raw`` form), so the
+  ``input_json_delta`` pieces always concatenate to valid JSON.
+- Usage: Anthropic counts cached prompt tokens apart, so ``input_tokens`` is the prompt minus
+  the neuron's ``prompt_tokens_details.cached_tokens`` and ``cache_read_input_tokens`` the rest.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any, assert_never
 
 import msgspec
@@ -48,6 +61,10 @@ def _join(texts: list[str]) -> str:
     return "\n\n".join(texts)
 
 
+BILLING_HEADER = "x-anthropic-billing-header:"
+IMAGE_NOTE = "[image omitted: this model does not accept images]"
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -56,13 +73,13 @@ def messages_to_openai(
 ) -> oa.ChatCompletionRequest:
     """The OpenAI request a neuron serves for an Anthropic one; ``vision``: accepts images."""
     messages: list[oa.Message] = []
-    if req.system:
-        system = req.system if isinstance(req.system, str) else _join([b.text for b in req.system])
+    system = system_prompt(req.system, req.messages)
+    if system:
         messages.append(oa.SystemMessage(content=system))
     for message in req.messages:
         if message.role == "user":
             messages += _user_messages(message.content, model_id, vision)
-        else:
+        elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
     tool_choice, parallel = _tool_choice(req.tool_choice) if req.tools else (None, None)
     return oa.ChatCompletionRequest(
@@ -80,6 +97,33 @@ def messages_to_openai(
         parallel_tool_calls=parallel,
         user=req.metadata.user_id if req.metadata else None,
     )
+
+
+def system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:
+    """``system`` then every system message's text, in order, without per-request noise."""
+    texts = _texts(system or [], "system")
+    for i, message in enumerate(messages):
+        if message.role == "system":
+            texts += _texts(message.content, f"messages[{i}]")
+    return _join([t for t in map(_without_billing_header, texts) if t])
+
+
+def _texts(content: str | Sequence[an.RequestBlock], where: str) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    texts = []
+    for block in content:
+        if not isinstance(block, an.TextBlock):
+            raise InvalidRequest(f"{where}: system content takes text blocks only")
+        texts.append(block.text)
+    return texts
+
+
+def _without_billing_header(text: str) -> str:
+    if BILLING_HEADER not in text:
+        return text
+    lines = text.split("\n")
+    return "\n".join(line for line in lines if not line.startswith(BILLING_HEADER)).strip()
 
 
 def _user_messages(
@@ -118,13 +162,19 @@ def _tool_result(
     block: an.ToolResultBlock, model_id: str, vision: bool
 ) -> tuple[str, list[oa.ContentPart]]:
     """The tool message text, and the images it carried (for the user message after it)."""
+    texts: list[str] = []
+    images: list[oa.ContentPart] = []
     if isinstance(block.content, str):
-        text, images = block.content, []
+        texts.append(block.content)
     else:
-        text = _join([b.text for b in block.content if isinstance(b, an.TextBlock)])
-        images = [
-            _image(b, model_id, vision) for b in block.content if isinstance(b, an.ImageBlock)
-        ]
+        for part in block.content:
+            if isinstance(part, an.TextBlock):
+                texts.append(part.text)
+            elif vision:
+                images.append(_image(part, model_id, vision))
+            else:
+                texts.append(IMAGE_NOTE)
+    text = _join(texts)
     return ("Error: " + text if block.is_error else text), images
 
 
@@ -237,9 +287,16 @@ def openai_to_messages(
         stop_reason=reason,
         stop_sequence=matched_stop if reason == "stop_sequence" else None,
         usage=an.Usage(
-            input_tokens=resp.usage.prompt_tokens, output_tokens=resp.usage.completion_tokens
+            input_tokens=resp.usage.prompt_tokens - _cached(resp.usage),
+            output_tokens=resp.usage.completion_tokens,
+            cache_read_input_tokens=_cached(resp.usage),
         ),
     )
+
+
+def _cached(usage: oa.Usage) -> int:
+    details = usage.prompt_tokens_details
+    return details.cached_tokens if details is not None else 0
 
 
 # --------------------------------------------------------------------------- stream
@@ -256,10 +313,11 @@ class AnthropicStreamTranslator:
 
     Emits exactly Anthropic's sequence: message_start, ping, then per content block
     content_block_start / content_block_delta... / content_block_stop (one block at a time, text
-    and each tool call in its own block, indexes from 0), then message_delta and message_stop.
-    Usage arrives in the upstream's final chunk (the gateway forces ``include_usage``), so input
-    tokens are an estimate in message_start and exact in message_delta. After ``finish`` or
-    ``error`` every call returns b"".
+    and each tool call in its own block, indexes from 0), then message_delta (always with a
+    ``stop_reason``) and message_stop. A tool call's argument fragments are held until its block
+    closes (see the module notes). Usage arrives in the upstream's final chunk (the gateway
+    forces ``include_usage``), so input tokens are an estimate in message_start and exact in
+    message_delta. After ``finish`` or ``error`` every call returns b"".
     """
 
     def __init__(self, model: str, message_id: str, input_tokens: int = 0) -> None:
@@ -267,11 +325,13 @@ class AnthropicStreamTranslator:
         self._message_id = message_id
         self._input_tokens = input_tokens
         self._output_tokens = 0
+        self._cached_tokens = 0
         self._started = False
         self._done = False
         self._index = -1  # index of the latest block
         self._open = False  # whether that block is still open
         self._open_tool: int | None = None  # upstream tool_call index of the open block
+        self._arguments: list[str] = []  # argument fragments of the open tool block
         self._tools_seen: set[int] = set()
         self._finish: oa.FinishReason | None = None
 
@@ -281,7 +341,8 @@ class AnthropicStreamTranslator:
             return b""
         events = self._start()
         if chunk.usage is not None:
-            self._input_tokens = chunk.usage.prompt_tokens
+            self._cached_tokens = _cached(chunk.usage)
+            self._input_tokens = chunk.usage.prompt_tokens - self._cached_tokens
             self._output_tokens = chunk.usage.completion_tokens
         for choice in chunk.choices:
             if choice.delta.content:
@@ -300,7 +361,11 @@ class AnthropicStreamTranslator:
         body = an.MessageDeltaBody(
             stop_reason=reason, stop_sequence=matched_stop if reason == "stop_sequence" else None
         )
-        usage = an.DeltaUsage(output_tokens=self._output_tokens, input_tokens=self._input_tokens)
+        usage = an.DeltaUsage(
+            output_tokens=self._output_tokens,
+            input_tokens=self._input_tokens,
+            cache_read_input_tokens=self._cached_tokens,
+        )
         tail: list[an.StreamEvent] = [an.MessageDelta(body, usage), an.MessageStop()]
         return _sse(self._start() + self._close_block() + tail)
 
@@ -341,7 +406,7 @@ class AnthropicStreamTranslator:
         elif not self._open or self._open_tool != call.index:
             raise UpstreamError("upstream interleaved fragments of several tool calls")
         if fn is not None and fn.arguments:
-            events.append(an.ContentBlockDelta(self._index, an.InputJsonDelta(fn.arguments)))
+            self._arguments.append(fn.arguments)
         return events
 
     def _open_block(self, block: an.OutBlock, tool: int | None) -> list[an.StreamEvent]:
@@ -353,5 +418,18 @@ class AnthropicStreamTranslator:
     def _close_block(self) -> list[an.StreamEvent]:
         if not self._open:
             return []
+        events: list[an.StreamEvent] = []
+        if self._open_tool is not None:
+            pieces, self._arguments = self._arguments, []
+            if not _is_json_object("".join(pieces)):
+                pieces = [_encoder.encode(_tool_input("".join(pieces))).decode()]
+            events = [an.ContentBlockDelta(self._index, an.InputJsonDelta(p)) for p in pieces]
         self._open, self._open_tool = False, None
-        return [an.ContentBlockStop(self._index)]
+        return [*events, an.ContentBlockStop(self._index)]
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(msgspec.json.decode(text), dict)
+    except msgspec.DecodeError:
+        return False

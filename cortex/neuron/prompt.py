@@ -1,10 +1,10 @@
 """From an OpenAI chat request to what a harness consumes: template dicts, a token budget and
 sampling parameters. Pure functions; every rejection is an InvalidRequest naming the field.
 
-Default completion budget: when a request sets neither ``max_tokens`` nor
-``max_completion_tokens``, the completion may use what the context leaves, capped at
-``DEFAULT_MAX_TOKENS`` so a client that forgets the limit cannot hold a slot for the whole
-context (OpenAI's own default is "the rest of the context"; the cap is ours).
+Completion budget: the requested ``max_tokens`` (or ``max_completion_tokens``) capped at what
+the context leaves. When a request sets neither, the cap is ``DEFAULT_MAX_TOKENS``, so a client
+that forgets the limit cannot hold a slot for the whole context (OpenAI's own default is "the
+rest of the context"; the cap is ours).
 """
 
 from __future__ import annotations
@@ -50,26 +50,28 @@ def template_tools(tools: list[openai.Tool] | None) -> list[dict[str, Any]] | No
 
 
 def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:
-    """max_new_tokens for the request; raises ContextLengthExceeded (OpenAI's exact message).
-
-    ``context_length`` 0 means unknown: no check, and the default cap applies.
+    """max_new_tokens for the request: ``requested`` (else the default cap), but never more than
+    the context leaves. ``max_tokens`` is a ceiling, not a demand: Claude Code asks for 32000 or
+    128000 on every request, more than most local contexts hold, and expects a truncated answer
+    (finish "length") rather than a refusal. Only a prompt that leaves no room for one token
+    raises ContextLengthExceeded. ``context_length`` 0 means unknown: no check.
     """
+    wanted = requested if requested is not None else DEFAULT_MAX_TOKENS
     if context_length <= 0:
-        return requested or DEFAULT_MAX_TOKENS
-    wanted = (
-        requested
-        if requested is not None
-        else min(context_length - prompt_tokens, DEFAULT_MAX_TOKENS)
+        return wanted
+    if prompt_tokens >= context_length:
+        raise prompt_too_long(prompt_tokens, context_length)
+    return min(wanted, context_length - prompt_tokens)
+
+
+def prompt_too_long(prompt_tokens: int, context_length: int) -> ContextLengthExceeded:
+    """OpenAI's own error for messages that overflow the context (the gateway rewrites it
+    into Anthropic's "prompt is too long" for Anthropic clients)."""
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {context_length} tokens. However, your "
+        f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+        param="messages",
     )
-    wanted = max(wanted, 1)
-    if prompt_tokens + wanted > context_length:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {context_length} tokens. However, you "
-            f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, "
-            f"{wanted} in the completion).",
-            param="messages",
-        )
-    return wanted
 
 
 def sampling_params(request: openai.ChatCompletionRequest, max_new_tokens: int) -> SamplingParams:

@@ -1,7 +1,9 @@
 """Anthropic Messages wire shapes: request, response, every stream event, count_tokens.
 
 Only the gateway speaks this dialect (its translator maps it onto the OpenAI shapes the neurons
-understand). Unknown fields are ignored; ``cache_control`` is accepted everywhere and unused.
+understand). Unknown fields are ignored (Claude Code sends ``output_config``,
+``context_management`` and new ones with each release: never a 400 for those); ``cache_control``
+is accepted everywhere and unused (the neurons cache prefixes by content).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cortex.protocol.bounds import check_nesting, check_normal
 from cortex.protocol.openai import MaxTokens, TopK, TopP
 
 
@@ -51,6 +54,9 @@ class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use", kw_only=Tru
     input: dict[str, Any]
     cache_control: CacheControl | None = None
 
+    def __post_init__(self) -> None:
+        check_nesting(self.input, "input")
+
 
 ToolResultContent = str | list[TextBlock | ImageBlock]
 
@@ -83,7 +89,9 @@ RequestBlock = (
 
 
 class Message(msgspec.Struct, kw_only=True):
-    role: Literal["user", "assistant"]
+    # "system": Claude Code 2.1.154+ puts system messages inside ``messages`` (merged into the
+    # leading system prompt by the translator).
+    role: Literal["user", "assistant", "system"]
     content: str | list[RequestBlock]
 
 
@@ -93,6 +101,9 @@ class ToolDef(msgspec.Struct, kw_only=True):
     input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     type: str | None = None
     cache_control: CacheControl | None = None
+
+    def __post_init__(self) -> None:
+        check_nesting(self.input_schema, "input_schema")
 
 
 class ToolChoiceAuto(msgspec.Struct, tag_field="type", tag="auto", kw_only=True):
@@ -120,7 +131,9 @@ class Metadata(msgspec.Struct, kw_only=True):
 
 
 class ThinkingConfig(msgspec.Struct, kw_only=True):
-    type: Literal["enabled", "disabled", "adaptive"]
+    """Accepted and ignored: a local model thinks (or not) by its own chat template."""
+
+    type: str
     budget_tokens: int | None = None
 
 
@@ -143,6 +156,10 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     thinking: ThinkingConfig | None = None
     service_tier: str | None = None
 
+    def __post_init__(self) -> None:
+        check_normal(self.temperature, "temperature")
+        check_normal(self.top_p, "top_p")
+
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -163,6 +180,8 @@ StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pau
 
 
 class Usage(msgspec.Struct, kw_only=True):
+    """Anthropic splits the prompt: input (not from cache) + cache creation + cache read."""
+
     input_tokens: int
     output_tokens: int
     cache_creation_input_tokens: int = 0
@@ -230,6 +249,8 @@ class MessageDeltaBody(msgspec.Struct, kw_only=True, omit_defaults=False):
 class DeltaUsage(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_tokens: int
     input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
 
 
 class MessageDelta(msgspec.Struct, tag_field="type", tag="message_delta"):

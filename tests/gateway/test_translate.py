@@ -9,6 +9,7 @@ import pytest
 
 from cortex.errors import InvalidRequest, Overloaded, UpstreamError
 from cortex.gateway.translate import (
+    IMAGE_NOTE,
     AnthropicStreamTranslator,
     messages_to_openai,
     new_message_id,
@@ -121,6 +122,68 @@ def test_claude_code_request_translates() -> None:
     assert out.tool_choice is None and out.parallel_tool_calls is None
 
 
+BILLING = "x-anthropic-billing-header: cc_version=2.1.197.123; cc_entrypoint=sdk-cli; cch=%s;"
+
+
+def claude_code_2_1(cch: str) -> an.MessagesRequest:
+    """Claude Code 2.1's shape: billing-header block, a system message mid-conversation."""
+    return anthropic_request(
+        max_tokens=128_000,
+        system=[
+            {"type": "text", "text": BILLING % cch},
+            {
+                "type": "text",
+                "text": "You are an agent.",
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            },
+        ],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "say hi"}]},
+            {"role": "system", "content": "Available agent types: claude"},
+            {"role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "system", "content": [{"type": "text", "text": "Skills: none"}]},
+            {"role": "user", "content": "again"},
+        ],
+        thinking={"type": "adaptive", "display": "omitted"},
+        output_config={"effort": "medium"},
+        context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    )
+
+
+def test_system_messages_anywhere_merge_in_order_into_the_leading_system_prompt() -> None:
+    out = messages_to_openai(claude_code_2_1("a1"), "m", vision=False)
+    assert out.messages == [
+        oa.SystemMessage(
+            content="You are an agent.\n\nAvailable agent types: claude\n\nSkills: none"
+        ),
+        oa.UserMessage(content="say hi"),
+        oa.AssistantMessage(content="hi"),
+        oa.UserMessage(content="again"),
+    ]
+    assert out.max_tokens == 128_000, "a ceiling the neuron caps; never refused here"
+
+
+def test_billing_header_is_removed_so_turns_share_a_byte_identical_prefix() -> None:
+    first = messages_to_openai(claude_code_2_1("a1"), "m", vision=False)
+    second = messages_to_openai(claude_code_2_1("ff"), "m", vision=False)
+    assert msgspec.json.encode(first) == msgspec.json.encode(second)
+    inline = anthropic_request(
+        system=(BILLING % "x") + "\nYou are an agent.",
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert messages_to_openai(inline, "m", vision=False).messages[0] == oa.SystemMessage(
+        content="You are an agent."
+    )
+
+
+def test_system_message_with_a_non_text_block_is_refused() -> None:
+    req = anthropic_request(
+        messages=[{"role": "system", "content": [{"type": "image", "source": PNG}]}]
+    )
+    with pytest.raises(InvalidRequest, match=r"messages\[0\]: system content takes text"):
+        messages_to_openai(req, "m", vision=True)
+
+
 def test_translated_request_is_valid_openai_on_the_wire() -> None:
     out = messages_to_openai(claude_code_request(), "qwen3-8b", vision=False)
     assert msgspec.json.decode(msgspec.json.encode(out), type=oa.ChatCompletionRequest) == out
@@ -164,14 +227,17 @@ def test_images_are_refused_for_a_text_only_model() -> None:
         messages_to_openai(req, "qwen3-8b", vision=False)
 
 
-def test_images_in_tool_results_are_refused_for_a_text_only_model() -> None:
+def test_images_in_tool_results_become_a_note_for_a_text_only_model() -> None:
     result = {
         "type": "tool_result",
         "tool_use_id": "t",
-        "content": [{"type": "image", "source": PNG}],
+        "content": [
+            {"type": "text", "text": "screenshot taken"},
+            {"type": "image", "source": PNG},
+        ],
     }
-    with pytest.raises(InvalidRequest, match="does not accept images"):
-        messages_to_openai(user_with(result), "m", vision=False)
+    [tool] = messages_to_openai(user_with(result), "m", vision=False).messages
+    assert tool == oa.ToolMessage(content=f"screenshot taken\n\n{IMAGE_NOTE}", tool_call_id="t")
 
 
 def test_images_become_data_urls_for_a_vision_model() -> None:
@@ -290,6 +356,13 @@ def test_response_stop_reasons(
     assert resp.content == [an.OutText("Hello")]
     assert resp.model == "claude-sonnet-4-5" and resp.id.startswith("msg_")
     assert resp.usage == an.Usage(input_tokens=11, output_tokens=7)
+
+
+def test_response_usage_splits_cached_prompt_tokens() -> None:
+    resp = completion("Hello", "stop")
+    resp.usage.prompt_tokens_details = oa.PromptTokensDetails(cached_tokens=8)
+    usage = openai_to_messages(resp, "claude-sonnet-4-5").usage
+    assert usage == an.Usage(input_tokens=3, output_tokens=7, cache_read_input_tokens=8)
 
 
 def test_response_with_text_and_tool_calls() -> None:
@@ -469,17 +542,49 @@ def test_stream_tool_arguments_in_fragments() -> None:
     assert msgspec.json.decode("".join(fragments)) == {"city": "Paris"}
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        pytest.param(['{"city": ', '"Par'], '{"_raw":"{\\"city\\": \\"Par"}', id="cut-short"),
+        pytest.param([], "{}", id="no-arguments"),
+        pytest.param(["[1, 2]"], '{"_raw":"[1, 2]"}', id="not-an-object"),
+    ],
+)
+def test_stream_tool_input_always_concatenates_to_a_json_object(
+    arguments: list[str], expected: str
+) -> None:
+    chunks = [chunk(tool_calls=[tool_delta(0, "get_weather", "")])]
+    chunks += [chunk(tool_calls=[tool_delta(0, arguments=a)]) for a in arguments]
+    events = translate([*chunks, chunk(finish="tool_calls")])
+    pieces = [e.delta for e in events if isinstance(e, an.ContentBlockDelta)]
+    assert pieces == [an.InputJsonDelta(expected)]
+    assert isinstance(msgspec.json.decode(expected), dict)
+
+
 def test_stream_usage_lands_in_message_delta() -> None:
     events = translate([chunk("hi", finish="stop"), usage_chunk(123, 9)])
     delta = events[-2]
     assert isinstance(delta, an.MessageDelta)
-    assert delta.usage == an.DeltaUsage(output_tokens=9, input_tokens=123)
+    assert delta.usage == an.DeltaUsage(
+        output_tokens=9, input_tokens=123, cache_read_input_tokens=0
+    )
+
+
+def test_cached_prompt_tokens_are_reported_as_cache_reads() -> None:
+    cached = usage_chunk(123, 9)
+    assert cached.usage is not None
+    cached.usage.prompt_tokens_details = oa.PromptTokensDetails(cached_tokens=100)
+    delta = translate([chunk("hi", finish="stop"), cached])[-2]
+    assert isinstance(delta, an.MessageDelta)
+    assert delta.usage == an.DeltaUsage(
+        output_tokens=9, input_tokens=23, cache_read_input_tokens=100
+    )
 
 
 def test_stream_without_usage_reports_the_estimate() -> None:
     delta = translate([chunk("hi", finish="length")])[-2]
     assert isinstance(delta, an.MessageDelta)
-    assert delta.usage == an.DeltaUsage(output_tokens=0, input_tokens=42)
+    assert delta.usage == an.DeltaUsage(output_tokens=0, input_tokens=42, cache_read_input_tokens=0)
     assert delta.delta.stop_reason == "max_tokens"
 
 

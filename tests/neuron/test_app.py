@@ -286,13 +286,18 @@ async def test_max_tokens_finishes_with_length(client: Client) -> None:
     assert body["usage"]["completion_tokens"] == 3
 
 
-async def test_context_length_exceeded(client: Client) -> None:
+async def test_max_tokens_past_the_context_is_capped_and_a_too_long_prompt_refused(
+    client: Client,
+) -> None:
     await load(client, context_length=64)
-    code, body = await chat(client, "x" * 40, max_tokens=30)
+    _, body = await chat(client, "forever", max_tokens=128_000)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] == 64
+    code, body = await chat(client, "x" * 70, max_tokens=30)
     assert code == 400 and body["error"]["code"] == "context_length_exceeded"
     assert body["error"]["message"] == (
-        "This model's maximum context length is 64 tokens. However, you requested 77 tokens "
-        "(47 in the messages, 30 in the completion)."
+        "This model's maximum context length is 64 tokens. However, your messages resulted in "
+        "77 tokens. Please reduce the length of the messages."
     )
 
 

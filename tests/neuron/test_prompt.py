@@ -83,22 +83,33 @@ def test_images_pass_as_multimodal_parts_with_vision() -> None:
     ]
 
 
-def test_context_length_exceeded_uses_openais_message() -> None:
+def test_a_prompt_that_fills_the_context_is_refused_in_openais_words() -> None:
     with pytest.raises(ContextLengthExceeded) as info:
-        prompt.completion_budget(100, 50, 128)
+        prompt.completion_budget(128, 50, 128)
     assert info.value.message == (
-        "This model's maximum context length is 128 tokens. However, you requested 150 tokens "
-        "(100 in the messages, 50 in the completion)."
+        "This model's maximum context length is 128 tokens. However, your messages resulted in "
+        "128 tokens. Please reduce the length of the messages."
     )
     assert info.value.code == "context_length_exceeded"
 
 
-def test_default_budget_is_the_rest_of_the_context_capped() -> None:
-    assert prompt.completion_budget(100, None, 128) == 28
-    assert prompt.completion_budget(100, None, 100_000) == prompt.DEFAULT_MAX_TOKENS
-    assert prompt.completion_budget(100, None, 0) == prompt.DEFAULT_MAX_TOKENS
-    with pytest.raises(ContextLengthExceeded, match="129 tokens"):
-        prompt.completion_budget(128, None, 128)
+@pytest.mark.parametrize(
+    ("prompt_tokens", "requested", "context", "budget"),
+    [
+        pytest.param(100, 50, 128, 28, id="max-tokens-is-a-ceiling"),
+        pytest.param(100, 128_000, 4096, 3996, id="claude-code-128k-on-a-4k-model"),
+        pytest.param(127, 10, 128, 1, id="one-token-left"),
+        pytest.param(100, 20, 128, 20, id="fits-as-asked"),
+        pytest.param(100, None, 128, 28, id="default-is-what-is-left"),
+        pytest.param(100, None, 100_000, prompt.DEFAULT_MAX_TOKENS, id="default-is-capped"),
+        pytest.param(100, None, 0, prompt.DEFAULT_MAX_TOKENS, id="unknown-context-default"),
+        pytest.param(100, 9999, 0, 9999, id="unknown-context-as-asked"),
+    ],
+)
+def test_budget_is_what_was_asked_capped_by_the_context(
+    prompt_tokens: int, requested: int | None, context: int, budget: int
+) -> None:
+    assert prompt.completion_budget(prompt_tokens, requested, context) == budget
 
 
 def test_sampling_defaults_follow_openai() -> None:

@@ -133,9 +133,9 @@ def test_count_tokens_shapes() -> None:
         (b'{"model":"m","max_tokens":0,"messages":[]}', "max_tokens", ">= 1"),
         (b'{"model":"m","max_tokens":5,"temperature":1.5,"messages":[]}', "temperature", "<= 1.0"),
         (
-            b'{"model":"m","max_tokens":5,"messages":[{"role":"system","content":"x"}]}',
+            b'{"model":"m","max_tokens":5,"messages":[{"role":"tool","content":"x"}]}',
             "messages[0].role",
-            "Invalid enum value 'system'",
+            "Invalid enum value 'tool'",
         ),
         (
             b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"video"}]}]}',
