@@ -76,6 +76,7 @@ def render_status(status: GatewayStatus) -> str:
         where = ", ".join(
             f"{p.node}/{p.device} {p.state}"
             + (f" {p.progress:.0%}" if p.progress is not None and p.state == "loading" else "")
+            + (f" ttl {p.ttl_left_s:.0f}s" if p.ttl_left_s is not None else "")
             for p in m.placements
         )
         pin = "yes" if m.pinned else ""
@@ -104,16 +105,26 @@ _key_option = click.option(
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=2.0, show_default=True)
 def status(gateway: str, key: str | None, as_json: bool, watch: bool, interval: float) -> None:
-    """Show the fleet: nodes, devices, resident models, queues."""
+    """Show the fleet: nodes, devices, resident models, queues.
+
+    With --watch a failed poll does not end the command: it shows why (the gateway is
+    restarting, say) and keeps polling until Ctrl-C.
+    """
     while True:
-        raw = _request(gateway, key, "GET", "/cortex/status", None)
-        if as_json:
-            click.echo(raw.decode())
+        try:
+            raw = _request(gateway, key, "GET", "/cortex/status", None)
+        except click.ClickException as exc:
+            if not watch:
+                raise
+            text = f"unreachable: {exc.message}   (retrying every {interval:g}s)"
         else:
-            text = render_status(msgspec.json.decode(raw, type=GatewayStatus))
-            if watch:
-                click.clear()
-            click.echo(text)
+            if as_json:
+                text = raw.decode()
+            else:
+                text = render_status(msgspec.json.decode(raw, type=GatewayStatus))
+        if watch and not as_json:
+            click.clear()
+        click.echo(text)
         if not watch:
             return
         time.sleep(interval)

@@ -55,6 +55,7 @@ class EvictionSection(_Strict, frozen=True):
     strategy: Literal["lru", "priority"] = "lru"
     defrag_after_cycles: Annotated[int, msgspec.Meta(ge=0)] = 50
     min_resident_s: Seconds = 30.0
+    default_ttl_s: Seconds = 0.0
 
 
 class NeuronRef(_Strict, frozen=True):
@@ -100,6 +101,7 @@ class ModelEntry(_Strict, frozen=True):
     nodes: tuple[Name, ...] = ()
     pinned: bool = False
     priority: int = 0
+    ttl_s: Seconds | None = None
     aliases: tuple[str, ...] = ()
     tool_parser: Literal["hermes", "none"] = "hermes"
     chat_template: str = ""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from aiohttp import web
 
 from cortex import __version__, protocol
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
+from cortex.gateway import idle
 from cortex.gateway.service import GATEWAY, Gateway
 from cortex.protocol import anthropic
 from cortex.protocol.admin import (
@@ -92,7 +95,9 @@ def build_status(gateway: Gateway) -> GatewayStatus:
     }
     models = []
     catalogue = fleet.catalogue()
+    now, default_ttl = time.time(), gateway.config.eviction.default_ttl_s
     for entry in catalogue.values():
+        ttl = idle.ttl_of(entry, default_ttl)
         placements = [
             ResidentView(
                 node=node.name,
@@ -103,6 +108,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 queued=copy.queued,
                 last_used=copy.last_used,
                 progress=progress.get((entry.id, node.name)),
+                ttl_left_s=idle.ttl_left(copy, ttl, now),
             )
             for node, copy in view.holders(entry.id)
         ]

@@ -199,6 +199,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
         app[METRICS].attach(gateway)
         fleet.on_node_up.append(loader.ensure_pinned)
         await fleet.start()
+        loader.spawn(loader.reap_idle())
         loader.ensure_pinned()
         log.info(
             "gateway ready: %d neurons, %d upstreams, %d catalogue models",

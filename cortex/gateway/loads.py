@@ -21,6 +21,7 @@ import msgspec
 
 from cortex.config import CortexConfig, ModelEntry
 from cortex.errors import CortexError, Overloaded, Unavailable, from_status
+from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
 from cortex.gateway.fleet import Fleet, neuron_headers
 from cortex.gateway.router import Impossible, Load, Route, Wait, choose
@@ -30,6 +31,7 @@ from cortex.protocol.neuron import LoadRequest, UnloadRequest
 log = logging.getLogger("cortex.gateway.loads")
 
 UNPLACEABLE_MEMORY_S = 600.0  # how long a failed placement keeps a model on defrag's wish list
+IDLE_CHECK_S = 1.0  # how often idle TTLs are checked: a TTL fires at most this late
 _encoder = msgspec.json.Encoder()
 
 
@@ -267,6 +269,22 @@ class Loader:
                 await self._place(entry, move.to_node, move.to_device)
             except CortexError as exc:
                 log.warning("defrag move of %s failed: %s", move.model_id, exc.message)
+
+    # ------------------------------------------------------------------ idle TTL
+
+    async def reap_idle(self) -> None:
+        """Unload copies idle past their TTL (idle.py decides); runs for the gateway's life."""
+        default = self.config.eviction.default_ttl_s
+        while True:
+            await asyncio.sleep(IDLE_CHECK_S)
+            for copy in idle.expired(
+                self.fleet.view(), self.fleet.catalogue(), default, time.time()
+            ):
+                log.info("%s idle on %s past its ttl: unloading", copy.model_id, copy.node)
+                try:
+                    await self.unload(copy.model_id, copy.node)
+                except CortexError as exc:
+                    log.warning("idle unload of %s failed: %s", copy.model_id, exc.message)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run in the background, keeping a reference so the task is not garbage-collected."""

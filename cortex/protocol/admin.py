@@ -18,6 +18,7 @@ class ResidentView(msgspec.Struct, kw_only=True):
     queued: int = 0
     last_used: float | None = None
     progress: float | None = None
+    ttl_left_s: float | None = None
 
 
 class ModelView(msgspec.Struct, kw_only=True):
