@@ -31,7 +31,7 @@ from cortex.errors import (
     anthropic_status,
     openai_body,
 )
-from cortex.gateway import admin, chat, messages, ui
+from cortex.gateway import admin, chat, messages, reload, ui
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
@@ -247,6 +247,7 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
     host, port = cfg.split_listen(config.gateway.listen)
     app = make_app(config, models)
     app.cleanup_ctx.append(listener(*cfg.split_listen(config.gateway.metrics_listen)))
+    app.cleanup_ctx.append(reload.on_sighup(config_path))
     web.run_app(
         app,
         host=host,

@@ -97,7 +97,7 @@ class Fleet:
         self.usage: dict[tuple[str, str], Usage] = {}
         self.pin_overrides: dict[str, bool] = {}
         self._changed: asyncio.Future[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops: dict[str, asyncio.Task[None]] = {}  # "neuron:NAME" / "upstream:NAME"
         self.on_node_up: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,18 +109,77 @@ class Fleet:
             *(self._poll_upstream(u) for u in self.upstreams.values()),
         )
         for state in self.neurons.values():
-            state.wake = asyncio.Event()
-            self._tasks.append(
-                asyncio.create_task(self._loop(state), name=f"poll-{state.ref.name}")
-            )
+            self._watch_neuron(state)
         for up in self.upstreams.values():
-            self._tasks.append(asyncio.create_task(self._upstream_loop(up)))
+            self._watch_upstream(up)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._loops.values())
+        self._loops.clear()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _watch_neuron(self, state: NeuronState) -> None:
+        state.wake = asyncio.Event()
+        name = state.ref.name
+        self._loops["neuron:" + name] = asyncio.create_task(self._loop(state), name=f"poll-{name}")
+
+    def _watch_upstream(self, up: UpstreamState) -> None:
+        name = up.ref.name
+        self._loops["upstream:" + name] = asyncio.create_task(
+            self._upstream_loop(up), name=f"poll-upstream-{name}"
+        )
+
+    async def _unwatch(self, key: str) -> None:
+        task = self._loops.pop(key, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def reconfigure(
+        self, config: CortexConfig, catalogue: Mapping[str, ModelEntry]
+    ) -> list[str]:
+        """Apply a re-read config (SIGHUP): neurons and upstreams added, removed or changed.
+
+        Requests in flight hold their own target URL, so none is cut off: a removed node is
+        just no longer polled or routed to, and a new one is polled once before it is offered.
+        Returns what changed, for the log.
+        """
+        changes: list[str] = []
+        self.config = config
+        self._catalogue = dict(catalogue)
+        neurons = {ref.name: ref for ref in config.neurons}
+        upstreams = {ref.name: ref for ref in config.upstreams}
+        for name in [n for n in self.neurons if n not in neurons]:
+            await self._unwatch("neuron:" + name)
+            del self.neurons[name]
+            changes.append(f"neuron {name} removed")
+        for name in [n for n in self.upstreams if n not in upstreams]:
+            await self._unwatch("upstream:" + name)
+            del self.upstreams[name]
+            changes.append(f"upstream {name} removed")
+        for name, ref in neurons.items():
+            state = self.neurons.get(name)
+            if state is None:
+                state = self.neurons[name] = NeuronState(ref)
+                await self._poll(state)
+                self._watch_neuron(state)
+                changes.append(f"neuron {name} added")
+            elif state.ref != ref:
+                state.ref = ref
+                self.refresh(name)
+                changes.append(f"neuron {name} changed")
+        for name, uref in upstreams.items():
+            up = self.upstreams.get(name)
+            if up is None or up.ref != uref:
+                changes.append(f"upstream {name} {'added' if up is None else 'changed'}")
+                await self._unwatch("upstream:" + name)
+                up = self.upstreams[name] = UpstreamState(uref)
+                await self._poll_upstream(up)
+                self._watch_upstream(up)
+        self._notify()
+        return changes
 
     # ------------------------------------------------------------------ reading
 

@@ -274,9 +274,9 @@ class Loader:
 
     async def reap_idle(self) -> None:
         """Unload copies idle past their TTL (idle.py decides); runs for the gateway's life."""
-        default = self.config.eviction.default_ttl_s
         while True:
             await asyncio.sleep(IDLE_CHECK_S)
+            default = self.config.eviction.default_ttl_s  # re-read: SIGHUP may change it
             for copy in idle.expired(
                 self.fleet.view(), self.fleet.catalogue(), default, time.time()
             ):

@@ -39,12 +39,15 @@ class TokenEvent(msgspec.Struct, kw_only=True):
 
     ``text`` is the newly decodable text, possibly empty when a multi-byte character is split
     across tokens (it is held back until complete). ``completion_tokens`` counts every token
-    generated so far, EOS excluded. The last event has ``finish_reason`` set: "stop" for an EOS
-    token, "length" for max_new_tokens or the context limit.
+    generated so far, EOS excluded. ``cached_tokens`` counts the prompt tokens whose KV came from
+    a prefix cache instead of being computed (0 for a harness without one); the neuron reads it
+    from the last event for usage and metrics. The last event has ``finish_reason`` set: "stop"
+    for an EOS token, "length" for max_new_tokens or the context limit.
     """
 
     text: str
     completion_tokens: int
+    cached_tokens: int = 0
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -63,6 +66,8 @@ class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):
     torch_threads: int = 0  # 0 means the library default
     max_concurrency: int = 16
     memory_budget_bytes: int = 0  # what the device may still give this model; 0 = unknown
+    max_batch_tokens: int = 2048  # tokens one forward step may process (decode + prefill chunks)
+    kv_cache_share: float = 0.5  # share of the budget left after the weights for the KV cache
 
 
 class LoadedModel(ABC):

@@ -23,10 +23,11 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_model(tmp_path_factory.mktemp("demo"))
 
 
-def load(path: Path, **request: object) -> TransformersModel:
+def load(path: Path, options: LoadOptions | None = None, **request: object) -> TransformersModel:
     """Load ``path`` on the CPU with the given LoadRequest fields."""
     spec = LoadRequest(model="demo", source=str(path), **request)  # type: ignore[arg-type]
-    model = TransformersHarness().load(spec, str(path), "cpu", LoadOptions(), lambda f, s: None)
+    options = options or LoadOptions()
+    model = TransformersHarness().load(spec, str(path), "cpu", options, lambda f, s: None)
     assert isinstance(model, TransformersModel)
     return model
 

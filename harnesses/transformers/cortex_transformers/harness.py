@@ -1,8 +1,9 @@
 """TransformersHarness: the cortex Harness for Hugging Face transformers causal LMs.
 
-``load`` builds a ``TransformersModel``: tokenizer, weights, a decode worker (scheduler.py) and
-a warm-up step. ``generate`` submits a Sequence to the worker and relays its events; closing the
-generator cancels the sequence, which leaves the batch before the next decode step.
+``load`` builds a ``TransformersModel``: tokenizer, weights, the paged KV pool sized from the
+memory budget (kvcache.py, block_manager.py), a decode worker (scheduler.py) and a warm-up
+step. ``generate`` submits a Sequence to the worker and relays its events; closing the generator
+cancels the sequence, which leaves the batch before the next decode step.
 """
 
 from __future__ import annotations
@@ -28,21 +29,19 @@ from cortex.neuron.harness import (
     TokenEvent,
 )
 from cortex.protocol.neuron import LoadRequest
-from cortex_transformers import __version__, scheduler
-from cortex_transformers.batch import DecodeBatch
+from cortex_transformers import __version__
+from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
 from cortex_transformers.estimate import weight_bytes
+from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
     eos_ids,
-    kv_bytes_per_token,
     load_model,
     load_tokenizer,
     resolve_dtype,
 )
+from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
 from cortex_transformers.sequence import Sequence as Seq
-
-# Share of the device memory left after the weights that the KV cache may take.
-_KV_SHARE = 0.9
 
 
 class TransformersModel(LoadedModel):
@@ -58,20 +57,20 @@ class TransformersModel(LoadedModel):
         self.device = device
         self.context_length = request.context_length or _config_context(model)
         weights: int = model.get_memory_footprint()  # type: ignore[no-untyped-call]
-        per_row = kv_bytes_per_token(model) * self.context_length
-        self._max_batch = _max_batch(options, weights, per_row)
-        # The worker never holds more than max_batch rows of at most context_length tokens.
-        self.bytes_used = weights + self._max_batch * per_row
+        blocks = BlockManager(_pool_blocks(options, weights, model, self.context_length))
+        pool = KVPool(model, blocks.num_blocks * blocks.block_size, torch.device(device))
+        # Weights plus the whole KV pool: memory does not grow with requests after this.
+        self.bytes_used = weights + pool.bytes
         self._model: PreTrainedModel | None = model
         self._tokenizer = tokenizer
         self._eos_ids = eos_ids(model, tokenizer)
         self._vocab_size = int(model.config.get_text_config().vocab_size)
-        batch = DecodeBatch(model, torch.device(device))
         self._scheduler: Scheduler | None = Scheduler(
-            batch,
-            max_batch=self._max_batch,
+            ModelRunner(model, pool, blocks, torch.device(device)),
+            blocks,
+            max_batch=max(1, options.max_concurrency),
+            max_batch_tokens=options.max_batch_tokens,
             name=request.model,
-            prefill_chunk=scheduler.PREFILL_CHUNK_TOKENS,
         )
 
     @property
@@ -218,14 +217,21 @@ def _config_context(model: PreTrainedModel) -> int:
     return int(getattr(config, "max_position_embeddings", 0) or 4096)
 
 
-def _max_batch(options: LoadOptions, weights: int, per_row: int) -> int:
-    """Rows the worker may decode at once: max_concurrency, fewer if the KV budget is short."""
+def _pool_blocks(
+    options: LoadOptions, weights: int, model: PreTrainedModel, context_length: int
+) -> int:
+    """KV pool blocks: ``kv_cache_share`` of the budget the weights leave, at most what
+    max_concurrency full contexts need, at least one full context (else InsufficientMemory)."""
+    per_block = bytes_per_token(model) * BLOCK_SIZE
+    one_context = -(-context_length // BLOCK_SIZE)
+    most = max(1, options.max_concurrency) * one_context
     if options.memory_budget_bytes <= 0:
-        return max(1, options.max_concurrency)
-    spare = int((options.memory_budget_bytes - weights) * _KV_SHARE)
-    if spare < per_row:
+        return most
+    share = int((options.memory_budget_bytes - weights) * options.kv_cache_share)
+    if share < one_context * per_block:
         raise InsufficientMemory(
-            f"weights take {weights} bytes of a {options.memory_budget_bytes}-byte budget, "
-            f"leaving no room for one {per_row}-byte context"
+            f"weights take {weights} bytes of a {options.memory_budget_bytes}-byte budget; "
+            f"kv_cache_share {options.kv_cache_share} of the rest cannot hold one "
+            f"{context_length}-token context ({one_context * per_block} bytes)"
         )
-    return max(1, min(options.max_concurrency, spare // per_row))
+    return min(most, share // per_block)

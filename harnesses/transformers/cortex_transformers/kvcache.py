@@ -1,112 +1,99 @@
-"""The running batch's KV cache: right-aligned rows in buffers that grow by doubling.
+"""The paged KV pool and the per-forward transformers ``Cache`` view over it.
 
-transformers' DynamicLayer appends with ``torch.cat``, copying the whole cache on every decode
-step; a preallocated buffer makes a step copy only the new token. Rows are right-aligned (every
-row's newest token sits in the last column), so joining a batch is left padding and leaving it is
-a row selection plus dropping leading columns no remaining row uses.
+Every layer's keys and values live in one preallocated pool of token slots
+(``[num_slots, kv_heads, head_dim]``, slots grouped in blocks by block_manager.py). A forward
+pass gets a ``Cache`` whose layers, on ``update``, write the new tokens' K/V into their slots and
+return the K/V of every token the rows attend to, gathered from their slots into
+``[B, kv_heads, W, head_dim]``. Rows are left-aligned: row ``i``'s tokens fill columns
+``0..n_i`` and the 2-D attention mask hides the padding columns, which read slot 0 (finite, never
+attended). Joining or leaving the batch therefore copies nothing; a step's only copy is the
+gather, which attention reads anyway.
 
 Every layer keeps full KV (no sliding-window truncation); sliding-window models still decode
-correctly because their masks come from the model, at the cost of memory. Models with linear
-attention layers (recurrent state) are not supported by this cache.
-
-Tensors: keys/values buffers [B, kv_heads, capacity, head_dim]; the live region is [:, :, :length].
+correctly because their masks come from the model. Models with linear attention layers
+(recurrent state) are not supported.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-_MIN_CAPACITY = 64
+
+def kv_layout(model: PreTrainedModel) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of ``model``'s attention."""
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return int(config.num_hidden_layers), int(kv_heads), int(head_dim)
 
 
-class BufferedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """One layer's KV, written in place into a buffer with spare capacity."""
+def bytes_per_token(model: PreTrainedModel) -> int:
+    """KV bytes one token takes across all layers (keys and values)."""
+    layers, kv_heads, head_dim = kv_layout(model)
+    return 2 * layers * kv_heads * head_dim * (torch.finfo(model.dtype).bits // 8)
 
-    def __init__(self) -> None:
+
+class KVPool:
+    """The slots of every layer. Owned by the decode worker; allocated once at load."""
+
+    def __init__(self, model: PreTrainedModel, num_slots: int, device: torch.device) -> None:
+        layers, kv_heads, head_dim = kv_layout(model)
+        # Zeros, not empty: padding columns read slot contents, and NaN * 0 is NaN.
+        shape = (num_slots, kv_heads, head_dim)
+        self.keys = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(layers)]
+        self.bytes = bytes_per_token(model) * num_slots
+
+    def view(self, write: torch.Tensor, read: torch.Tensor, past: int) -> Cache:
+        """A cache for one forward pass.
+
+        write: [B, Q] slots for the new tokens' K/V; read: [B, W] slots each row attends to, in
+        order, the new ones included (W = past + Q); past: columns before the new tokens, which
+        the model adds to its query positions when it builds the causal mask.
+        """
+        layers = [
+            PagedLayer(k, v, write, read, past) for k, v in zip(self.keys, self.values, strict=True)
+        ]
+        return Cache(layers=layers)  # type: ignore[arg-type]
+
+
+class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """One layer's window onto the pool for one forward pass."""
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        write: torch.Tensor,
+        read: torch.Tensor,
+        past: int,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.length = 0
-        self._k = torch.empty(0)
-        self._v = torch.empty(0)
+        self._pool_k, self._pool_v = keys, values
+        self._write, self._read, self._past = write, read, past
+        self.is_initialized = True
+        self.device = keys.device
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        b, h, _, d = key_states.shape
-        self.device = key_states.device
-        self._k = key_states.new_empty(b, h, _MIN_CAPACITY, d)
-        self._v = value_states.new_empty(b, h, _MIN_CAPACITY, value_states.shape[-1])
-        self.is_initialized = True
+        pass  # the pool exists already
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[-2]:
-            self._k = _regrow(self._k, self.length, end)
-            self._v = _regrow(self._v, self.length, end)
-        self._k[:, :, self.length : end] = key_states
-        self._v[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        # key_states: [B, H, Q, D] -> slots [B*Q, H, D]
+        slots = self._write.reshape(-1)
+        self._pool_k[slots] = key_states.transpose(1, 2).reshape(-1, *key_states.shape[1::2])
+        self._pool_v[slots] = value_states.transpose(1, 2).reshape(-1, *value_states.shape[1::2])
+        # [B, W, H, D] -> [B, H, W, D]
+        self.keys = self._pool_k[self._read].transpose(1, 2)
+        self.values = self._pool_v[self._read].transpose(1, 2)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self._past
 
-    def set_buffers(self, k: torch.Tensor, v: torch.Tensor, length: int) -> None:
-        self._k, self._v, self.length = k, v, length
-        self.keys, self.values = k[:, :, :length], v[:, :, :length]
-        self.is_initialized = True
-        self.device = k.device
-
-
-def _regrow(buf: torch.Tensor, length: int, needed: int) -> torch.Tensor:
-    """A buffer with room for at least ``needed`` columns, keeping the first ``length``."""
-    capacity = max(needed, 2 * buf.shape[-2], _MIN_CAPACITY)
-    out = buf.new_empty(*buf.shape[:2], capacity, buf.shape[-1])
-    out[:, :, :length] = buf[:, :, :length]
-    return out
-
-
-def new_cache() -> Cache:
-    """An empty cache whose layers are created on first use (prefill)."""
-    return Cache(layer_class_to_replicate=BufferedLayer)
-
-
-def _layers(cache: Cache) -> list[BufferedLayer]:
-    return [layer for layer in cache.layers if isinstance(layer, BufferedLayer)]
-
-
-def cache_length(cache: Cache) -> int:
-    layers = _layers(cache)
-    return layers[0].length if layers else 0
-
-
-def select_rows(cache: Cache, rows: torch.Tensor, drop_columns: int) -> None:
-    """Keep ``rows`` (a LongTensor of batch indices) and drop the first ``drop_columns`` columns."""
-    for layer in _layers(cache):
-        length = layer.length - drop_columns
-        k = layer._k[rows, :, drop_columns : layer.length].contiguous()
-        v = layer._v[rows, :, drop_columns : layer.length].contiguous()
-        layer.set_buffers(k, v, length)
-
-
-def concat_right_aligned(a: Cache, b: Cache) -> Cache:
-    """Stack ``b``'s rows under ``a``'s, left-padding the shorter one with zeros."""
-    length = max(cache_length(a), cache_length(b))
-    merged = Cache(layers=[BufferedLayer() for _ in _layers(a)])
-    for out, la, lb in zip(_layers(merged), _layers(a), _layers(b), strict=True):
-        k = _stack(la._k, la.length, lb._k, lb.length, length)
-        v = _stack(la._v, la.length, lb._v, lb.length, length)
-        out.set_buffers(k, v, length)
-    return merged
-
-
-def _stack(x: torch.Tensor, lx: int, y: torch.Tensor, ly: int, length: int) -> torch.Tensor:
-    # out: [Bx + By, H, capacity, D] with x's live columns ending at `length`, y's likewise.
-    capacity = length + max(_MIN_CAPACITY, length // 2)
-    out = x.new_zeros(x.shape[0] + y.shape[0], x.shape[1], capacity, x.shape[-1])
-    out[: x.shape[0], :, length - lx : length] = x[:, :, :lx]
-    out[x.shape[0] :, :, length - ly : length] = y[:, :, :ly]
-    return out
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._past + query_length, 0

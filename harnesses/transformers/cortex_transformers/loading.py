@@ -112,13 +112,3 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froze
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
-
-
-def kv_bytes_per_token(model: PreTrainedModel) -> int:
-    """KV cache bytes one token takes across all layers (keys and values)."""
-    config = model.config.get_text_config()
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    element = torch.finfo(model.dtype).bits // 8
-    return int(2 * config.num_hidden_layers * kv_heads * head_dim * element)

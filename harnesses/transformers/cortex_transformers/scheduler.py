@@ -1,12 +1,20 @@
-"""The decode worker: one thread per loaded model runs continuous batching.
+"""The decode worker: one thread per loaded model runs continuous batching over paged KV.
 
-Between two decode steps it drops cancelled sequences, admits waiting ones (prefill, first
-token) up to ``max_batch``, then decodes one token for every running row. A prompt longer than
-``prefill_chunk`` tokens is prefilled one chunk per iteration, between decode steps, so a long
-prompt (a coding agent's 20k-token context) delays the running streams by one chunk at a time
-instead of stalling them for its whole prefill. The thread owns the batch and every sequence's
-state; the event loop only appends to ``_waiting`` (under the lock) and sets
-``Sequence.cancelled``. Events go back through ``deliver`` (call_soon_threadsafe).
+Each iteration, under one token budget (``max_batch_tokens``): drop cancelled sequences; give
+every running row room for its next token, preempting the newest rows (their blocks freed, their
+tokens kept for recompute) when the pool is full; prefill waiting sequences, first-come first
+served, chunk by chunk with what the budget leaves after one token per running row (a waiting
+sequence is admitted once the pool holds its prompt, its cached prefix counted as held); then one
+batched decode step. A 30k-token prompt therefore delays running streams by one budget's worth
+of prefill at a time, and a prefix already in the pool is not computed again.
+
+A failed decode step fails only the rows that cause it: the batch is re-run row by row and only
+the rows that fail alone get the error (issue 11). The KV writes of a step are idempotent, so
+re-running is safe.
+
+The thread owns every sequence's state and the block manager; the event loop only appends to
+``_waiting`` (under the lock) and sets ``Sequence.cancelled``. Events go back through ``deliver``
+(call_soon_threadsafe).
 """
 
 from __future__ import annotations
@@ -14,46 +22,37 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache
 
 from cortex.errors import CortexError, InternalError, Unavailable
-from cortex_transformers.batch import DecodeBatch
+from cortex_transformers.block_manager import BlockManager
+from cortex_transformers.runner import ModelRunner
 from cortex_transformers.sampling import next_tokens
 from cortex_transformers.sequence import Item, Sequence, deliver
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK_TOKENS = 512
-
-
-@dataclass
-class _Prefill:
-    """A sequence part-way through its prompt: ``done`` tokens are in ``cache``."""
-
-    seq: Sequence
-    cache: Cache | None = None
-    done: int = 0
-
 
 class Scheduler:
     def __init__(
         self,
-        batch: DecodeBatch,
+        runner: ModelRunner,
+        blocks: BlockManager,
         *,
         max_batch: int,
+        max_batch_tokens: int,
         name: str,
-        prefill_chunk: int = PREFILL_CHUNK_TOKENS,
     ) -> None:
-        self._batch = batch
+        self.blocks = blocks
+        self._runner = runner
         self._max_batch = max_batch
-        self._chunk = prefill_chunk
-        self._prefilling: _Prefill | None = None  # worker thread only
+        self._max_tokens = max_batch_tokens
+        self._running: list[Sequence] = []  # worker thread only, oldest first
+        self._pending: deque[Sequence] = deque()  # worker thread only: admitted order
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._waiting: deque[Sequence] = deque()
+        self._waiting: deque[Sequence] = deque()  # filled by the event loop
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"cortex-decode-{name}", daemon=True)
         self._thread.start()
@@ -61,7 +60,7 @@ class Scheduler:
     @property
     def active(self) -> int:
         """Sequences waiting or running (approximate when read off the worker thread)."""
-        return len(self._waiting) + len(self._batch.rows) + (self._prefilling is not None)
+        return len(self._waiting) + len(self._pending) + len(self._running)
 
     def submit(self, seq: Sequence) -> None:
         with self._lock:
@@ -89,73 +88,140 @@ class Scheduler:
                 self._wake.clear()
                 if self._stopping:
                     break
-                if not self._waiting and not self._batch.rows and self._prefilling is None:
+                with self._lock:
+                    self._pending.extend(self._waiting)
+                    self._waiting.clear()
+                if not self._pending and not self._running:
                     self._wake.wait()
                     continue
-                try:
-                    self._admit()
-                    if self._batch.rows:
-                        self._step()
-                except Exception as exc:  # a failed step fails its sequences, not the worker
-                    log.exception("decode step failed")
-                    error = exc if isinstance(exc, CortexError) else InternalError(str(exc))
-                    self._fail(list(self._batch.rows), error)
-                    self._batch.keep([])
+                self._iterate()
         with self._lock:
-            left = list(self._waiting) + list(self._batch.rows)
+            self._pending.extend(self._waiting)
             self._waiting.clear()
-        if self._prefilling is not None:
-            left.append(self._prefilling.seq)
-            self._prefilling = None
-        self._fail(left, Unavailable("the model was unloaded"))
-        self._batch.keep([])
+        left = [*self._pending, *self._running]
+        self._pending.clear()
+        self._running.clear()
+        for seq in left:
+            self._release(seq)
+        deliver([(seq, Unavailable("the model was unloaded")) for seq in left])
 
-    def _admit(self) -> None:
+    def _iterate(self) -> None:
         self._drop_cancelled()
-        events: list[tuple[Sequence, Item]] = []
-        while len(self._batch.rows) < self._max_batch:
-            job = self._prefilling or self._next_waiting()
-            if job is None:
-                break
-            self._prefilling = None
-            seq = job.seq
-            if seq.cancelled:
-                continue
-            try:
-                end = job.done + self._chunk
-                cache, logits = self._batch.prefill(seq.prompt[job.done : end], job.cache)
-                job.cache, job.done = cache, min(end, len(seq.prompt))
-                if job.done < len(seq.prompt):
-                    self._prefilling = job
-                    if self._batch.rows:
-                        break  # the running rows decode a step before the next chunk
-                    continue
-                (token,) = next_tokens(logits[None], [seq.sampler])
-                events.append((seq, seq.accept(token)))
-            except Exception as exc:
-                log.exception("prefill failed")
-                events.append((seq, InternalError(f"prefill failed: {exc}")))
-                continue
-            if not seq.finished:
-                self._batch.join(seq, cache, token)
+        events = self._prefill(max(self._max_tokens - len(self._running), 1))
+        self._reserve_decode()
+        if self._running:
+            events += self._decode()
         deliver(events)
 
-    def _next_waiting(self) -> _Prefill | None:
-        with self._lock:
-            return _Prefill(self._waiting.popleft()) if self._waiting else None
-
-    def _step(self) -> None:
-        rows = self._batch.rows
-        logits = self._batch.step()
-        tokens = next_tokens(logits, [seq.sampler for seq in rows])
-        self._batch.advance(tokens)
-        deliver([(seq, seq.accept(token)) for seq, token in zip(rows, tokens, strict=True)])
-        self._batch.keep([i for i, seq in enumerate(rows) if not (seq.finished or seq.cancelled)])
-
     def _drop_cancelled(self) -> None:
-        rows = self._batch.rows
-        self._batch.keep([i for i, seq in enumerate(rows) if not seq.cancelled])
+        for seq in [s for s in (*self._pending, *self._running) if s.cancelled]:
+            self._release(seq)
+        self._pending = deque(s for s in self._pending if not s.cancelled)
+        self._running = [s for s in self._running if not s.cancelled]
 
-    @staticmethod
-    def _fail(seqs: list[Sequence], error: BaseException) -> None:
-        deliver([(seq, error) for seq in seqs])
+    def _reserve_decode(self) -> None:
+        """Room for one more token in every running row, oldest first; when the pool is full
+        the newest row is preempted (freed, requeued first, recomputed later), never failed."""
+        i = 0
+        while i < len(self._running):
+            table = self._running[i].table
+            if self.blocks.can_append(table):
+                self.blocks.append(table)
+                i += 1
+            else:
+                victim = self._running.pop()
+                self._release(victim)
+                self._pending.appendleft(victim)
+
+    def _prefill(self, budget: int) -> list[tuple[Sequence, Item]]:
+        """Admit and prefill pending sequences within ``budget`` tokens; those whose prompt is
+        done sample their first token together and join the running rows."""
+        done: list[tuple[Sequence, torch.Tensor]] = []
+        events: list[tuple[Sequence, Item]] = []
+        while budget > 0 and self._pending and len(self._running) + len(done) < self._max_batch:
+            seq = self._pending[0]
+            if not seq.table.blocks and not self._allocate(seq):
+                if self._running or done:
+                    break  # wait for running rows to free blocks
+                self._pending.popleft()
+                events.append((seq, Unavailable("the prompt does not fit in the KV cache")))
+                continue
+            count = min(budget, len(seq.tokens) - seq.computed)
+            try:
+                logits = self._runner.prefill(seq, count)
+            except Exception as exc:
+                log.exception("prefill failed")
+                self._pending.popleft()
+                self._release(seq)
+                events.append((seq, _as_error(exc, "prefill failed")))
+                continue
+            budget -= count
+            if seq.computed < len(seq.tokens):
+                break  # the rest of this prompt goes in the next iterations
+            self._pending.popleft()
+            done.append((seq, logits))
+            budget -= 1  # its first decode token
+        if done:
+            events += self._sample_first(done)
+        return events
+
+    def _allocate(self, seq: Sequence) -> bool:
+        # Keep a block per running row spare, or the next decode step would preempt at once.
+        if not self.blocks.can_allocate(seq.tokens, spare=len(self._running)):
+            return False
+        seq.computed = self.blocks.allocate(seq.table, seq.tokens)
+        if seq.cached_tokens is None:  # the first admission, not a recompute after preemption
+            seq.cached_tokens = seq.computed
+        return True
+
+    def _sample_first(
+        self, done: list[tuple[Sequence, torch.Tensor]]
+    ) -> list[tuple[Sequence, Item]]:
+        seqs = [seq for seq, _ in done]
+        tokens = next_tokens(torch.stack([logits for _, logits in done]), [s.sampler for s in seqs])
+        events: list[tuple[Sequence, Item]] = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            events.append((seq, seq.accept(token)))
+            if seq.finished:
+                self._release(seq)
+            else:
+                self._running.append(seq)
+        return events
+
+    def _decode(self) -> list[tuple[Sequence, Item]]:
+        rows = self._running
+        try:
+            results: list[int | Exception] = list(self._step(rows))
+        except Exception:
+            log.exception("decode step failed; retrying its %d rows one by one", len(rows))
+            results = [self._step_alone(seq) for seq in rows]
+        events: list[tuple[Sequence, Item]] = []
+        for seq, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):
+                seq.finished = True
+                events.append((seq, _as_error(result, "decode failed")))
+            else:
+                events.append((seq, seq.accept(result)))
+            if seq.finished:
+                self._release(seq)
+        self._running = [seq for seq in rows if not seq.finished]
+        return events
+
+    def _step(self, rows: list[Sequence]) -> list[int]:
+        return next_tokens(self._runner.decode(rows), [seq.sampler for seq in rows])
+
+    def _step_alone(self, seq: Sequence) -> int | Exception:
+        try:
+            (token,) = self._step([seq])
+        except Exception as exc:
+            log.exception("decode failed for one sequence")
+            return exc
+        return token
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.deallocate(seq.table)
+        seq.computed = 0
+
+
+def _as_error(exc: Exception, what: str) -> CortexError:
+    return exc if isinstance(exc, CortexError) else InternalError(f"{what}: {exc}")

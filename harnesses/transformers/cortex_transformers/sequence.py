@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from cortex.neuron.harness import SamplingParams, TokenEvent
+from cortex_transformers.block_manager import BlockTable
 from cortex_transformers.detokenize import Decode, IncrementalDetokenizer
 from cortex_transformers.sampling import Sampler
 
@@ -15,7 +16,12 @@ Item = TokenEvent | BaseException
 
 
 class Sequence:
-    """State of one sequence. Owned by the worker thread, except ``cancelled`` (set by asyncio)."""
+    """State of one sequence. Owned by the worker thread, except ``cancelled`` (set by asyncio).
+
+    ``tokens`` is the prompt then every sampled token; the last sampled one is the next decode
+    input, so a decoding sequence has ``computed == len(tokens) - 1`` tokens' KV in the pool. A
+    preempted sequence keeps ``tokens`` and is prefilled again from them (recompute).
+    """
 
     def __init__(
         self,
@@ -28,6 +34,10 @@ class Sequence:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.prompt = prompt
+        self.tokens = list(prompt)
+        self.table = BlockTable()
+        self.computed = 0  # leading tokens whose KV is in the pool
+        self.cached_tokens: int | None = None  # prompt tokens reused at first admission
         self.sampler = Sampler(params)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.loop = loop
@@ -44,16 +54,27 @@ class Sequence:
         if token in self._eos_ids:
             self.finished = True
             return TokenEvent(
-                text=self._detok.flush(), completion_tokens=self._generated, finish_reason="stop"
+                text=self._detok.flush(),
+                completion_tokens=self._generated,
+                cached_tokens=self.cached_tokens or 0,
+                finish_reason="stop",
             )
+        self.tokens.append(token)
         self._generated += 1
         text = self._detok.add(token)
         full = len(self.prompt) + self._generated >= self._context_length
         if self._generated >= self._max_new or full:
             self.finished = True
             text += self._detok.flush()
-            return TokenEvent(text=text, completion_tokens=self._generated, finish_reason="length")
-        return TokenEvent(text=text, completion_tokens=self._generated)
+            return TokenEvent(
+                text=text,
+                completion_tokens=self._generated,
+                cached_tokens=self.cached_tokens or 0,
+                finish_reason="length",
+            )
+        return TokenEvent(
+            text=text, completion_tokens=self._generated, cached_tokens=self.cached_tokens or 0
+        )
 
 
 def deliver(items: Iterable[tuple[Sequence, Item]]) -> None:
