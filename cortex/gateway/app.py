@@ -31,7 +31,7 @@ from cortex.errors import (
     anthropic_status,
     openai_body,
 )
-from cortex.gateway import admin, chat, messages, reload, ui
+from cortex.gateway import admin, chat, messages, reload, responses, ui
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
@@ -224,6 +224,9 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
         "/v1/messages", _exchange_handler("anthropic", "/v1/messages", messages.create)
     )
     app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post(
+        "/v1/responses", _exchange_handler("responses", "/v1/responses", responses.create)
+    )
     app.router.add_get("/v1/models", admin.list_models)
     app.router.add_get("/v1/models/{model}", admin.get_model)
     app.router.add_get("/cortex/status", admin.status)

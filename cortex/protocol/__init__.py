@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -12,6 +13,7 @@ from cortex.validation import MISSING, split_error, value_at
 T = TypeVar("T")
 
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
 
 
 def decode(body: bytes, kind: type[T]) -> T:
@@ -25,6 +27,24 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise _rejection(str(exc), body) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+def convert(data: Any, kind: type[T], body: bytes) -> T:
+    """``decode`` for a body already parsed (a dialect that fills in defaults msgspec cannot
+    express, such as a missing union tag); ``body``, the raw bytes, is quoted in errors."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise _rejection(str(exc), body) from None
+
+
+def encode_events(events: Iterable[msgspec.Struct]) -> bytes:
+    """Server-sent events ``event: TYPE`` / ``data: JSON`` for Structs tagged by their type
+    (the Anthropic and Responses streams both name each event so)."""
+    return b"".join(
+        b"event: %s\ndata: %s\n\n" % (str(e.__struct_config__.tag).encode(), _encoder.encode(e))
+        for e in events
+    )
 
 
 def _rejection(text: str, body: bytes) -> InvalidRequest:

@@ -1,0 +1,500 @@
+"""OpenAI Responses <-> Chat Completions, both directions, streaming included.
+
+The Responses counterpart of translate.py (Anthropic). Pure apart from fresh random ids and the
+clock; input the local models cannot honour raises ``InvalidRequest`` naming the item.
+
+Choices that are not forced by either spec:
+- ``instructions`` and the developer/system messages before the first other item become one
+  system message (paragraphs joined by a blank line); later ones stay system messages in place.
+- ``function_call`` items join the assistant message before them (or start one), so parallel
+  calls stay one assistant turn; ``function_call_output`` items become tool messages. Images in
+  a function output move into a user message after the tool messages (tool messages carry text).
+- ``reasoning`` items are dropped (another model's reasoning, often encrypted); ``item_reference``
+  is refused (nothing is stored to resolve it); so are ``input_file`` parts and file-id images.
+- Tools other than ``function`` are dropped and not echoed back: cortex runs none of them.
+- ``finish_reason`` length is status ``incomplete`` with reason ``max_output_tokens`` (the
+  stream then ends in ``response.incomplete``, as OpenAI's does); a mid-stream failure ends it in
+  ``response.failed`` carrying the error.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import msgspec
+
+from cortex import protocol
+from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.protocol import openai as oa
+from cortex.protocol import responses as rs
+
+# --------------------------------------------------------------------------- ids
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def response_skeleton(req: rs.ResponsesRequest) -> rs.Response:
+    """The response object as created: the request's settings echoed, no output yet."""
+    return rs.Response(
+        id=_new_id("resp"),
+        created_at=int(time.time()),
+        status="in_progress",
+        model=req.model,
+        output=[],
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        parallel_tool_calls=req.parallel_tool_calls,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        tool_choice=req.tool_choice or "auto",
+        tools=[
+            rs.FunctionTool(
+                name=t.name or "",
+                description=t.description,
+                parameters=t.parameters,
+                strict=t.strict,
+            )
+            for t in req.function_tools
+        ],
+        text=req.text or rs.TextConfig(),
+        reasoning=req.reasoning,
+        truncation=req.truncation or "disabled",
+        prompt_cache_key=req.prompt_cache_key,
+        metadata=req.metadata or {},
+        user=req.user,
+    )
+
+
+# --------------------------------------------------------------------------- request
+
+
+def responses_to_openai(
+    req: rs.ResponsesRequest, model_id: str, vision: bool
+) -> oa.ChatCompletionRequest:
+    """The chat request a neuron serves for a Responses one; ``vision``: accepts images."""
+    tools = [
+        oa.Tool(
+            function=oa.FunctionDef(
+                name=t.name or "",
+                description=t.description,
+                parameters=t.parameters,
+                strict=t.strict,
+            )
+        )
+        for t in req.function_tools
+    ]
+    return oa.ChatCompletionRequest(
+        model=model_id,
+        messages=_Conversation(model_id, vision).build(req),
+        stream=req.stream,
+        stream_options=oa.StreamOptions(include_usage=True) if req.stream else None,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_output_tokens,
+        tools=tools or None,
+        tool_choice=_tool_choice(req.tool_choice) if tools else None,
+        parallel_tool_calls=None if req.parallel_tool_calls or not tools else False,
+        user=req.user,
+        response_format=_response_format(req.text),
+    )
+
+
+class _Conversation:
+    """Input items -> chat messages, in one pass."""
+
+    def __init__(self, model_id: str, vision: bool) -> None:
+        self._model_id = model_id
+        self._vision = vision
+        self._system: list[str] = []  # the leading system prompt, in paragraphs
+        self._messages: list[oa.Message] = []
+        self._images: list[oa.ContentPart] = []  # from function outputs, for a user message
+
+    def build(self, req: rs.ResponsesRequest) -> list[oa.Message]:
+        if req.instructions:
+            self._system.append(req.instructions)
+        if isinstance(req.input, str):
+            self._messages.append(oa.UserMessage(content=req.input))
+        else:
+            for i, item in enumerate(req.input):
+                self._item(item, f"input[{i}]")
+        self._flush_images()
+        head: list[oa.Message] = []
+        if self._system:
+            head.append(oa.SystemMessage(content="\n\n".join(self._system)))
+        return head + self._messages
+
+    def _item(self, item: rs.InputItem, where: str) -> None:
+        if not isinstance(item, rs.FunctionCallOutputItem):
+            self._flush_images()
+        match item:
+            case rs.MessageItem(role="system" | "developer"):
+                text = self._text(item.content, where)
+                if self._messages:
+                    self._messages.append(oa.SystemMessage(content=text))
+                else:
+                    self._system.append(text)
+            case rs.MessageItem(role="user"):
+                self._messages.append(oa.UserMessage(content=self._user(item.content, where)))
+            case rs.MessageItem():
+                self._messages.append(oa.AssistantMessage(content=self._text(item.content, where)))
+            case rs.FunctionCallItem():
+                self._call(item)
+            case rs.FunctionCallOutputItem():
+                self._output(item, where)
+            case rs.ReasoningItem():
+                pass
+            case rs.ItemReference():
+                raise InvalidRequest(
+                    "item_reference items are not supported: cortex stores no items; send "
+                    "the item itself",
+                    param=where,
+                )
+
+    def _call(self, item: rs.FunctionCallItem) -> None:
+        call = oa.ToolCall(id=item.call_id, function=oa.FunctionCall(item.name, item.arguments))
+        last = self._messages[-1] if self._messages else None
+        if isinstance(last, oa.AssistantMessage):
+            last.tool_calls = [*(last.tool_calls or []), call]
+        else:
+            self._messages.append(oa.AssistantMessage(tool_calls=[call]))
+
+    def _output(self, item: rs.FunctionCallOutputItem, where: str) -> None:
+        if isinstance(item.output, str):
+            text = item.output
+        else:
+            parts = self._parts(item.output, f"{where}.output")
+            text = "\n\n".join(p.text for p in parts if isinstance(p, oa.TextPart))
+            self._images += [p for p in parts if not isinstance(p, oa.TextPart)]
+        self._messages.append(oa.ToolMessage(content=text, tool_call_id=item.call_id))
+
+    def _flush_images(self) -> None:
+        if self._images:
+            self._messages.append(oa.UserMessage(content=self._images))
+            self._images = []
+
+    def _user(self, content: str | list[rs.ContentPart], where: str) -> oa.Content:
+        if isinstance(content, str):
+            return content
+        parts = self._parts(content, f"{where}.content")
+        if all(isinstance(p, oa.TextPart) for p in parts):
+            return "\n\n".join(p.text for p in parts if isinstance(p, oa.TextPart))
+        return parts
+
+    def _text(self, content: str | list[rs.ContentPart], where: str) -> str:
+        """Content that must be text only (system, developer, assistant)."""
+        if isinstance(content, str):
+            return content
+        parts = self._parts(content, f"{where}.content")
+        if not all(isinstance(p, oa.TextPart) for p in parts):
+            raise InvalidRequest("only text parts are supported here", param=f"{where}.content")
+        return "\n\n".join(p.text for p in parts if isinstance(p, oa.TextPart))
+
+    def _parts(
+        self, content: list[rs.ContentPart] | list[rs.FunctionOutputPart], where: str
+    ) -> list[oa.ContentPart]:
+        out: list[oa.ContentPart] = []
+        for j, part in enumerate(content):
+            match part:
+                case rs.InputText() | rs.OutputText():
+                    out.append(oa.TextPart(part.text))
+                case rs.Refusal():
+                    out.append(oa.TextPart(part.refusal))
+                case rs.InputImage():
+                    out.append(self._image(part, f"{where}[{j}]"))
+                case rs.InputFile():
+                    raise InvalidRequest(
+                        "input_file parts are not supported", param=f"{where}[{j}]"
+                    )
+        return out
+
+    def _image(self, part: rs.InputImage, where: str) -> oa.ContentPart:
+        if not self._vision:
+            raise InvalidRequest(f"model {self._model_id} does not accept images", param=where)
+        if not part.image_url:
+            raise InvalidRequest("images by file_id are not supported; send image_url", param=where)
+        return oa.ImagePart(oa.ImageURL(part.image_url, part.detail))
+
+
+def _tool_choice(choice: rs.ToolChoice | None) -> oa.ToolChoice | None:
+    if choice is None or isinstance(choice, str):
+        return choice
+    if choice.type == "function" and choice.name:
+        return oa.NamedToolChoice(function=oa.ToolChoiceFunction(choice.name))
+    raise InvalidRequest(
+        f"tool_choice type {choice.type!r} is not supported: cortex runs function tools only",
+        param="tool_choice",
+    )
+
+
+def _response_format(text: rs.TextConfig | None) -> oa.ResponseFormat | None:
+    fmt = text.format if text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return oa.ResponseFormat(type="json_object")
+    schema = {"name": fmt.name or "response", "schema": fmt.schema or {}, "strict": fmt.strict}
+    return oa.ResponseFormat(type="json_schema", json_schema=schema)
+
+
+# --------------------------------------------------------------------------- response
+
+
+def _usage(usage: oa.Usage | None) -> rs.Usage | None:
+    if usage is None:
+        return None
+    details = usage.prompt_tokens_details
+    return rs.Usage(
+        input_tokens=usage.prompt_tokens,
+        input_tokens_details=rs.InputTokensDetails(details.cached_tokens if details else 0),
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+def _incomplete(finish: oa.FinishReason | None) -> rs.IncompleteDetails | None:
+    if finish == "length":
+        return rs.IncompleteDetails("max_output_tokens")
+    if finish == "content_filter":
+        return rs.IncompleteDetails("content_filter")
+    return None
+
+
+def _finished(
+    skeleton: rs.Response,
+    output: list[rs.OutputItem],
+    finish: oa.FinishReason | None,
+    usage: oa.Usage | None,
+) -> rs.Response:
+    incomplete = _incomplete(finish)
+    return msgspec.structs.replace(
+        skeleton,
+        status="incomplete" if incomplete else "completed",
+        output=output,
+        usage=_usage(usage),
+        incomplete_details=incomplete,
+    )
+
+
+def openai_to_response(resp: oa.ChatCompletion, skeleton: rs.Response) -> rs.Response:
+    """The complete (non-stream) response object for a chat completion."""
+    if not resp.choices:
+        raise UpstreamError("upstream returned no choices")
+    choice = resp.choices[0]
+    status: rs.Status = "incomplete" if _incomplete(choice.finish_reason) else "completed"
+    output: list[rs.OutputItem] = []
+    if choice.message.content:
+        part = rs.OutputTextPart(text=choice.message.content)
+        output.append(rs.OutputMessage(id=_new_id("msg"), status=status, content=[part]))
+    for call in choice.message.tool_calls or []:
+        output.append(
+            rs.FunctionCallOutput(
+                id=_new_id("fc"),
+                call_id=call.id or _new_id("call"),
+                name=call.function.name,
+                arguments=call.function.arguments,
+                status="completed",
+            )
+        )
+    return _finished(skeleton, output, choice.finish_reason, resp.usage)
+
+
+# --------------------------------------------------------------------------- stream
+
+
+class ResponsesStreamTranslator:
+    """OpenAI stream chunks in, Responses SSE bytes out, for one response.
+
+    Emits OpenAI's sequence: response.created, response.in_progress, then per output item
+    output_item.added, (for a message) content_part.added, output_text.delta...,
+    output_text.done, content_part.done, (for a call) function_call_arguments.delta...,
+    function_call_arguments.done, then output_item.done; one item open at a time, text and
+    each tool call in its own item; finally response.completed (or .incomplete) carrying the
+    whole response with usage. ``sequence_number`` counts every event from 0.
+    """
+
+    def __init__(self, skeleton: rs.Response) -> None:
+        self._skeleton = skeleton
+        self._seq = 0
+        self._started = False
+        self._done = False
+        self._output: list[rs.OutputItem] = []  # closed items
+        self._message: rs.OutputMessage | None = None  # the open message item
+        self._text: list[str] = []  # its text so far
+        self._call: rs.FunctionCallOutput | None = None  # the open function call item
+        self._call_index: int | None = None  # its upstream tool_call index
+        self._arguments: list[str] = []  # its arguments so far
+        self._calls_seen: set[int] = set()
+        self._finish: oa.FinishReason | None = None
+        self._usage: oa.Usage | None = None
+
+    def feed(self, chunk: oa.ChatCompletionChunk) -> bytes:
+        """Raises UpstreamError if the upstream interleaves fragments of several tool calls."""
+        if self._done:
+            return b""
+        events = self._start()
+        self._usage = chunk.usage or self._usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                events += self._text_delta(choice.delta.content)
+            for call in choice.delta.tool_calls or []:
+                events += self._call_delta(call)
+            self._finish = choice.finish_reason or self._finish
+        return protocol.encode_events(events)
+
+    def finish(self, matched_stop: str | None = None) -> bytes:
+        """Close the response (Responses has no stop sequences: ``matched_stop`` is unused)."""
+        if self._done:
+            return b""
+        self._done = True
+        status: rs.Status = "incomplete" if _incomplete(self._finish) else "completed"
+        events = self._start() + self._close(status)
+        response = _finished(self._skeleton, self._output, self._finish, self._usage)
+        end = rs.ResponseIncomplete if response.status == "incomplete" else rs.ResponseCompleted
+        events.append(end(sequence_number=self._next(), response=response))
+        return protocol.encode_events(events)
+
+    def error(self, err: CortexError) -> bytes:
+        """``response.failed`` with the error (the HTTP status is already 200)."""
+        if self._done:
+            return b""
+        self._done = True
+        events = self._start()
+        response = msgspec.structs.replace(
+            self._skeleton,
+            status="failed",
+            output=self._output,
+            error=rs.ResponseError(err.code or err.openai_type, err.message),
+        )
+        events.append(rs.ResponseFailed(sequence_number=self._next(), response=response))
+        return protocol.encode_events(events)
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq - 1
+
+    def _start(self) -> list[rs.StreamEvent]:
+        if self._started:
+            return []
+        self._started = True
+        return [
+            rs.ResponseCreated(sequence_number=self._next(), response=self._skeleton),
+            rs.ResponseInProgress(sequence_number=self._next(), response=self._skeleton),
+        ]
+
+    def _text_delta(self, text: str) -> list[rs.StreamEvent]:
+        events: list[rs.StreamEvent] = []
+        if self._message is None:
+            events += self._close("completed")
+            self._message = rs.OutputMessage(id=_new_id("msg"), status="in_progress", content=[])
+            index = len(self._output)
+            events.append(
+                rs.OutputItemAdded(
+                    sequence_number=self._next(), output_index=index, item=self._message
+                )
+            )
+            events.append(
+                rs.ContentPartAdded(
+                    sequence_number=self._next(),
+                    item_id=self._message.id,
+                    output_index=index,
+                    content_index=0,
+                    part=rs.OutputTextPart(text=""),
+                )
+            )
+        self._text.append(text)
+        events.append(
+            rs.OutputTextDelta(
+                sequence_number=self._next(),
+                item_id=self._message.id,
+                output_index=len(self._output),
+                content_index=0,
+                delta=text,
+            )
+        )
+        return events
+
+    def _call_delta(self, delta: oa.ToolCallDelta) -> list[rs.StreamEvent]:
+        events: list[rs.StreamEvent] = []
+        fn = delta.function
+        if delta.index not in self._calls_seen:
+            if fn is None or not fn.name:
+                raise UpstreamError("upstream tool call started without a name")
+            self._calls_seen.add(delta.index)
+            events += self._close("completed")
+            self._call = rs.FunctionCallOutput(
+                id=_new_id("fc"),
+                call_id=delta.id or _new_id("call"),
+                name=fn.name,
+                arguments="",
+                status="in_progress",
+            )
+            self._call_index = delta.index
+            events.append(
+                rs.OutputItemAdded(
+                    sequence_number=self._next(), output_index=len(self._output), item=self._call
+                )
+            )
+        elif self._call is None or self._call_index != delta.index:
+            raise UpstreamError("upstream interleaved fragments of several tool calls")
+        assert self._call is not None
+        if fn is not None and fn.arguments:
+            self._arguments.append(fn.arguments)
+            events.append(
+                rs.FunctionCallArgumentsDelta(
+                    sequence_number=self._next(),
+                    item_id=self._call.id,
+                    output_index=len(self._output),
+                    delta=fn.arguments,
+                )
+            )
+        return events
+
+    def _close(self, status: rs.Status) -> list[rs.StreamEvent]:
+        """The events closing the open item (if any), which joins the finished output."""
+        index = len(self._output)
+        item: rs.OutputItem
+        if self._message is not None:
+            text = "".join(self._text)
+            part = rs.OutputTextPart(text=text)
+            item = msgspec.structs.replace(self._message, status=status, content=[part])
+            ident = item.id
+            self._message, self._text = None, []
+            events: list[rs.StreamEvent] = [
+                rs.OutputTextDone(
+                    sequence_number=self._next(),
+                    item_id=ident,
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                ),
+                rs.ContentPartDone(
+                    sequence_number=self._next(),
+                    item_id=ident,
+                    output_index=index,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
+        elif self._call is not None:
+            arguments = "".join(self._arguments)
+            item = msgspec.structs.replace(self._call, status="completed", arguments=arguments)
+            self._call, self._call_index, self._arguments = None, None, []
+            events = [
+                rs.FunctionCallArgumentsDone(
+                    sequence_number=self._next(),
+                    item_id=item.id,
+                    output_index=index,
+                    name=item.name,
+                    arguments=arguments,
+                )
+            ]
+        else:
+            return []
+        self._output.append(item)
+        events.append(
+            rs.OutputItemDone(sequence_number=self._next(), output_index=index, item=item)
+        )
+        return events
