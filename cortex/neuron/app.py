@@ -8,7 +8,6 @@ meanwhile); teardown cancels those, unloads every model and closes NVML.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -43,6 +42,7 @@ from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.metrics import METRICS, NeuronMetrics
 from cortex.neuron.node import NODE, Node
 from cortex.neuron.registry import discover
+from cortex.neuron.reload import on_sighup
 from cortex.neuron.routes import add_routes
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
         else ModelsConfig()
     )
     app = make_app(config, models, discover(config.neuron.harnesses))
+    app.cleanup_ctx.append(on_sighup(config_path))
     log.info("neuron %s listening on %s:%d", config.neuron.name, host, port)
     # handler_cancellation: a client hang-up cancels its handler, hence its sequence. On SIGTERM
     # requests in flight get unload_drain_s to finish, as an unload would give them.
@@ -108,26 +109,15 @@ def _lifespan(
         )
         app[NODE] = node
         app[METRICS].attach(node.manager)
-        preloads = [asyncio.create_task(_preload(node, model_id)) for model_id in config.preload]
+        node.start_preloads(config.preload)
         try:
             yield
         finally:
-            for task in preloads:
-                task.cancel()
-            await asyncio.gather(*preloads, return_exceptions=True)
+            await node.stop_preloads()
             await node.manager.shutdown()
             devices.close()
 
     return lifespan
-
-
-async def _preload(node: Node, model_id: str) -> None:
-    try:
-        await node.manager.load(node.preload_request(model_id))
-    except KeyError:
-        log.error("preload %r: not in the models file; skipped", model_id)
-    except CortexError as exc:
-        log.error("preload %r failed: %s", model_id, exc.message)
 
 
 @web.middleware

@@ -5,16 +5,21 @@ Stored in the aiohttp app under ``NODE`` once start-up has opened the devices.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
 import cortex
 from cortex.config import ModelsConfig, NeuronConfig
+from cortex.errors import CortexError
 from cortex.neuron.harness import Harness
 from cortex.neuron.lifecycle import ModelManager
 from cortex.protocol.neuron import LoadRequest, NeuronStatus
+
+log = logging.getLogger("cortex.neuron")
 
 
 class Node:
@@ -30,6 +35,7 @@ class Node:
         self.harnesses = harnesses
         self.manager = manager
         self.started_at = time.time()
+        self._preloads: set[asyncio.Task[None]] = set()
 
     def status(self) -> NeuronStatus:
         return NeuronStatus(
@@ -43,9 +49,29 @@ class Node:
             started_at=self.started_at,
         )
 
-    def preload_request(self, model_id: str) -> LoadRequest:
-        """The load a ``preload`` id stands for, from its models.toml entry (KeyError if none)."""
-        return LoadRequest.from_entry(self.catalogue[model_id])
+    def start_preloads(self, model_ids: Iterable[str]) -> None:
+        """Load these ids in the background (at start-up, and new ones on SIGHUP)."""
+        for model_id in model_ids:
+            task = asyncio.create_task(self._preload(model_id), name=f"preload-{model_id}")
+            self._preloads.add(task)
+            task.add_done_callback(self._preloads.discard)
+
+    async def stop_preloads(self) -> None:
+        tasks = list(self._preloads)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _preload(self, model_id: str) -> None:
+        """Load a ``preload`` id from its models.toml entry; failures are logged, not raised."""
+        entry = self.catalogue.get(model_id)
+        if entry is None:
+            log.error("preload %r: not in the models file; skipped", model_id)
+            return
+        try:
+            await self.manager.load(LoadRequest.from_entry(entry))
+        except CortexError as exc:
+            log.error("preload %r failed: %s", model_id, exc.message)
 
 
 NODE = web.AppKey("cortex.neuron.node", Node)

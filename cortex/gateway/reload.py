@@ -1,0 +1,72 @@
+"""SIGHUP: re-read cortex.toml and models.toml and apply them without dropping a request.
+
+Applied live: neurons and upstreams (added, removed, changed endpoint or token), the model
+catalogue (new, changed and removed models, aliases, pins, TTLs; a removed model's resident
+copies are unloaded once their requests drain), eviction settings and timeouts. Fixed until a
+restart, and logged as such when they change: the listen addresses, ``max_body_mb`` and the key
+lists (the auth middleware is built once). An invalid file is logged as the same one line
+``--check`` prints and the running config stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from cortex import config as cfg
+from cortex.errors import ConfigError
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.service import GATEWAY, Gateway
+from cortex.sighup import reload_on_sighup
+
+log = logging.getLogger("cortex.gateway.reload")
+
+RESTART_ONLY = ("listen", "metrics_listen", "max_body_mb", "api_keys", "admin_keys")
+
+
+async def reload(gateway: Gateway, config_path: Path) -> bool:
+    """Re-read both files and apply them; False (old config kept) when either is invalid."""
+    try:
+        config = cfg.load_cortex(config_path)
+        models = cfg.load_models(cfg.resolve_relative(config_path, config.gateway.models))
+    except ConfigError as exc:
+        log.error("reload refused, the running config stays: %s", exc)
+        return False
+    fixed = [
+        key
+        for key in RESTART_ONLY
+        if getattr(config.gateway, key) != getattr(gateway.config.gateway, key)
+    ]
+    catalogue = Catalogue(models.models)
+    removed = set(gateway.catalogue.by_id) - set(catalogue.by_id)
+    gateway.config = gateway.loader.config = config
+    gateway.catalogue = catalogue
+    changes = await gateway.fleet.reconfigure(config, catalogue.by_id)
+    for node in gateway.fleet.view().nodes:
+        for copy in node.models:
+            if copy.model_id in removed and copy.state == "loaded":
+                # The neuron drains its requests in flight before it frees the memory.
+                changes.append(f"{copy.model_id} unloaded from {node.name}")
+                gateway.loader.spawn(gateway.loader.unload(copy.model_id, node.name))
+    gateway.loader.ensure_pinned()
+    log.info(
+        "reloaded %s: %d models; %s",
+        config_path,
+        len(catalogue.models),
+        ", ".join(changes) or "no neuron or upstream changes",
+    )
+    if fixed:
+        log.warning("changed keys that apply only after a restart: %s", ", ".join(fixed))
+    return True
+
+
+def on_sighup(config_path: Path) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The gateway's SIGHUP cleanup_ctx."""
+
+    async def reload_app(app: web.Application) -> bool:
+        return await reload(app[GATEWAY], config_path)
+
+    return reload_on_sighup(reload_app)
