@@ -208,11 +208,9 @@ class Fleet:
         }
         return fleet_from_statuses(statuses, self.catalogue(), usage, suspect=suspect)
 
-    def upstream_for(self, model: str) -> UpstreamState | None:
-        for up in self.upstreams.values():
-            if up.up and model in up.models:
-                return up
-        return None
+    def upstreams_for(self, model: str) -> list[UpstreamState]:
+        """Every up upstream that lists ``model``: replicas that share its traffic."""
+        return [up for up in self.upstreams.values() if up.up and model in up.models]
 
     def counts(self, model: str, node: str) -> Usage:
         key = (model, node)

@@ -22,7 +22,7 @@ operator put it there with ``cortex load --node``); ``nodes`` restricts new load
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
@@ -88,17 +88,27 @@ def needed_bytes(model: ModelEntry) -> int:
 def _existing(fleet: FleetView, model_id: str, session: str | None) -> Route | Wait | None:
     for health in ("up", "suspect"):
         copies = [(n, c) for n, c in fleet.holders(model_id) if n.health == health]
-        loaded = [(n, c) for n, c in copies if c.state == "loaded"]
+        loaded = [(n.name, _load(c), n.in_flight) for n, c in copies if c.state == "loaded"]
         if loaded:
-            node, least = min(loaded, key=lambda nc: (_load(nc[1]), nc[0].in_flight, nc[0].name))
-            if session is not None:
-                home, copy = max(loaded, key=lambda nc: _affinity(session, nc[0].name))
-                if not _much_busier(_load(copy), _load(least)):
-                    node = home
-            return Route(node.name)
+            return Route(pick(loaded, session))
         if copies:
             return Wait(copies[0][0].name)
     return None
+
+
+def pick(candidates: Sequence[tuple[str, int, int]], session: str | None) -> str:
+    """Among ``(name, load, tie_break)`` candidates (a non-empty list), where one request goes.
+
+    The least loaded, then the lowest tie-break, then the name; with a ``session`` key, the
+    candidate that session hashes to, unless it is much busier than the least loaded one.
+    Shared by neuron copies and by ``[[upstreams]]`` serving the same model.
+    """
+    least = min(candidates, key=lambda c: (c[1], c[2], c[0]))
+    if session is not None:
+        home = max(candidates, key=lambda c: _affinity(session, c[0]))
+        if not _much_busier(home[1], least[1]):
+            return home[0]
+    return least[0]
 
 
 def _load(copy: Resident) -> int:

@@ -21,6 +21,7 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, neuron_headers, upstream_base, upstream_headers
 from cortex.gateway.loads import Loader
 from cortex.gateway.proxy import Exchange, Target, UpstreamResponse, open_upstream
+from cortex.gateway.router import pick
 
 log = logging.getLogger("cortex.gateway")
 request_log = logging.getLogger("cortex.request")
@@ -35,7 +36,7 @@ class Resolved:
 
     model_id: str
     entry: ModelEntry | None
-    upstream: str | None = None
+    upstream: bool = False  # served by [[upstreams]] (one or several replicas), not a neuron
 
 
 class RateWindow:
@@ -98,9 +99,8 @@ class Gateway:
         entry = self.catalogue.resolve(name)
         if entry is not None:
             return Resolved(entry.id, entry)
-        upstream = self.fleet.upstream_for(name)
-        if upstream is not None:
-            return Resolved(name, None, upstream.ref.name)
+        if self.fleet.upstreams_for(name):
+            return Resolved(name, None, upstream=True)
         raise ModelNotFound(f"The model '{name}' does not exist (see GET /v1/models).")
 
     async def open(
@@ -132,12 +132,11 @@ class Gateway:
                 usage.in_flight -= 1
                 exchange.counted = False
                 last_error = f"{target.node}: {exc!r}"
-                if not target.is_neuron:
-                    break
-                self.fleet.mark_suspect(
-                    target.node, f"request failed before the first byte: {exc!r}"
-                )
-                excluded.add(target.node)
+                if target.is_neuron:
+                    self.fleet.mark_suspect(
+                        target.node, f"request failed before the first byte: {exc!r}"
+                    )
+                excluded.add(target.node)  # nothing reached the client: try another copy
                 continue
             if upstream.resp.status < 400:
                 return upstream
@@ -157,8 +156,20 @@ class Gateway:
     async def _target(
         self, resolved: Resolved, path: str, excluded: set[str], session: str | None
     ) -> Target:
-        if resolved.upstream is not None:
-            up = self.fleet.upstreams[resolved.upstream]
+        if resolved.upstream:
+            replicas = {
+                up.ref.name: up
+                for up in self.fleet.upstreams_for(resolved.model_id)
+                if up.ref.name not in excluded
+            }
+            if not replicas:
+                raise Unavailable(
+                    f"no upstream serving {resolved.model_id} answered", retry_after_s=5.0
+                )
+            loads = [
+                (name, self.fleet.counts(resolved.model_id, name).in_flight, 0) for name in replicas
+            ]
+            up = replicas[pick(loads, session)]
             return Target(
                 up.ref.name, upstream_base(up.ref) + path, upstream_headers(up.ref), False
             )

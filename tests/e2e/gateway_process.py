@@ -42,6 +42,7 @@ class GatewayProcess:
         neurons: Mapping[str, NeuronProcess],
         models: Iterable[Mapping[str, TomlValue]],
         eviction: Mapping[str, TomlValue] | None = None,
+        upstreams: Iterable[Mapping[str, TomlValue]] = (),
         **gateway: TomlValue,
     ) -> GatewayProcess:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,7 @@ class GatewayProcess:
             text += toml_table(
                 "[neurons]", {"name": name, "endpoint": neuron.url, "token": neuron.token}
             )
+        text += "".join(toml_table("[upstreams]", u) for u in upstreams)
         (workdir / "cortex.toml").write_text(text)
         (workdir / "models.toml").write_text("".join(toml_table("[models]", m) for m in models))
         log = workdir / f"gateway-{port}.log"
