@@ -129,6 +129,8 @@ class NeuronSection(_Strict, frozen=True):
     harnesses: tuple[Name, ...] = ()
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
     torch_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 2048
+    kv_cache_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     unload_drain_s: Seconds = 10.0
     models: str = ""
     log_format: Literal["text", "json"] = "text"

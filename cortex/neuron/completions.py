@@ -42,6 +42,7 @@ class Outcome:
 
     __slots__ = (
         "admitted",
+        "cached_tokens",
         "completion_tokens",
         "finish_reason",
         "first_token",
@@ -58,6 +59,7 @@ class Outcome:
         self.status = 200
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the harness took from its prefix cache
         self.finish_reason: openai.FinishReason = "stop"
         self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
 
@@ -132,6 +134,7 @@ async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenera
     async with _closing(events):
         async for step in events:
             outcome.completion_tokens = step.completion_tokens
+            outcome.cached_tokens = step.cached_tokens
             if outcome.first_token is None and step.completion_tokens:
                 outcome.first_token = time.perf_counter()
             if text := matcher.feed(step.text):
@@ -235,6 +238,7 @@ def _usage(plan: Plan, outcome: Outcome) -> openai.Usage:
         prompt_tokens=prompt_tokens,
         completion_tokens=outcome.completion_tokens,
         total_tokens=prompt_tokens + outcome.completion_tokens,
+        prompt_tokens_details=openai.PromptTokensDetails(cached_tokens=outcome.cached_tokens),
     )
 
 

@@ -167,6 +167,8 @@ class ModelManager:
             torch_threads=self._config.torch_threads,
             max_concurrency=self._config.max_concurrency,
             memory_budget_bytes=max(free, 0),
+            max_batch_tokens=self._config.max_batch_tokens,
+            kv_cache_share=self._config.kv_cache_share,
         )
         slot.loading = asyncio.create_task(self._load(slot, harness, path, options))
         slot.loading.add_done_callback(_consume_error)

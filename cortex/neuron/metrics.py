@@ -44,7 +44,17 @@ NO_MODEL = "-"  # a request that was never admitted (unknown model): client text
 class _Children:
     """The labelled series one (model, status) writes to, resolved once."""
 
-    __slots__ = ("completion", "duration", "prompt", "queue_wait", "requests", "tpot", "ttft")
+    __slots__ = (
+        "cache_hit",
+        "cache_miss",
+        "completion",
+        "duration",
+        "prompt",
+        "queue_wait",
+        "requests",
+        "tpot",
+        "ttft",
+    )
 
     def __init__(self, m: NeuronMetrics, model: str, status: int) -> None:
         self.requests = m.requests.labels(model, str(status))
@@ -54,6 +64,8 @@ class _Children:
         self.tpot = m.tpot.labels(model)
         self.prompt = m.tokens.labels(model, "prompt")
         self.completion = m.tokens.labels(model, "completion")
+        self.cache_hit = m.prefix_cache.labels(model, "hit")
+        self.cache_miss = m.prefix_cache.labels(model, "miss")
 
 
 class NeuronMetrics:
@@ -99,6 +111,12 @@ class NeuronMetrics:
             ("model", "kind"),
             registry=r,
         )
+        self.prefix_cache = Counter(
+            "cortex_prefix_cache_tokens",
+            "Prompt tokens by whether their KV came from the prefix cache (hit) or was computed.",
+            ("model", "result"),
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "cortex_model_load_seconds",
             "Duration of successful model loads.",
@@ -135,6 +153,8 @@ class NeuronMetrics:
         c.queue_wait.observe(admitted - started)
         if outcome.prompt_tokens:
             c.prompt.inc(outcome.prompt_tokens)
+            c.cache_hit.inc(outcome.cached_tokens)
+            c.cache_miss.inc(outcome.prompt_tokens - outcome.cached_tokens)
         if outcome.completion_tokens:
             c.completion.inc(outcome.completion_tokens)
         first = outcome.first_token

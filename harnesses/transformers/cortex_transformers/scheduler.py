@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -45,6 +46,7 @@ class Scheduler:
         name: str,
     ) -> None:
         self.blocks = blocks
+        self.preempted = 0  # sequences sent back to recompute because the pool was full
         self._runner = runner
         self._max_batch = max_batch
         self._max_tokens = max_batch_tokens
@@ -94,16 +96,24 @@ class Scheduler:
                 if not self._pending and not self._running:
                     self._wake.wait()
                     continue
-                self._iterate()
+                try:
+                    self._iterate()
+                except Exception as exc:  # a bug, not a bad request: fail what is in flight
+                    log.exception("decode iteration failed")
+                    self._fail_all(InternalError(f"generation failed: {exc}"))
         with self._lock:
             self._pending.extend(self._waiting)
             self._waiting.clear()
+        self._fail_all(Unavailable("the model was unloaded"))
+
+    def _fail_all(self, error: CortexError) -> None:
         left = [*self._pending, *self._running]
         self._pending.clear()
         self._running.clear()
         for seq in left:
+            seq.finished = True
             self._release(seq)
-        deliver([(seq, Unavailable("the model was unloaded")) for seq in left])
+        deliver([(seq, error) for seq in left])
 
     def _iterate(self) -> None:
         self._drop_cancelled()
@@ -129,6 +139,7 @@ class Scheduler:
                 self.blocks.append(table)
                 i += 1
             else:
+                self.preempted += 1
                 victim = self._running.pop()
                 self._release(victim)
                 self._pending.appendleft(victim)
@@ -178,49 +189,66 @@ class Scheduler:
         self, done: list[tuple[Sequence, torch.Tensor]]
     ) -> list[tuple[Sequence, Item]]:
         seqs = [seq for seq, _ in done]
-        tokens = next_tokens(torch.stack([logits for _, logits in done]), [s.sampler for s in seqs])
-        events: list[tuple[Sequence, Item]] = []
-        for seq, token in zip(seqs, tokens, strict=True):
-            events.append((seq, seq.accept(token)))
-            if seq.finished:
-                self._release(seq)
-            else:
-                self._running.append(seq)
+        logits = torch.stack([row for _, row in done])  # [N, V]
+        results = _per_row(
+            lambda rows: next_tokens(logits[rows], [seqs[i].sampler for i in rows]), len(seqs)
+        )
+        events = self._accept(seqs, results)
+        self._running += [seq for seq in seqs if not seq.finished]
         return events
 
     def _decode(self) -> list[tuple[Sequence, Item]]:
-        rows = self._running
-        try:
-            results: list[int | Exception] = list(self._step(rows))
-        except Exception:
-            log.exception("decode step failed; retrying its %d rows one by one", len(rows))
-            results = [self._step_alone(seq) for seq in rows]
+        seqs = self._running
+        results = _per_row(
+            lambda rows: next_tokens(
+                self._runner.decode([seqs[i] for i in rows]), [seqs[i].sampler for i in rows]
+            ),
+            len(seqs),
+        )
+        events = self._accept(seqs, results)
+        self._running = [seq for seq in seqs if not seq.finished]
+        return events
+
+    def _accept(
+        self, seqs: list[Sequence], results: list[int | Exception]
+    ) -> list[tuple[Sequence, Item]]:
+        """Each sequence takes its token or its error; finished ones give back their blocks."""
         events: list[tuple[Sequence, Item]] = []
-        for seq, result in zip(rows, results, strict=True):
+        for seq, result in zip(seqs, results, strict=True):
             if isinstance(result, Exception):
                 seq.finished = True
-                events.append((seq, _as_error(result, "decode failed")))
+                events.append((seq, _as_error(result, "generation failed")))
             else:
                 events.append((seq, seq.accept(result)))
             if seq.finished:
                 self._release(seq)
-        self._running = [seq for seq in rows if not seq.finished]
         return events
-
-    def _step(self, rows: list[Sequence]) -> list[int]:
-        return next_tokens(self._runner.decode(rows), [seq.sampler for seq in rows])
-
-    def _step_alone(self, seq: Sequence) -> int | Exception:
-        try:
-            (token,) = self._step([seq])
-        except Exception as exc:
-            log.exception("decode failed for one sequence")
-            return exc
-        return token
 
     def _release(self, seq: Sequence) -> None:
         self.blocks.deallocate(seq.table)
         seq.computed = 0
+
+
+def _per_row(step: Callable[[list[int]], list[int]], count: int) -> list[int | Exception]:
+    """``step(rows)`` gives the next token of each of those rows; if it fails for all ``count``
+    rows at once, each row is retried alone and only the rows that fail alone get the error
+    (one poisoned request must not end the batch: issue 11). The retried forward passes rewrite
+    the same KV slots with the same tokens, so a retry is safe."""
+    try:
+        return list(step(list(range(count))))
+    except Exception as exc:
+        if count == 1:
+            log.exception("generation step failed")
+            return [exc]
+        log.exception("generation step failed; retrying its %d rows one by one", count)
+    results: list[int | Exception] = []
+    for row in range(count):
+        try:
+            results += step([row])
+        except Exception as exc:
+            log.exception("generation step failed for one sequence")
+            results.append(exc)
+    return results
 
 
 def _as_error(exc: Exception, what: str) -> CortexError:

@@ -1,0 +1,155 @@
+"""The paged engine on the tiny demo model: prefix reuse, preemption, freeing, batching, faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cortex_transformers import sampling
+from cortex_transformers.harness import TransformersModel
+from cortex_transformers.kvcache import bytes_per_token
+
+from cortex.errors import InternalError
+from cortex.neuron.harness import LoadOptions, SamplingParams
+
+from .conftest import load
+from .test_generate import GREEDY, _collect, _hf_greedy, _plain, _prompt, _wait_idle
+
+SYSTEM = "You are a coding agent. Tools: read write edit search. " * 6
+
+
+def _conversation(model: TransformersModel, turns: int) -> list[int]:
+    messages = [{"role": "system", "content": SYSTEM}]
+    for t in range(turns):
+        messages += [
+            {"role": "user", "content": f"step {t}: fix the failing test in module {t}"},
+            {"role": "assistant", "content": f"done with step {t}"},
+        ]
+    return model.encode_chat([*messages, {"role": "user", "content": "next"}], None)
+
+
+async def _events(model: TransformersModel, prompt: list[int], params: SamplingParams) -> list:
+    return [event async for event in model.generate(prompt, params)]
+
+
+def _blocks(model: TransformersModel):  # type: ignore[no-untyped-def]
+    assert model._scheduler is not None
+    return model._scheduler.blocks
+
+
+async def test_prefix_reuse_gives_the_cold_run_output(demo_dir: Path) -> None:
+    model = load(demo_dir)
+    try:
+        turn1, turn2 = _conversation(model, 1), _conversation(model, 2)
+        first = await _events(model, turn1, GREEDY)
+        assert first[-1].cached_tokens == 0
+        warm = await _events(model, turn2, GREEDY)
+        shared = next(i for i, (a, b) in enumerate(zip(turn1, turn2, strict=False)) if a != b)
+        block = _blocks(model).block_size
+        assert warm[-1].cached_tokens == shared // block * block > 0
+        cold = load(demo_dir)
+        try:
+            assert [_plain(e) for e in warm] == await _collect(cold, turn2, GREEDY)
+        finally:
+            cold.unload()
+        expected = model._tokenizer.decode(
+            _hf_greedy(demo_dir, turn2, 12), skip_special_tokens=True
+        )
+        assert "".join(e.text for e in warm) == expected
+        again = await _events(model, turn2, GREEDY)  # all but the last token's block is cached
+        assert again[-1].cached_tokens == (len(turn2) - 1) // block * block
+        assert [_plain(e) for e in again] == [_plain(e) for e in warm]
+    finally:
+        model.unload()
+
+
+async def test_sixteen_mixed_length_sequences_equal_their_sequential_runs(demo) -> None:
+    prompts = [_prompt(demo, "word " * (3 * i) + f"question {i}") for i in range(16)]
+    params = [SamplingParams(max_new_tokens=8 + 4 * (i % 5), temperature=0) for i in range(16)]
+    sequential = [await _collect(demo, p, s) for p, s in zip(prompts, params, strict=True)]
+    together = await asyncio.gather(
+        *(_collect(demo, p, s) for p, s in zip(prompts, params, strict=True))
+    )
+    assert together == sequential
+    await _wait_idle(demo)
+
+
+@pytest.fixture
+def tiny_pool(demo, demo_dir: Path) -> Iterator[TransformersModel]:
+    """The demo model with a 128-token context and a KV pool of 10 blocks (160 tokens)."""
+    per_block = bytes_per_token(demo._model) * 16
+    weights = demo._model.get_memory_footprint()
+    options = LoadOptions(memory_budget_bytes=weights + 2 * 10 * per_block, kv_cache_share=0.5)
+    model = load(demo_dir, options, context_length=128)
+    assert _blocks(model).num_blocks == 10
+    yield model
+    model.unload()
+
+
+async def test_preemption_under_a_tiny_pool_loses_no_request(tiny_pool: TransformersModel) -> None:
+    prompts = [_prompt(tiny_pool, "go " * i) for i in range(6)]  # 12-17 tokens each
+    params = SamplingParams(max_new_tokens=60, temperature=0)
+    sequential = [await _collect(tiny_pool, p, params) for p in prompts]
+    assert sum(events[-1].completion_tokens for events in sequential) >= 300
+    together = await asyncio.gather(*(_collect(tiny_pool, p, params) for p in prompts))
+    assert together == sequential  # 6 x ~75 tokens in a 160-token pool
+    assert tiny_pool._scheduler is not None and tiny_pool._scheduler.preempted > 0
+    await _wait_idle(tiny_pool)
+    assert _blocks(tiny_pool).free_blocks == 10
+
+
+async def test_a_hang_up_frees_its_blocks(demo) -> None:
+    blocks = _blocks(demo)
+    await _wait_idle(demo)
+    stream = demo.generate(
+        _prompt(demo, "a long answer please"), SamplingParams(max_new_tokens=500)
+    )
+    await anext(stream)
+    await anext(stream)
+    assert blocks.free_blocks < blocks.num_blocks
+    await stream.aclose()
+    await _wait_idle(demo)
+    for _ in range(100):
+        if blocks.free_blocks == blocks.num_blocks:
+            break
+        await asyncio.sleep(0.01)
+    assert blocks.free_blocks == blocks.num_blocks
+
+
+async def test_a_poison_temperature_is_greedy_and_other_streams_finish(demo) -> None:
+    prompts = [_prompt(demo, f"stream {i}") for i in range(4)]
+    sequential = [await _collect(demo, p, GREEDY) for p in prompts]
+    poison = SamplingParams(max_new_tokens=12, temperature=1.8e-39)
+    results = await asyncio.gather(
+        _collect(demo, prompts[0], poison), *(_collect(demo, p, GREEDY) for p in prompts[1:])
+    )
+    assert results == sequential
+
+
+async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test double: sampling raises for a row marked with top_k=7 from its third token on, so
+    the failure hits a decode step it shares with healthy rows."""
+    real = sampling.Sampler.uniform
+    draws: list[int] = []
+
+    def uniform(self: sampling.Sampler) -> float:
+        if self.top_k == 7:
+            draws.append(1)
+            if len(draws) > 2:
+                raise RuntimeError("poisoned row")
+        return real(self)
+
+    monkeypatch.setattr(sampling.Sampler, "uniform", uniform)
+    prompts = [_prompt(demo, f"victim {i}") for i in range(3)]
+    long = SamplingParams(max_new_tokens=40, temperature=0)
+    sequential = [await _collect(demo, p, long) for p in prompts]
+    healthy = [asyncio.create_task(_collect(demo, p, long)) for p in prompts]
+    await asyncio.sleep(0.05)  # the healthy rows are decoding when the poisoned one joins
+    poisoned = SamplingParams(max_new_tokens=40, temperature=1.0, top_k=7)
+    with pytest.raises(InternalError, match="poisoned row"):
+        await _collect(demo, _prompt(demo, "poison"), poisoned)
+    assert await asyncio.gather(*healthy) == sequential
+    assert len(draws) == 4  # two tokens, then the batched step and its retry alone
+    await _wait_idle(demo)
