@@ -1,8 +1,8 @@
 """POST /v1/responses: the OpenAI Responses dialect (Codex CLI's) over OpenAI chat neurons.
 
-All shape translation is in translate_responses.py; this module only wires it to the request
-core. ``prompt_cache_key`` (Codex sends its conversation id) is the session key that keeps a
-conversation on the node holding its prefix cache.
+All shape translation is in translate_responses.py and responses_stream.py; this module only
+wires it to the request core. ``prompt_cache_key`` (Codex sends its conversation id) is the
+session key that keeps a conversation on the node holding its prefix cache.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from aiohttp import web
 
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
+from cortex.gateway.responses_stream import ResponsesStreamTranslator
 from cortex.gateway.service import Gateway
 from cortex.gateway.sessions import session_key
 from cortex.gateway.translate_responses import (
-    ResponsesStreamTranslator,
     openai_to_response,
     response_skeleton,
     responses_to_openai,

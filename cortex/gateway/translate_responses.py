@@ -1,20 +1,21 @@
-"""OpenAI Responses <-> Chat Completions, both directions, streaming included.
+"""OpenAI Responses <-> Chat Completions: the request, and the complete (non-stream) response.
 
 The Responses counterpart of translate.py (Anthropic). Pure apart from fresh random ids and the
 clock; input the local models cannot honour raises ``InvalidRequest`` naming the item.
 
 Choices that are not forced by either spec:
-- ``instructions`` and the developer/system messages before the first other item become one
-  system message (paragraphs joined by a blank line); later ones stay system messages in place.
+- ``instructions`` and every developer/system message, in order, become one leading system
+  message (paragraphs joined by a blank line): chat templates accept a system message only
+  first (translate.py merges Anthropic's system messages the same way).
 - ``function_call`` items join the assistant message before them (or start one), so parallel
   calls stay one assistant turn; ``function_call_output`` items become tool messages. Images in
   a function output move into a user message after the tool messages (tool messages carry text).
 - ``reasoning`` items are dropped (another model's reasoning, often encrypted); ``item_reference``
   is refused (nothing is stored to resolve it); so are ``input_file`` parts and file-id images.
 - Tools other than ``function`` are dropped and not echoed back: cortex runs none of them.
-- ``finish_reason`` length is status ``incomplete`` with reason ``max_output_tokens`` (the
-  stream then ends in ``response.incomplete``, as OpenAI's does); a mid-stream failure ends it in
-  ``response.failed`` carrying the error.
+- ``finish_reason`` length is status ``incomplete`` with reason ``max_output_tokens``.
+
+The stream direction is responses_stream.py.
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ import time
 
 import msgspec
 
-from cortex import protocol
-from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.errors import InvalidRequest, UpstreamError
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
 
 # --------------------------------------------------------------------------- ids
 
 
-def _new_id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """A fresh item or response id in OpenAI's style (``resp_...``, ``msg_...``, ``fc_...``)."""
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
 def response_skeleton(req: rs.ResponsesRequest) -> rs.Response:
     """The response object as created: the request's settings echoed, no output yet."""
     return rs.Response(
-        id=_new_id("resp"),
+        id=new_id("resp"),
         created_at=int(time.time()),
         status="in_progress",
         model=req.model,
@@ -108,7 +109,7 @@ class _Conversation:
     def __init__(self, model_id: str, vision: bool) -> None:
         self._model_id = model_id
         self._vision = vision
-        self._system: list[str] = []  # the leading system prompt, in paragraphs
+        self._system: list[str] = []  # the system prompt, in paragraphs
         self._messages: list[oa.Message] = []
         self._images: list[oa.ContentPart] = []  # from function outputs, for a user message
 
@@ -131,11 +132,7 @@ class _Conversation:
             self._flush_images()
         match item:
             case rs.MessageItem(role="system" | "developer"):
-                text = self._text(item.content, where)
-                if self._messages:
-                    self._messages.append(oa.SystemMessage(content=text))
-                else:
-                    self._system.append(text)
+                self._system.append(self._text(item.content, where))
             case rs.MessageItem(role="user"):
                 self._messages.append(oa.UserMessage(content=self._user(item.content, where)))
             case rs.MessageItem():
@@ -254,7 +251,8 @@ def _usage(usage: oa.Usage | None) -> rs.Usage | None:
     )
 
 
-def _incomplete(finish: oa.FinishReason | None) -> rs.IncompleteDetails | None:
+def incomplete(finish: oa.FinishReason | None) -> rs.IncompleteDetails | None:
+    """Why a response with this finish reason is incomplete; None when it completed."""
     if finish == "length":
         return rs.IncompleteDetails("max_output_tokens")
     if finish == "content_filter":
@@ -262,19 +260,20 @@ def _incomplete(finish: oa.FinishReason | None) -> rs.IncompleteDetails | None:
     return None
 
 
-def _finished(
+def finished_response(
     skeleton: rs.Response,
     output: list[rs.OutputItem],
     finish: oa.FinishReason | None,
     usage: oa.Usage | None,
 ) -> rs.Response:
-    incomplete = _incomplete(finish)
+    """The final response object: status, output and usage filled into the skeleton."""
+    details = incomplete(finish)
     return msgspec.structs.replace(
         skeleton,
-        status="incomplete" if incomplete else "completed",
+        status="incomplete" if details else "completed",
         output=output,
         usage=_usage(usage),
-        incomplete_details=incomplete,
+        incomplete_details=details,
     )
 
 
@@ -283,218 +282,19 @@ def openai_to_response(resp: oa.ChatCompletion, skeleton: rs.Response) -> rs.Res
     if not resp.choices:
         raise UpstreamError("upstream returned no choices")
     choice = resp.choices[0]
-    status: rs.Status = "incomplete" if _incomplete(choice.finish_reason) else "completed"
+    status: rs.Status = "incomplete" if incomplete(choice.finish_reason) else "completed"
     output: list[rs.OutputItem] = []
     if choice.message.content:
         part = rs.OutputTextPart(text=choice.message.content)
-        output.append(rs.OutputMessage(id=_new_id("msg"), status=status, content=[part]))
+        output.append(rs.OutputMessage(id=new_id("msg"), status=status, content=[part]))
     for call in choice.message.tool_calls or []:
         output.append(
             rs.FunctionCallOutput(
-                id=_new_id("fc"),
-                call_id=call.id or _new_id("call"),
+                id=new_id("fc"),
+                call_id=call.id or new_id("call"),
                 name=call.function.name,
                 arguments=call.function.arguments,
                 status="completed",
             )
         )
-    return _finished(skeleton, output, choice.finish_reason, resp.usage)
-
-
-# --------------------------------------------------------------------------- stream
-
-
-class ResponsesStreamTranslator:
-    """OpenAI stream chunks in, Responses SSE bytes out, for one response.
-
-    Emits OpenAI's sequence: response.created, response.in_progress, then per output item
-    output_item.added, (for a message) content_part.added, output_text.delta...,
-    output_text.done, content_part.done, (for a call) function_call_arguments.delta...,
-    function_call_arguments.done, then output_item.done; one item open at a time, text and
-    each tool call in its own item; finally response.completed (or .incomplete) carrying the
-    whole response with usage. ``sequence_number`` counts every event from 0.
-    """
-
-    def __init__(self, skeleton: rs.Response) -> None:
-        self._skeleton = skeleton
-        self._seq = 0
-        self._started = False
-        self._done = False
-        self._output: list[rs.OutputItem] = []  # closed items
-        self._message: rs.OutputMessage | None = None  # the open message item
-        self._text: list[str] = []  # its text so far
-        self._call: rs.FunctionCallOutput | None = None  # the open function call item
-        self._call_index: int | None = None  # its upstream tool_call index
-        self._arguments: list[str] = []  # its arguments so far
-        self._calls_seen: set[int] = set()
-        self._finish: oa.FinishReason | None = None
-        self._usage: oa.Usage | None = None
-
-    def feed(self, chunk: oa.ChatCompletionChunk) -> bytes:
-        """Raises UpstreamError if the upstream interleaves fragments of several tool calls."""
-        if self._done:
-            return b""
-        events = self._start()
-        self._usage = chunk.usage or self._usage
-        for choice in chunk.choices:
-            if choice.delta.content:
-                events += self._text_delta(choice.delta.content)
-            for call in choice.delta.tool_calls or []:
-                events += self._call_delta(call)
-            self._finish = choice.finish_reason or self._finish
-        return protocol.encode_events(events)
-
-    def finish(self, matched_stop: str | None = None) -> bytes:
-        """Close the response (Responses has no stop sequences: ``matched_stop`` is unused)."""
-        if self._done:
-            return b""
-        self._done = True
-        status: rs.Status = "incomplete" if _incomplete(self._finish) else "completed"
-        events = self._start() + self._close(status)
-        response = _finished(self._skeleton, self._output, self._finish, self._usage)
-        end = rs.ResponseIncomplete if response.status == "incomplete" else rs.ResponseCompleted
-        events.append(end(sequence_number=self._next(), response=response))
-        return protocol.encode_events(events)
-
-    def error(self, err: CortexError) -> bytes:
-        """``response.failed`` with the error (the HTTP status is already 200)."""
-        if self._done:
-            return b""
-        self._done = True
-        events = self._start()
-        response = msgspec.structs.replace(
-            self._skeleton,
-            status="failed",
-            output=self._output,
-            error=rs.ResponseError(err.code or err.openai_type, err.message),
-        )
-        events.append(rs.ResponseFailed(sequence_number=self._next(), response=response))
-        return protocol.encode_events(events)
-
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq - 1
-
-    def _start(self) -> list[rs.StreamEvent]:
-        if self._started:
-            return []
-        self._started = True
-        return [
-            rs.ResponseCreated(sequence_number=self._next(), response=self._skeleton),
-            rs.ResponseInProgress(sequence_number=self._next(), response=self._skeleton),
-        ]
-
-    def _text_delta(self, text: str) -> list[rs.StreamEvent]:
-        events: list[rs.StreamEvent] = []
-        if self._message is None:
-            events += self._close("completed")
-            self._message = rs.OutputMessage(id=_new_id("msg"), status="in_progress", content=[])
-            index = len(self._output)
-            events.append(
-                rs.OutputItemAdded(
-                    sequence_number=self._next(), output_index=index, item=self._message
-                )
-            )
-            events.append(
-                rs.ContentPartAdded(
-                    sequence_number=self._next(),
-                    item_id=self._message.id,
-                    output_index=index,
-                    content_index=0,
-                    part=rs.OutputTextPart(text=""),
-                )
-            )
-        self._text.append(text)
-        events.append(
-            rs.OutputTextDelta(
-                sequence_number=self._next(),
-                item_id=self._message.id,
-                output_index=len(self._output),
-                content_index=0,
-                delta=text,
-            )
-        )
-        return events
-
-    def _call_delta(self, delta: oa.ToolCallDelta) -> list[rs.StreamEvent]:
-        events: list[rs.StreamEvent] = []
-        fn = delta.function
-        if delta.index not in self._calls_seen:
-            if fn is None or not fn.name:
-                raise UpstreamError("upstream tool call started without a name")
-            self._calls_seen.add(delta.index)
-            events += self._close("completed")
-            self._call = rs.FunctionCallOutput(
-                id=_new_id("fc"),
-                call_id=delta.id or _new_id("call"),
-                name=fn.name,
-                arguments="",
-                status="in_progress",
-            )
-            self._call_index = delta.index
-            events.append(
-                rs.OutputItemAdded(
-                    sequence_number=self._next(), output_index=len(self._output), item=self._call
-                )
-            )
-        elif self._call is None or self._call_index != delta.index:
-            raise UpstreamError("upstream interleaved fragments of several tool calls")
-        assert self._call is not None
-        if fn is not None and fn.arguments:
-            self._arguments.append(fn.arguments)
-            events.append(
-                rs.FunctionCallArgumentsDelta(
-                    sequence_number=self._next(),
-                    item_id=self._call.id,
-                    output_index=len(self._output),
-                    delta=fn.arguments,
-                )
-            )
-        return events
-
-    def _close(self, status: rs.Status) -> list[rs.StreamEvent]:
-        """The events closing the open item (if any), which joins the finished output."""
-        index = len(self._output)
-        item: rs.OutputItem
-        if self._message is not None:
-            text = "".join(self._text)
-            part = rs.OutputTextPart(text=text)
-            item = msgspec.structs.replace(self._message, status=status, content=[part])
-            ident = item.id
-            self._message, self._text = None, []
-            events: list[rs.StreamEvent] = [
-                rs.OutputTextDone(
-                    sequence_number=self._next(),
-                    item_id=ident,
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                ),
-                rs.ContentPartDone(
-                    sequence_number=self._next(),
-                    item_id=ident,
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                ),
-            ]
-        elif self._call is not None:
-            arguments = "".join(self._arguments)
-            item = msgspec.structs.replace(self._call, status="completed", arguments=arguments)
-            self._call, self._call_index, self._arguments = None, None, []
-            events = [
-                rs.FunctionCallArgumentsDone(
-                    sequence_number=self._next(),
-                    item_id=item.id,
-                    output_index=index,
-                    name=item.name,
-                    arguments=arguments,
-                )
-            ]
-        else:
-            return []
-        self._output.append(item)
-        events.append(
-            rs.OutputItemDone(sequence_number=self._next(), output_index=index, item=item)
-        )
-        return events
+    return finished_response(skeleton, output, choice.finish_reason, resp.usage)
