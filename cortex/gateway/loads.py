@@ -20,11 +20,11 @@ import aiohttp
 import msgspec
 
 from cortex.config import CortexConfig, ModelEntry
-from cortex.errors import CortexError, Overloaded, Unavailable, from_status
+from cortex.errors import CortexError, ModelNotFound, Overloaded, Unavailable, from_status
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
 from cortex.gateway.fleet import Fleet, neuron_headers
-from cortex.gateway.router import Impossible, Load, Route, Wait, choose
+from cortex.gateway.router import Impossible, Load, Route, Wait, allowed_up_nodes, choose
 from cortex.gateway.state import FleetView
 from cortex.protocol.neuron import LoadRequest, UnloadRequest
 
@@ -115,8 +115,10 @@ class Loader:
                 if isinstance(decision, Route):
                     return decision.node
                 if isinstance(decision, Impossible):
+                    if decision.retry_after_s is None:
+                        raise ModelNotFound(decision.reason)
                     self._unplaceable[entry.id] = time.monotonic()
-                    raise Unavailable(decision.reason, retry_after_s=30.0)
+                    raise Unavailable(decision.reason, retry_after_s=decision.retry_after_s)
                 queued_on = self._queue_on(entry.id, decision.node, queued_on)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -240,6 +242,8 @@ class Loader:
                 continue
             if node is not None and entry.nodes and node not in entry.nodes:
                 continue
+            if not allowed_up_nodes(view, entry):
+                continue  # no warning at start-up: on_node_up calls again when one comes up
             self.spawn(self._load_pinned(entry))
 
     async def _load_pinned(self, entry: ModelEntry) -> None:

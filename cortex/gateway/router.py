@@ -30,6 +30,8 @@ from cortex.config import GB, ModelEntry
 from cortex.gateway.evictor import Strategy, plan_eviction
 from cortex.gateway.state import Device, FleetView, Node, Resident
 
+# Until a neuron returns (it is polled every 2 s while down) a short Retry-After is honest.
+RETRY_NODE_DOWN_S = 5.0
 # A model of unknown size (vram_gb = 0) needs some free memory, however little.
 _UNKNOWN_SIZE_BYTES = 1
 # A session leaves its node only when that copy has BALANCE_ABS more requests (in flight plus
@@ -53,7 +55,11 @@ class Load(msgspec.Struct, frozen=True):
 
 
 class Impossible(msgspec.Struct, frozen=True):
+    """Nothing to do now. ``retry_after_s``: when asking again may help; None: never (no
+    configured neuron may serve the model at all)."""
+
     reason: str
+    retry_after_s: float | None = 30.0
 
 
 Decision = Route | Wait | Load | Impossible
@@ -128,8 +134,15 @@ def _place(
     fleet: FleetView, model: ModelEntry, now: float, strategy: Strategy, min_resident_s: float
 ) -> Decision:
     nodes = allowed_up_nodes(fleet, model)
+    if model.nodes and not {n.name for n in fleet.nodes} & set(model.nodes):
+        configured = ", ".join(n.name for n in fleet.nodes) or "none"
+        return Impossible(
+            f"{model.id} may run only on {', '.join(model.nodes)}, and no such neuron is "
+            f"configured (neurons: {configured}); fix nodes in models.toml",
+            retry_after_s=None,
+        )
     if not nodes:
-        return Impossible(_no_live_node(fleet, model))
+        return Impossible(_no_live_node(fleet, model), retry_after_s=RETRY_NODE_DOWN_S)
     need = needed_bytes(model)
     fits = [(n, d) for n, d in _devices(nodes) if n.free_bytes(d) >= need]
     if fits:

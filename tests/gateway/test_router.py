@@ -9,7 +9,15 @@ import pytest
 
 from cortex.config import ModelEntry
 from cortex.gateway.evictor import Strategy
-from cortex.gateway.router import Decision, Impossible, Load, Route, Wait, choose
+from cortex.gateway.router import (
+    RETRY_NODE_DOWN_S,
+    Decision,
+    Impossible,
+    Load,
+    Route,
+    Wait,
+    choose,
+)
 from cortex.gateway.state import FleetView, GatewayUsage, fleet_from_statuses
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NeuronStatus
 from tests.gateway.fleets import MIN_RESIDENT_S, NOW, entry, fleet, gb, model, node
@@ -315,7 +323,25 @@ def test_unknown_size_with_no_free_memory_evicts_one() -> None:
 def test_impossible_names_the_largest_device(
     view: FleetView, wanted: ModelEntry, reason: str
 ) -> None:
-    assert decide(view, wanted) == Impossible(reason)
+    decision = decide(view, wanted)
+    assert isinstance(decision, Impossible)
+    assert decision.reason == reason
+
+
+def test_no_live_node_asks_to_retry_soon() -> None:
+    decision = decide(fleet(node("a", health="down")), entry("m", 8))
+    assert decision == Impossible(
+        "no live neuron may serve m (allowed: any; up: none)", retry_after_s=RETRY_NODE_DOWN_S
+    )
+
+
+def test_nodes_naming_no_configured_neuron_is_never_servable() -> None:
+    decision = decide(fleet(node("a")), entry("m", 8, nodes=("gpu9",)))
+    assert decision == Impossible(
+        "m may run only on gpu9, and no such neuron is configured (neurons: a); "
+        "fix nodes in models.toml",
+        retry_after_s=None,
+    )
 
 
 # --------------------------------------------------------------------------- the snapshot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,7 +22,12 @@ async def base() -> AsyncIterator[str]:
         gateway=GatewaySection(poll_interval_s=60.0),
         neurons=(NeuronRef(name="gpu1", endpoint=dead),),
     )
-    models = ModelsConfig(models=(ModelEntry(id="m", source="m", vram_gb=8.0),))
+    models = ModelsConfig(
+        models=(
+            ModelEntry(id="m", source="m", vram_gb=8.0),
+            ModelEntry(id="elsewhere", source="m", nodes=("gpu9",)),  # no such neuron
+        )
+    )
     server = TestServer(make_app(config, models), host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("/")).rstrip("/")
@@ -35,7 +42,8 @@ async def test_openai_gets_503_with_retry_after_and_the_reason(base: str) -> Non
     ):
         error = (await resp.json())["error"]
         assert resp.status == 503
-        assert int(resp.headers["retry-after"]) >= 1
+        # The node may come back any second (down nodes are probed often): a short wait.
+        assert int(resp.headers["retry-after"]) == 5
     assert error["message"] == "no live neuron may serve m (allowed: any; up: none)"
     assert error["type"] == "server_error"
 
@@ -57,3 +65,32 @@ async def test_admin_status_shows_the_node_down(base: str) -> None:
         status = await resp.json()
     assert status["neurons"][0]["state"] == "down"
     assert status["models"][0] == {**status["models"][0], "id": "m", "state": "available"}
+
+
+async def test_model_no_configured_neuron_may_serve_is_404_not_a_retry(base: str) -> None:
+    body = {"model": "elsewhere", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + "/v1/chat/completions", json=body) as resp,
+    ):
+        error = (await resp.json())["error"]
+        assert resp.status == 404
+        assert "retry-after" not in resp.headers
+    assert "no such neuron is configured" in error["message"]
+
+
+async def test_pinned_model_waits_quietly_for_its_node_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The usual start order (gateway before its neurons) must not log a warning."""
+    config = CortexConfig(
+        gateway=GatewaySection(poll_interval_s=60.0),
+        neurons=(NeuronRef(name="gpu1", endpoint=f"http://127.0.0.1:{free_port()}"),),
+    )
+    models = ModelsConfig(models=(ModelEntry(id="p", source="p", pinned=True),))
+    server = TestServer(make_app(config, models), host="127.0.0.1")
+    with caplog.at_level("INFO"):
+        await server.start_server()
+        await asyncio.sleep(0.2)  # any spawned pinned load would have failed by now
+        await server.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
