@@ -17,9 +17,12 @@ import msgspec
 from cortex.errors import ConfigError
 from cortex.validation import MISSING, path_parts, split_error, value_at
 
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
-Gigabytes = Annotated[float, msgspec.Meta(ge=0)]
+# Upper bounds keep inf, nan and 1e300 out: they pass ge=0 and then overflow int() or timers.
+MAX_SECONDS = 1e6  # 11.6 days
+MAX_GIGABYTES = 1e6  # 1 PB
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+Gigabytes = Annotated[float, msgspec.Meta(ge=0, le=MAX_GIGABYTES)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
 Quantization = Literal["4bit", "8bit", "none"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -45,9 +48,11 @@ class GatewaySection(_Strict, frozen=True):
     first_byte_timeout_s: PositiveSeconds = 300.0
     idle_timeout_s: PositiveSeconds = 120.0
     load_timeout_s: PositiveSeconds = 600.0
+    keepalive_timeout_s: PositiveSeconds = 30.0
+    body_timeout_s: PositiveSeconds = 60.0
     queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 64
     queue_wait_s: PositiveSeconds = 600.0
-    max_body_mb: Annotated[float, msgspec.Meta(gt=0)] = 32.0
+    max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1e5)] = 32.0
     log_format: Literal["text", "json"] = "text"
 
 
@@ -132,6 +137,10 @@ class NeuronSection(_Strict, frozen=True):
     max_batch_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 2048
     kv_cache_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     unload_drain_s: Seconds = 10.0
+    queue_depth: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 64
+    heartbeat_s: PositiveSeconds = 5.0
+    keepalive_timeout_s: PositiveSeconds = 30.0
+    body_timeout_s: PositiveSeconds = 60.0
     models: str = ""
     log_format: Literal["text", "json"] = "text"
 

@@ -81,6 +81,15 @@ class Conflict(CortexError):
     default_code = "conflict"
 
 
+class RequestTimeout(CortexError):
+    """The client did not send its request in time (a trickled body)."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class PayloadTooLarge(CortexError):
     status = 413
     openai_type = "invalid_request_error"

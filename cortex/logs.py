@@ -1,7 +1,9 @@
 """Logging set-up shared by both roles: human text or one JSON object per line.
 
 Structured fields go in ``extra={"fields": {...}}``; the JSON formatter emits them as keys, the
-text formatter as ``key=value`` pairs. Secrets are never passed to the logger in the first place.
+text formatter as ``key=value`` pairs. Secrets are never passed to the logger in the first place,
+and aiohttp's own reports of malformed requests, which quote raw header bytes, are cut to one
+line (``MalformedRequestFilter``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 from typing import Any
 
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 
 _encoder = msgspec.json.Encoder()
 
@@ -50,6 +54,21 @@ def _text(value: Any) -> str:
     return f'"{text}"' if (" " in text or not text) else text
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a malformed request (a bad header line, a head too long, a body that is not
+    the gzip it claims) as an ERROR with a traceback whose message can quote the raw bytes,
+    Authorization header and key included. Rewrite it as one INFO line naming only the kind of
+    error; the client already got its 400."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
+            record.msg, record.args = "malformed request: %s", (type(exc).__name__,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -57,3 +76,4 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())

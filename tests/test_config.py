@@ -83,6 +83,19 @@ def test_bad_model_entry_names_its_index(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1e300", "-1.0"])
+def test_absurd_vram_gb_is_refused_naming_the_entry(tmp_path: Path, value: str) -> None:
+    text = f'[[models]]\nid = "a"\nsource = "a"\nvram_gb = {value}\n'
+    with pytest.raises(ConfigError) as err:
+        config.load_models(_write(tmp_path, "models.toml", text))
+    assert str(err.value).startswith("models.toml: models[0].vram_gb: expected `float`")
+
+
+def test_infinite_timeout_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"gateway.idle_timeout_s: expected `float` <= 1000000"):
+        config.load_cortex(_write(tmp_path, "cortex.toml", "[gateway]\nidle_timeout_s = inf\n"))
+
+
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         config.load_neuron(tmp_path / "nope.toml")

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from cortex import config as cfg
+from cortex import edge
 from cortex.errors import (
     CortexError,
     Forbidden,
@@ -26,6 +27,7 @@ from cortex.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     anthropic_body,
     anthropic_status,
@@ -42,27 +44,29 @@ from cortex.gateway.service import GATEWAY, Gateway
 log = logging.getLogger("cortex.gateway")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+POOL_IDLE_S = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _is_anthropic(path: str) -> bool:
-    return path.startswith("/v1/messages")
+def _is_anthropic(request: web.Request) -> bool:
+    """Anthropic's routes, and any route asked by an Anthropic SDK (it sends anthropic-version)."""
+    return request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
 
 
 def _error_response(request: web.Request, err: CortexError) -> web.Response:
     headers = {}
     if err.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after_s)))
-    if _is_anthropic(request.path):
-        return web.Response(
-            body=anthropic_body(err),
-            status=anthropic_status(err),
-            content_type="application/json",
-            headers=headers,
-        )
-    return web.Response(
-        body=openai_body(err), status=err.status, content_type="application/json", headers=headers
+    if _is_anthropic(request):
+        body, status = anthropic_body(err), anthropic_status(err)
+    else:
+        body, status = openai_body(err), err.status
+    response = web.Response(
+        body=body, status=status, content_type="application/json", headers=headers
     )
+    if isinstance(err, RequestTimeout):
+        response.force_close()  # the rest of a trickled body may still be coming
+    return response
 
 
 def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
@@ -77,7 +81,7 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+    request_id = edge.request_id(request) or "req_" + secrets.token_hex(12)
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -87,9 +91,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         response = _error_response(request, _from_http(request, exc))
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        if edge.client_gone(request):
+            edge.log_hang_up(request, log)
         raise
-    except Exception:
+    except RecursionError:
+        response = _error_response(request, InvalidRequest("request nests too deeply"))
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and edge.client_gone(request):
+            edge.log_hang_up(request, log)
+            return edge.unsent()
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = _error_response(request, InternalError("internal error; see the gateway log"))
     if not response.prepared:
@@ -110,7 +121,7 @@ def _key_ok(given: str | None, keys: tuple[str, ...]) -> bool:
         return False
     ok = False
     for key in keys:
-        ok |= hmac.compare_digest(given.encode(), key.encode())
+        ok |= hmac.compare_digest(edge.header_bytes(given), key.encode())
     return ok
 
 
@@ -135,6 +146,18 @@ def auth_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.Str
                     raise Unauthorized("Invalid admin key.")
             elif not _loopback(request):
                 raise Forbidden("the admin API is loopback-only while admin_keys is empty")
+        return await handler(request)
+
+    return middleware
+
+
+def body_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Read the whole body within body_timeout_s before any handler runs."""
+    timeout_s = config.gateway.body_timeout_s
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await edge.read_body(request, timeout_s)
         return await handler(request)
 
     return middleware
@@ -183,14 +206,17 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
     """The application; nothing runs until it is started (fleet polling starts in cleanup_ctx)."""
     max_body = int(config.gateway.max_body_mb * 1_000_000)
     app = web.Application(
-        client_max_size=max_body, middlewares=[errors_middleware, auth_middleware(config)]
+        client_max_size=max_body,
+        middlewares=[errors_middleware, auth_middleware(config), body_middleware(config)],
     )
     catalogue = Catalogue(models.models)
     app[messages.COUNT_CACHE] = messages.CountCache()
     app[METRICS] = GatewayMetrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        # Pooled neuron connections idle out before a neuron's own keepalive_timeout_s (30 s by
+        # default) would close them under a request.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         fleet = Fleet(config, catalogue.by_id, session)
         loader = Loader(config, fleet, session)
@@ -259,5 +285,6 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
         print=None,
         access_log=None,
         handler_cancellation=True,
+        keepalive_timeout=config.gateway.keepalive_timeout_s,  # also bounds a trickled head
         shutdown_timeout=5.0,
     )

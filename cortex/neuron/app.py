@@ -8,6 +8,7 @@ meanwhile); teardown cancels those, unloads every model and closes NVML.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -27,12 +28,14 @@ from cortex.config import (
     resolve_relative,
     split_listen,
 )
+from cortex.edge import client_gone, header_bytes, log_hang_up, read_body, unsent
 from cortex.errors import (
     CortexError,
     InternalError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     openai_body,
 )
@@ -56,8 +59,10 @@ _PUBLIC = frozenset({"/health"})
 def make_app(
     config: NeuronConfig, models_config: ModelsConfig, harnesses: Mapping[str, Harness]
 ) -> web.Application:
+    section = config.neuron
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _auth(config.neuron.token)]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_errors, _auth(section.token), _body(section.body_timeout_s)],
     )
     add_routes(app)
     app[METRICS] = NeuronMetrics()
@@ -93,6 +98,7 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
         port=port,
         handler_cancellation=True,
         shutdown_timeout=config.neuron.unload_drain_s,
+        keepalive_timeout=config.neuron.keepalive_timeout_s,  # also bounds a trickled head
         access_log=None,
         print=None,
     )
@@ -122,9 +128,16 @@ def _lifespan(
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place errors become responses: always an OpenAI envelope, never HTML."""
+    """The one place errors become responses: always an OpenAI envelope, never HTML. A client
+    hang-up is one INFO line, and nothing is sent after it."""
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        if client_gone(request):
+            log_hang_up(request, log)
+        raise
+    except RecursionError:  # a chat template recursing into a deep value
+        return _error_response(InvalidRequest("request nests too deeply to render"))
     except CortexError as exc:
         return _error_response(exc)
     except web.HTTPException as exc:
@@ -138,7 +151,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             err = InvalidRequest(exc.reason)
         return _error_response(err, exc.status)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            log_hang_up(request, log)
+            return unsent()
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(InternalError("Internal error; see the neuron's log."))
 
@@ -147,12 +163,15 @@ def _error_response(err: CortexError, status: int | None = None) -> web.Response
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
-    return web.Response(
+    response = web.Response(
         body=openai_body(err),
         status=status or err.status,
         content_type="application/json",
         headers=headers,
     )
+    if isinstance(err, RequestTimeout):
+        response.force_close()  # the rest of a trickled body may still be coming
+    return response
 
 
 def _auth(token: str) -> Middleware:
@@ -161,12 +180,21 @@ def _auth(token: str) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token and request.path not in _PUBLIC:
-            given = request.headers.get("Authorization", "").encode()
+            given = header_bytes(request.headers.get("Authorization", ""))
             if not hmac.compare_digest(given, expected):
                 raise Unauthorized("Missing or incorrect bearer token.")
         return await handler(request)
 
     return auth
+
+
+def _body(timeout_s: float) -> Middleware:
+    @web.middleware
+    async def body(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await read_body(request, timeout_s)
+        return await handler(request)
+
+    return body
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,7 +1,10 @@
 """POST /v1/chat/completions: one request, one sequence, streamed or not.
 
-Pipeline: decode -> lease the model (queue for admission) -> prompt ids and budget -> harness
+Pipeline: decode -> lease the model (404 / 429 here) -> prompt ids and budget (400s here) ->
+stream headers and role chunk -> wait for admission (SSE heartbeats meanwhile) -> harness
 events -> stop strings (stops.py) -> tool-call parser (tools.py) -> OpenAI JSON or SSE.
+Stream headers go out before the admission wait so a request queued behind others is visibly
+alive to the gateway; everything that can be refused with a status is checked before them.
 
 Cancellation: the server runs with aiohttp's ``handler_cancellation``, so a client hang-up
 cancels this handler's task wherever it waits; the harness iterator is closed in a ``finally``
@@ -16,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +35,8 @@ from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parse
 from cortex.protocol import decode, openai
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT = b": queued\n\n"  # an SSE comment: clients and the gateway's relay ignore it
 
 
 class Outcome:
@@ -103,16 +108,48 @@ async def _answer(
     body: openai.ChatCompletionRequest,
     outcome: Outcome,
 ) -> web.StreamResponse:
-    async with manager.lease(body.model) as lease:
-        outcome.admitted = time.perf_counter()
-        slot = lease.slot
-        plan = await _plan(body, lease.model, slot.vision, slot.request.tool_parser)
-        outcome.prompt_tokens = len(plan.prompt_ids)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            return await _stream(request, body, lease, plan, ident, created, outcome)
-        completion = await _complete(body, lease.model, plan, ident, created, outcome)
-        return web.Response(body=chunks.encode(completion), content_type="application/json")
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    response: web.StreamResponse | None = None
+    try:
+        async with manager.lease(body.model) as lease:  # 404 / 429 as statuses
+            slot = lease.slot
+            plan = await _plan(body, lease.model, slot.vision, slot.request.tool_parser)
+            outcome.prompt_tokens = len(plan.prompt_ids)
+            if not body.stream:
+                await manager.admit(lease)
+                outcome.admitted = time.perf_counter()
+                completion = await _complete(body, lease.model, plan, ident, created, outcome)
+                return web.Response(body=chunks.encode(completion), content_type="application/json")
+            enc = chunks.ChunkEncoder(ident, created, body.model)
+            response = await _open_stream(request, enc)
+            await manager.admit(lease, _heartbeat(response))
+            outcome.admitted = time.perf_counter()
+            return await _stream(response, enc, body, lease, plan, outcome)
+    except CortexError as exc:
+        if response is None:
+            raise
+        outcome.status = exc.status  # refused or evicted after the headers went out
+        await response.write(chunks.error_event(exc) + chunks.DONE)
+        await response.write_eof()
+        return response
+
+
+async def _open_stream(request: web.Request, enc: chunks.ChunkEncoder) -> web.StreamResponse:
+    """Headers and the role chunk, sent before admission: a request queued behind others is
+    visibly alive to the gateway (heartbeats follow while it waits) instead of silent."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    await response.write(enc.delta(openai.Delta(role="assistant", content="")))
+    return response
+
+
+def _heartbeat(response: web.StreamResponse) -> Callable[[], Awaitable[None]]:
+    async def beat() -> None:
+        await response.write(HEARTBEAT)
+
+    return beat
 
 
 async def _plan(
@@ -178,22 +215,15 @@ async def _complete(
 
 
 async def _stream(
-    request: web.Request,
+    response: web.StreamResponse,
+    enc: chunks.ChunkEncoder,
     body: openai.ChatCompletionRequest,
     lease: Lease,
     plan: Plan,
-    ident: str,
-    created: int,
     outcome: Outcome,
 ) -> web.StreamResponse:
     """Errors after the headers went out become an SSE error event before ``[DONE]``."""
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    enc = chunks.ChunkEncoder(ident, created, body.model)
     write = response.write
-    await write(enc.delta(openai.Delta(role="assistant", content="")))
     parser = plan.parser() if plan.parser is not None else None
     try:
         async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:

@@ -1,9 +1,11 @@
 """Model lifecycle: load, unload, and leasing a resident model to a request.
 
 ``ModelManager`` is the one owner of model state (the ``Slot`` table) and of admission (the
-``max_concurrency`` semaphore). Every mutation happens on the event loop without an ``await``
-between check and update, so loads of one id are single-flight without locks: the first load
-inserts a slot with its load task, later ones find it and await the same task.
+``max_concurrency`` semaphore, with at most ``queue_depth`` requests waiting for it: past that a
+request gets 429 at once instead of queueing without bound). Every mutation happens on the
+event loop without an ``await`` between check and update, so loads of one id are single-flight
+without locks: the first load inserts a slot with its load task, later ones find it and await
+the same task.
 
 States: loading -> loaded -> unloading -> (removed); loading -> failed. A failed slot stays
 visible in /status with its error until a new load retries it or an unload clears it.
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from cortex.config import GB, NeuronSection
@@ -26,6 +28,7 @@ from cortex.errors import (
     InvalidRequest,
     ModelNotLoaded,
     NoHarness,
+    Overloaded,
     Unavailable,
 )
 from cortex.neuron.gpus import Devices
@@ -43,6 +46,8 @@ from cortex.protocol.neuron import (
 )
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1.0  # told to a request refused past queue_depth
 
 
 class ModelManager:
@@ -80,33 +85,62 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def lease(self, model_id: str) -> AsyncIterator[Lease]:
-        """Hold ``model_id`` for one request: queue for a ``max_concurrency`` place, then run.
+        """Hold ``model_id`` for one request, queued until ``admit`` gives it a place.
 
-        Raises ModelNotLoaded when absent (or unloaded while queued), and Unavailable when an
-        unload evicts the request mid-generation; a client hang-up (task cancellation) passes
-        through untouched.
+        Raises at once ModelNotLoaded (404) when the model is absent and Overloaded (429) when
+        ``queue_depth`` requests already wait for a place; Unavailable when an unload evicts
+        the request. A client hang-up (task cancellation) passes through untouched.
         """
         model = self.model(model_id)
+        waiting = sum(len(slot.leases) for slot in self._slots.values()) - self.running
+        if self._admission.locked() and waiting >= self._config.queue_depth:
+            raise Overloaded(
+                f"{waiting} requests already wait for a place on this neuron (queue_depth)",
+                retry_after_s=RETRY_AFTER_S,
+            )
         slot = self._slots[model_id]
         lease = Lease(slot, model, asyncio.current_task())
         slot.add(lease)
         try:
-            async with self._admission:
-                if slot.state != "loaded":
-                    raise ModelNotLoaded(f"The model '{model_id}' was unloaded.")
-                lease.running = True
-                self.running += 1
-                try:
-                    yield lease
-                finally:
-                    self.running -= 1
+            yield lease
         except asyncio.CancelledError:
             error = lease.eviction_error()
             if error is None:
                 raise
             raise error from None
         finally:
+            if lease.running:
+                self.running -= 1
+                self._admission.release()
             slot.remove(lease)
+
+    async def admit(
+        self, lease: Lease, heartbeat: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Wait for a ``max_concurrency`` place; raises ModelNotLoaded if the model was unloaded
+        meanwhile. ``heartbeat`` (if given) is awaited every ``heartbeat_s`` while waiting, so a
+        stream whose headers went out shows it is alive."""
+        await self._acquire(heartbeat)
+        if lease.slot.state != "loaded":
+            self._admission.release()
+            raise ModelNotLoaded(f"The model '{lease.slot.request.model}' was unloaded.")
+        lease.running = True
+        self.running += 1
+
+    async def _acquire(self, heartbeat: Callable[[], Awaitable[None]] | None) -> None:
+        if heartbeat is None or not self._admission.locked():
+            await self._admission.acquire()
+            return
+        # Semaphore.acquire gives a place back itself when cancelled after being woken.
+        acquire = asyncio.ensure_future(self._admission.acquire())
+        try:
+            while not (await asyncio.wait({acquire}, timeout=self._config.heartbeat_s))[0]:
+                await heartbeat()
+        except BaseException:
+            if acquire.done() and not acquire.cancelled():
+                self._admission.release()
+            acquire.cancel()
+            raise
 
     # ------------------------------------------------------------------ load
 

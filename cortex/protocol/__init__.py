@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from cortex.errors import InvalidRequest
+from cortex.protocol.bounds import MAX_NESTING
 from cortex.validation import MISSING, split_error, value_at
 
 T = TypeVar("T")
@@ -27,6 +28,10 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise _rejection(str(exc), body) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(
+            f"Request body nests too deeply (free-form JSON may nest {MAX_NESTING} levels)."
+        ) from None
 
 
 def convert(data: Any, kind: type[T], body: bytes) -> T:

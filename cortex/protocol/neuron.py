@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cortex.config import DType, ModelEntry, Name, Quantization
+from cortex.config import DType, Gigabytes, ModelEntry, Name, Quantization
 from cortex.protocol.openai import Message, Tool
 
 ModelState = Literal["loading", "loaded", "unloading", "failed"]
@@ -16,13 +16,14 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     """What to load and how. Two loads of one id with different specs conflict (409)."""
 
     model: Name
-    source: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    # No control characters (a NUL makes the path unusable); long paths are refused by the OS.
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f]+$")]
     harness: Name = "transformers"
     quantization: Quantization = "none"
     dtype: DType = "auto"
     device: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
-    vram_gb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    vram_gb: Gigabytes = 0.0
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False

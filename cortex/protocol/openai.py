@@ -7,10 +7,11 @@ unknown fields by default, which is what a server must do for forward compatibil
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from cortex.protocol.bounds import check_nesting, check_normal, refuse
 
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
@@ -18,6 +19,7 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 TopK = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 StopStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+SAMPLING_FLOATS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
 
 
 # --------------------------------------------------------------------------- request parts
@@ -102,6 +104,9 @@ class FunctionDef(msgspec.Struct, kw_only=True):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    def __post_init__(self) -> None:
+        check_nesting(self.parameters, "parameters")
+
 
 class Tool(msgspec.Struct, kw_only=True):
     type: Literal["function"] = "function"
@@ -153,11 +158,11 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        # msgspec bounds accept inf/nan for floats only through JSON extensions; be explicit.
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise msgspec.ValidationError(f"Expected a finite number - at `$.{name}`")
+        for name in SAMPLING_FLOATS:
+            check_normal(getattr(self, name), name)
+        if self.logprobs:
+            # No harness returns logprobs: refuse rather than answer without them.
+            refuse("logprobs", "logprobs are not supported; omit the field or send false")
 
     @property
     def stop_list(self) -> list[str]:

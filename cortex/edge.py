@@ -1,0 +1,72 @@
+"""The HTTP edge both roles share: reading a body within a deadline, safe request ids, key
+bytes, telling a client hang-up from a failure, and the aiohttp server's own timeouts.
+
+Phases and who bounds them (docs/operations.md lists the defaults):
+- request head: aiohttp's keep-alive timer runs from the connection's start and from the end of
+  each response until a complete head arrives, so ``keepalive_timeout_s`` bounds both an idle
+  keep-alive connection and a head trickled byte by byte (slowloris);
+- body: ``read_body`` reads it all before the handler runs, within ``body_timeout_s``;
+- head size: aiohttp's line and field limits (8190 bytes) answer 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from cortex.errors import InvalidRequest, RequestTimeout
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+async def read_body(request: web.Request, timeout_s: float) -> None:
+    """Read (and cache) the whole body so handlers' ``request.read()`` returns at once.
+
+    Raises RequestTimeout (408) when it does not arrive within ``timeout_s``, InvalidRequest
+    (400) when it cannot be decoded (a Content-Encoding that does not match the bytes, broken
+    chunking); aiohttp's 413 for a body over ``client_max_size`` passes through.
+    """
+    if not request.body_exists:
+        return
+    try:
+        await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        raise InvalidRequest(
+            f"request body could not be read ({type(exc).__name__}): check Content-Encoding "
+            "and Transfer-Encoding"
+        ) from None
+
+
+def request_id(request: web.Request) -> str | None:
+    """The client's x-request-id when it is a plain token; anything else is replaced (it is
+    echoed in a response header and the log)."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else None
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value as the bytes the client sent (aiohttp decodes with surrogateescape, so
+    non-UTF-8 bytes survive and compare unequal instead of raising)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def log_hang_up(request: web.Request, logger: logging.Logger) -> None:
+    """A client hang-up is ordinary: one INFO line, no traceback."""
+    logger.info("client hung up: %s %s", request.method, request.path)
+
+
+def unsent() -> web.Response:
+    """What a middleware returns after a hang-up: aiohttp finds the transport closed and drops
+    it quietly, where a raised ConnectionError would make it log a traceback and try a 500."""
+    return web.Response(status=499)

@@ -1,0 +1,638 @@
+"""Hostile bodies and headers against a live gateway and neuron (the tiny demo model loaded).
+
+Every answer must be a 4xx in the client's dialect (OpenAI envelope, or Anthropic's on
+/v1/messages* and for any request carrying anthropic-version), never a 5xx, and both processes
+must stay healthy and keep serving. aiohttp's own parser rejections (a malformed head) are
+answered before any route or dialect is known: those must be a 400, in any body.
+The logs of the run must not contain a key, nor a traceback for a client hang-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import NeuronProcess
+from tests.e2e.raw_http import request, send
+
+pytestmark = pytest.mark.slow
+
+CLIENT_KEY = "fuzz-client-key-5f1c0e"
+ADMIN_KEY = "fuzz-admin-key-9a7b3d"
+NEURON_TOKEN = "fuzz-neuron-token-c4e2a8"
+SECRETS = (CLIENT_KEY, ADMIN_KEY, NEURON_TOKEN)
+MODEL = {"id": "tiny", "source": "tiny", "context_length": 2048, "vram_gb": 0.1}
+
+
+@pytest.fixture(scope="module")
+def neuron(
+    start_neuron: Callable[..., NeuronProcess],
+    model_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> NeuronProcess:
+    loops = tmp_path_factory.mktemp("loops")
+    (loops / "loop-a").symlink_to(loops / "loop-b")
+    (loops / "loop-b").symlink_to(loops / "loop-a")
+    neuron = start_neuron(
+        name="n1",
+        token=NEURON_TOKEN,
+        model_roots=[model_root, loops],
+        models=[MODEL],
+        preload=["tiny"],
+        cpu_memory_budget_gb=2.0,
+    )
+    neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=60)
+    return neuron
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    neuron: NeuronProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw"),
+        neurons={"n1": neuron},
+        models=[MODEL],
+        api_keys=[CLIENT_KEY],
+        admin_keys=[ADMIN_KEY],
+        max_body_mb=1.0,
+    )
+    yield gw
+    gw.stop()
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    role: str  # "gateway" or "neuron"
+    data: bytes
+    dialect: str | None  # "openai", "anthropic", or None for aiohttp's parser (any body)
+
+
+OPENAI_AUTH: dict[str, str | bytes] = {"Authorization": f"Bearer {CLIENT_KEY}"}
+ANTHROPIC_AUTH: dict[str, str | bytes] = {
+    "x-api-key": CLIENT_KEY,
+    "anthropic-version": "2023-06-01",
+}
+NEURON_AUTH: dict[str, str | bytes] = {"Authorization": f"Bearer {NEURON_TOKEN}"}
+JSON = {"Content-Type": "application/json"}
+
+
+def _deep(levels: int, leaf: str = "1") -> str:
+    return '{"a":' * levels + leaf + "}" * levels
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+USER = [{"role": "user", "content": "hi"}]
+LONG = "lorem ipsum " * 2000  # more tokens than the 2048 context
+
+
+def _chat_bodies() -> list[tuple[str, bytes]]:
+    """Hostile OpenAI chat bodies (also sent to the neuron, which speaks the same dialect)."""
+    ok = {"model": "tiny", "messages": USER, "max_tokens": 2}
+    deep_args = _deep(5000)  # a JSON string: decoded only when templating
+    return [
+        ("empty", b""),
+        ("null", b"null"),
+        ("array", b"[]"),
+        ("truncated", b'{"model": "tiny", "messages": ['),
+        ("not-utf8", b"\xff\xfe\xfd{"),
+        ("model-number", _json({**ok, "model": 1})),
+        ("model-empty", _json({**ok, "model": ""})),
+        ("model-huge", _json({**ok, "model": "m" * 10_000})),
+        ("model-unknown", _json({**ok, "model": "nope"})),
+        ("messages-missing", _json({"model": "tiny"})),
+        ("messages-string", _json({**ok, "messages": "hi"})),
+        ("messages-empty", _json({**ok, "messages": []})),
+        ("role-bogus", _json({**ok, "messages": [{"role": "wizard", "content": "hi"}]})),
+        ("part-bogus", _json({**ok, "messages": [{"role": "user", "content": [{"type": "x"}]}]})),
+        (
+            "metadata-5000",
+            b'{"model":"tiny","messages":[],"metadata":' + _deep(5000).encode() + b"}",
+        ),
+        ("brackets-100k", b"[" * 100_000),
+        (
+            "schema-500",
+            _json(
+                {
+                    **ok,
+                    "tools": [
+                        {
+                            "type": "function",
+                            "function": {"name": "f", "parameters": json.loads(_deep(500))},
+                        }
+                    ],
+                }
+            ),
+        ),
+        (
+            "tool-args-5000",
+            _json(
+                {
+                    **ok,
+                    "messages": [
+                        *USER,
+                        {
+                            "role": "assistant",
+                            "tool_calls": [
+                                {
+                                    "id": "c",
+                                    "type": "function",
+                                    "function": {"name": "f", "arguments": deep_args},
+                                }
+                            ],
+                        },
+                    ],
+                }
+            ),
+        ),
+        ("temperature-subnormal", _json({**ok, "temperature": 1.8e-39})),
+        ("temperature-huge", b'{"model":"tiny","messages":[],"temperature":1e400}'),
+        ("temperature-nan-string", _json({**ok, "temperature": "NaN"})),
+        ("temperature-negative", _json({**ok, "temperature": -1})),
+        ("top-p-zero", _json({**ok, "top_p": 0})),
+        ("top-p-subnormal", _json({**ok, "top_p": 5e-324})),
+        ("max-tokens-negative", _json({**ok, "max_tokens": -1})),
+        ("max-tokens-bignum", b'{"model":"tiny","messages":[],"max_tokens":' + b"9" * 5000 + b"}"),
+        ("n-5", _json({**ok, "n": 5})),
+        ("stop-100", _json({**ok, "stop": ["x"] * 100})),
+        ("stream-string", _json({**ok, "stream": "yes"})),
+        ("tool-choice-bogus", _json({**ok, "tool_choice": "sometimes"})),
+        ("logprobs", _json({**ok, "logprobs": True})),
+        ("frequency-penalty-9", _json({**ok, "frequency_penalty": 9})),
+        (
+            "image-non-vision",
+            _json(
+                {
+                    **ok,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": "data:image/png;base64,AAAA"},
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ),
+        ),
+        ("prompt-too-long", _json({**ok, "messages": [{"role": "user", "content": LONG}]})),
+    ]
+
+
+def _messages_bodies() -> list[tuple[str, bytes]]:
+    ok = {"model": "tiny", "max_tokens": 2, "messages": USER}
+    tool_use = {"type": "tool_use", "id": "t", "name": "f", "input": json.loads(_deep(300))}
+    return [
+        ("empty", b""),
+        ("array", b"[]"),
+        ("truncated", b'{"model":'),
+        ("not-utf8", b"\xc3\x28"),
+        ("max-tokens-missing", _json({"model": "tiny", "messages": USER})),
+        ("max-tokens-zero", _json({**ok, "max_tokens": 0})),
+        ("model-unknown", _json({**ok, "model": "nope"})),
+        ("role-system", _json({**ok, "messages": [{"role": "wizard", "content": "x"}]})),
+        ("block-bogus", _json({**ok, "messages": [{"role": "user", "content": [{"type": "?"}]}]})),
+        (
+            "metadata-5000",
+            b'{"model":"tiny","max_tokens":2,"messages":[],"metadata":'
+            + _deep(5000).encode()
+            + b"}",
+        ),
+        (
+            "schema-500",
+            _json({**ok, "tools": [{"name": "f", "input_schema": json.loads(_deep(500))}]}),
+        ),
+        (
+            "tool-use-input-300",
+            _json({**ok, "messages": [*USER, {"role": "assistant", "content": [tool_use]}]}),
+        ),
+        ("temperature-subnormal", _json({**ok, "temperature": 1.8e-39})),
+        ("temperature-2", _json({**ok, "temperature": 2})),
+        ("top-k-negative", _json({**ok, "top_k": -5})),
+        ("stop-sequences-empty-string", _json({**ok, "stop_sequences": [""]})),
+        ("tool-choice-bogus", _json({**ok, "tool_choice": {"type": "sometimes"}})),
+        ("system-number", _json({**ok, "system": 5})),
+        ("prompt-too-long", _json({**ok, "messages": [{"role": "user", "content": LONG}]})),
+    ]
+
+
+# The /v1/messages bodies that count_tokens must refuse too (it takes no max_tokens, sampling).
+BAD_FOR_COUNT = {
+    "empty",
+    "array",
+    "truncated",
+    "not-utf8",
+    "model-unknown",
+    "role-system",
+    "block-bogus",
+    "schema-500",
+    "tool-use-input-300",
+    "tool-choice-bogus",
+    "system-number",
+}
+
+
+def _load_bodies() -> list[tuple[str, bytes]]:
+    ok = {"model": "x", "source": "tiny"}
+    return [
+        ("vram-1e308", _json({**ok, "vram_gb": 1e308})),
+        ("vram-1e400", b'{"model":"x","source":"tiny","vram_gb":1e400}'),
+        ("vram-negative", _json({**ok, "vram_gb": -1})),
+        ("source-nul", _json({**ok, "source": "tiny\u0000x"})),
+        ("source-4000", _json({**ok, "source": "a" * 4000})),
+        ("source-deep-path", _json({**ok, "source": "a/" * 1900 + "b"})),
+        ("source-loop", _json({**ok, "source": "loop-a"})),
+        ("source-dotdot", _json({**ok, "source": "../../../../etc"})),
+        ("source-absolute", _json({**ok, "source": "/etc"})),
+        ("source-hub", _json({**ok, "source": "hf:org/name"})),
+        ("model-bad-chars", _json({**ok, "model": "a b"})),
+        ("quantization-bogus", _json({**ok, "quantization": "3bit"})),
+        ("device-bogus", _json({**ok, "device": "cuda:9"})),
+        ("conflict", _json({"model": "tiny", "source": "tiny", "quantization": "4bit"})),
+        ("deep", _deep(5000).encode()),
+    ]
+
+
+def _cases() -> list[Case]:
+    cases: list[Case] = []
+    for name, body in _chat_bodies():
+        headers = {**OPENAI_AUTH, **JSON}
+        cases.append(
+            Case(
+                f"gw-chat-{name}",
+                "gateway",
+                request("POST", "/v1/chat/completions", body, headers),
+                "openai",
+            )
+        )
+        neuron_headers = {**NEURON_AUTH, **JSON}
+        cases.append(
+            Case(
+                f"n-chat-{name}",
+                "neuron",
+                request("POST", "/v1/chat/completions", body, neuron_headers),
+                "openai",
+            )
+        )
+    for name, body in _messages_bodies():
+        headers = {**ANTHROPIC_AUTH, **JSON}
+        cases.append(
+            Case(
+                f"gw-messages-{name}",
+                "gateway",
+                request("POST", "/v1/messages", body, headers),
+                "anthropic",
+            )
+        )
+        if name in BAD_FOR_COUNT:
+            cases.append(
+                Case(
+                    f"gw-count-{name}",
+                    "gateway",
+                    request("POST", "/v1/messages/count_tokens?beta=true", body, headers),
+                    "anthropic",
+                )
+            )
+    for name, body in _load_bodies():
+        cases.append(
+            Case(
+                f"n-load-{name}",
+                "neuron",
+                request("POST", "/models/load", body, {**NEURON_AUTH, **JSON}),
+                "openai",
+            )
+        )
+    deep = _deep(5000).encode()
+    cases += [
+        Case(
+            "n-unload-deep",
+            "neuron",
+            request("POST", "/models/unload", deep, NEURON_AUTH),
+            "openai",
+        ),
+        Case(
+            "n-unload-missing",
+            "neuron",
+            request("POST", "/models/unload", b'{"model":"nope"}', NEURON_AUTH),
+            "openai",
+        ),
+        Case(
+            "n-tokenize-deep",
+            "neuron",
+            request("POST", "/v1/tokenize", deep, NEURON_AUTH),
+            "openai",
+        ),
+        Case(
+            "n-tokenize-schema-500",
+            "neuron",
+            request(
+                "POST",
+                "/v1/tokenize",
+                _json(
+                    {
+                        "model": "tiny",
+                        "messages": USER,
+                        "tools": [
+                            {
+                                "type": "function",
+                                "function": {"name": "f", "parameters": json.loads(_deep(500))},
+                            }
+                        ],
+                    }
+                ),
+                NEURON_AUTH,
+            ),
+            "openai",
+        ),
+        Case(
+            "gw-admin-load-deep",
+            "gateway",
+            request(
+                "POST", "/cortex/models/tiny/load", deep, {"Authorization": f"Bearer {ADMIN_KEY}"}
+            ),
+            "openai",
+        ),
+    ]
+    cases += _header_cases()
+    return cases
+
+
+def _header_cases() -> list[Case]:
+    chat = _json({"model": "tiny", "messages": USER, "max_tokens": 2})
+    bad_utf8 = b"Bearer \xff\xfe" + CLIENT_KEY.encode()
+    out: list[Case] = []
+    for role, auth, path in (
+        ("gateway", OPENAI_AUTH, "/v1/chat/completions"),
+        ("neuron", NEURON_AUTH, "/v1/chat/completions"),
+    ):
+        out += [
+            Case(
+                f"{role}-auth-not-utf8",
+                role,
+                request("POST", path, chat, {"Authorization": bad_utf8}),
+                "openai",
+            ),
+            Case(f"{role}-auth-missing", role, request("POST", path, chat), "openai"),
+            Case(
+                f"{role}-auth-latin1",
+                role,
+                request(
+                    "GET", "/v1/models", b"", {"Authorization": "Bearer caf\xe9".encode("latin-1")}
+                ),
+                "openai",
+            ),
+            Case(
+                f"{role}-gzip-lie",
+                role,
+                request("POST", path, chat, {**auth, "Content-Encoding": "gzip"}),
+                "openai",
+            ),
+            Case(
+                f"{role}-deflate-lie",
+                role,
+                request("POST", path, chat, {**auth, "Content-Encoding": "deflate"}),
+                "openai",
+            ),
+            Case(
+                f"{role}-gzip-truncated",
+                role,
+                request(
+                    "POST", path, gzip.compress(chat)[:30], {**auth, "Content-Encoding": "gzip"}
+                ),
+                "openai",
+            ),
+            Case(
+                f"{role}-gzip-of-garbage",
+                role,
+                request(
+                    "POST", path, gzip.compress(b"\x00" * 64), {**auth, "Content-Encoding": "gzip"}
+                ),
+                "openai",
+            ),
+            Case(
+                f"{role}-gzip-bomb",
+                role,
+                request(
+                    "POST",
+                    path,
+                    gzip.compress(b" " * 40_000_000),
+                    {**auth, "Content-Encoding": "gzip"},
+                ),
+                "openai",
+            ),
+            Case(
+                f"{role}-request-id-not-utf8",
+                role,
+                request("POST", path, b"{", {**auth, "x-request-id": b"\xff\r"[:1] + b"abc"}),
+                "openai",
+            ),
+            Case(f"{role}-no-route", role, request("GET", "/nope", b"", auth), "openai"),
+            Case(f"{role}-wrong-method", role, request("DELETE", path, b"", auth), "openai"),
+            Case(
+                f"{role}-chunked-broken",
+                role,
+                request(
+                    "POST", path, b"zz\r\n{}\r\n0\r\n\r\n", {**auth, "Transfer-Encoding": "chunked"}
+                ),
+                None,
+            ),
+            Case(
+                f"{role}-header-too-long",
+                role,
+                request("GET", "/v1/models", b"", {**auth, "X-Long": "a" * 9000}),
+                None,
+            ),
+            Case(
+                f"{role}-header-line-with-key",
+                role,
+                request(
+                    "GET",
+                    "/v1/models",
+                    b"",
+                    {
+                        "Authorization": b"Bearer "
+                        + CLIENT_KEY.encode()
+                        + b"\x01"
+                        + NEURON_TOKEN.encode()
+                    },
+                ),
+                None,
+            ),
+            Case(
+                f"{role}-header-no-colon",
+                role,
+                request("GET", "/v1/models", b"", {**auth}).replace(
+                    b"Connection: close", b"Connection: close\r\nBearer-" + ADMIN_KEY.encode()
+                ),
+                None,
+            ),
+        ]
+    out += [
+        Case(
+            "gw-model-nope-anthropic",
+            "gateway",
+            request("GET", "/v1/models/nope", b"", ANTHROPIC_AUTH),
+            "anthropic",
+        ),
+        Case(
+            "gw-model-nope-openai",
+            "gateway",
+            request("GET", "/v1/models/nope", b"", OPENAI_AUTH),
+            "openai",
+        ),
+        Case(
+            "gw-models-no-key-anthropic",
+            "gateway",
+            request("GET", "/v1/models", b"", {"anthropic-version": "2023-06-01"}),
+            "anthropic",
+        ),
+        Case(
+            "gw-messages-no-key",
+            "gateway",
+            request("POST", "/v1/messages", chat, {"anthropic-version": "2023-06-01"}),
+            "anthropic",
+        ),
+        Case(
+            "gw-messages-bearer-not-utf8",
+            "gateway",
+            request("POST", "/v1/messages", chat, {"Authorization": bad_utf8}),
+            "anthropic",
+        ),
+        Case(
+            "gw-x-api-key-not-utf8",
+            "gateway",
+            request(
+                "POST",
+                "/v1/messages",
+                chat,
+                {"x-api-key": b"\xc0\xaf", "anthropic-version": "2023-06-01"},
+            ),
+            "anthropic",
+        ),
+        Case("gw-admin-no-key", "gateway", request("GET", "/cortex/status", b""), "openai"),
+        Case(
+            "gw-admin-client-key",
+            "gateway",
+            request("GET", "/cortex/status", b"", OPENAI_AUTH),
+            "openai",
+        ),
+        Case(
+            "gw-body-too-large",
+            "gateway",
+            request("POST", "/v1/chat/completions", b"[" + b" " * 1_100_000 + b"]", OPENAI_AUTH),
+            "openai",
+        ),
+        Case(
+            "gw-body-too-large-anthropic",
+            "gateway",
+            request("POST", "/v1/messages", b" " * 1_100_000, ANTHROPIC_AUTH),
+            "anthropic",
+        ),
+    ]
+    return out
+
+
+CASES = _cases()
+
+
+def _dialect_of(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return None
+    error = data["error"]
+    if data.get("type") == "error" and {"type", "message"} <= set(error):
+        return "anthropic"
+    if {"message", "type"} <= set(error) and "type" not in data:
+        return "openai"
+    return None
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(CASES) >= 100
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_hostile_requests_get_4xx_in_their_dialect(
+    gateway: GatewayProcess, neuron: NeuronProcess
+) -> None:
+    urls = {"gateway": gateway.url, "neuron": neuron.url}
+    wrong = []
+    for case in CASES:
+        status, _, body = send(urls[case.role], case.data)
+        dialect = _dialect_of(body)
+        if not 400 <= status < 500 or (case.dialect and dialect != case.dialect):
+            wrong.append(f"{case.name}: {status} {dialect} {body[:200]!r}")
+    assert not wrong, "\n".join(wrong)
+    for url in urls.values():
+        assert send(url, request("GET", "/health"))[0] == 200
+    ok = _json({"model": "tiny", "messages": USER, "max_tokens": 2})
+    status, _, body = send(gateway.url, request("POST", "/v1/chat/completions", ok, OPENAI_AUTH))
+    assert status == 200, body
+    assert "Traceback" not in gateway.log_text() + neuron.log_text()
+
+
+async def _hang_up(url: str, headers: dict[str, str], path: str, body: dict[str, Any]) -> None:
+    """Start a stream, read its first bytes, and drop the connection."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + path, json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        await resp.content.readany()
+
+
+def test_logs_hold_no_key_and_hang_ups_are_one_info_line(
+    gateway: GatewayProcess, neuron: NeuronProcess
+) -> None:
+    for url in (gateway.url, neuron.url):
+        for case in _header_cases():
+            if "key" in case.name:
+                send(url, case.data)
+    stream = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
+    anthropic = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
+
+    async def hang_ups() -> None:
+        await _hang_up(
+            gateway.url, {"Authorization": f"Bearer {CLIENT_KEY}"}, "/v1/chat/completions", stream
+        )
+        await _hang_up(
+            gateway.url,
+            {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
+            "/v1/messages",
+            anthropic,
+        )
+        await _hang_up(
+            neuron.url, {"Authorization": f"Bearer {NEURON_TOKEN}"}, "/v1/chat/completions", stream
+        )
+
+    asyncio.run(hang_ups())
+    neuron.wait_for(lambda s: s["models"][0]["in_flight"] == 0)
+    logs = {"gateway": gateway.log_text(), "neuron": neuron.log_text()}
+    for role, text in logs.items():
+        for secret in SECRETS:
+            assert secret not in text, f"{role} log holds a key"
+        assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
+    assert "client hung up" in logs["neuron"]
+    assert "malformed request" in logs["gateway"] and "malformed request" in logs["neuron"]

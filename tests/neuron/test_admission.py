@@ -1,0 +1,86 @@
+"""Admission on a busy neuron, in process with the scripted FakeHarness (a test double: a
+deterministic slow model): the queue bound answers 429, and a queued stream is visibly alive."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pynvml
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cortex.config import ModelsConfig, NeuronConfig, NeuronSection
+from cortex.neuron.app import make_app
+from tests.neuron.fakes import FakeHarness
+
+AUTH = {"Authorization": "Bearer t"}
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Client:
+    """One place, one queued request at most, a heartbeat every 20 ms; the model loaded."""
+
+    def no_nvml() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_nvml)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"")
+    section = NeuronSection(
+        token="t",
+        model_roots=(str(tmp_path),),
+        cpu_memory_budget_gb=1.0,
+        max_concurrency=1,
+        queue_depth=1,
+        heartbeat_s=0.02,
+    )
+    harness = FakeHarness()
+    harness.step_s = 0.01
+    app = make_app(NeuronConfig(neuron=section), ModelsConfig(), {"fake": harness})
+    client: Client = await aiohttp_client(app, headers=AUTH)
+    resp = await client.post("/models/load", json={"model": "m", "source": "m", "harness": "fake"})
+    assert resp.status == 200
+    return client
+
+
+def _chat(tokens: int, stream: bool) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "go"}]
+    return {"model": "m", "messages": messages, "max_tokens": tokens, "stream": stream}
+
+
+async def _queued(client: Client) -> int:
+    return int((await (await client.get("/status")).json())["models"][0]["queued"])
+
+
+async def test_past_queue_depth_a_request_gets_429_with_retry_after(client: Client) -> None:
+    running = asyncio.create_task(client.post("/v1/chat/completions", json=_chat(40, False)))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=_chat(2, False)))
+    async with asyncio.timeout(5):
+        while await _queued(client) != 1:
+            await asyncio.sleep(0.01)
+    refused = await client.post("/v1/chat/completions", json=_chat(2, True))
+    assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+    body = await refused.json()
+    assert body["error"]["type"] == "rate_limit_error" and "queue_depth" in body["error"]["message"]
+    assert (await running).status == 200 and (await waiting).status == 200
+
+
+async def test_a_queued_stream_gets_headers_and_heartbeats_before_admission(
+    client: Client,
+) -> None:
+    running = asyncio.create_task(client.post("/v1/chat/completions", json=_chat(30, False)))
+    await asyncio.sleep(0.05)
+    resp = await client.post("/v1/chat/completions", json=_chat(3, True))
+    assert resp.status == 200  # headers came while the first request still holds the place
+    assert not running.done()
+    early = b""
+    while b": queued" not in early:
+        early += await resp.content.readany()
+    assert b'"role":"assistant"' in early and b"[DONE]" not in early
+    rest = early + await resp.content.read()
+    assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b'"content":"ab"') == 3
+    assert (await running).status == 200
