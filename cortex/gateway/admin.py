@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import web
@@ -45,7 +46,8 @@ def _anthropic(request: web.Request) -> bool:
 
 
 def _info(card: ModelCard) -> anthropic.ModelInfo:
-    return anthropic.ModelInfo(id=card.id, display_name=card.id)
+    created = datetime.fromtimestamp(card.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return anthropic.ModelInfo(id=card.id, display_name=card.id, created_at=created)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
         client_max_size=max_body,
         middlewares=[errors_middleware, auth_middleware(config), body_middleware(config)],
     )
-    catalogue = Catalogue(models.models)
+    catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()
     app[METRICS] = GatewayMetrics()
 

@@ -18,11 +18,16 @@ __all__ = ["Catalogue", "CortexModelInfo"]
 
 
 class Catalogue:
-    """An immutable view of models.toml."""
+    """An immutable view of models.toml, read at ``read_at`` (Unix time).
 
-    def __init__(self, models: Sequence[ModelEntry]) -> None:
+    ``read_at`` is the ``created`` of cards that have no load time (SDKs show it as a date;
+    0 would read as 1970).
+    """
+
+    def __init__(self, models: Sequence[ModelEntry], read_at: float = 0.0) -> None:
         self.models: tuple[ModelEntry, ...] = tuple(models)
         self.by_id: Mapping[str, ModelEntry] = {m.id: m for m in self.models}
+        self.read_at = int(read_at)
 
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry a client's model name means: exact id, then the first matching alias."""
@@ -48,20 +53,25 @@ class Catalogue:
         for entry in self.models:
             copies = [c for _, c in fleet.holders(entry.id)]
             if copies or any(not entry.nodes or name in entry.nodes for name in live):
-                cards[entry.id] = _card(entry.id, copies, entry.context_length, entry.pinned)
+                cards[entry.id] = _card(
+                    entry.id, copies, entry.context_length, entry.pinned, self.read_at
+                )
         strays = {c.model_id for n in fleet.nodes for c in n.models} - set(self.by_id)
         for model_id in sorted(strays):
             copies = [c for _, c in fleet.holders(model_id)]
             if copies:
-                cards[model_id] = _card(model_id, copies, 0, False)
+                cards[model_id] = _card(model_id, copies, 0, False, self.read_at)
         for upstream in sorted(upstream_models):
             for model_id in upstream_models[upstream]:
-                _add_upstream(cards, model_id, upstream)
+                _add_upstream(cards, model_id, upstream, self.read_at)
         return list(cards.values())
 
 
-def _card(model_id: str, copies: list[Resident], context_length: int, pinned: bool) -> ModelCard:
-    """One local model's card from its loading/loaded copies (none: available)."""
+def _card(
+    model_id: str, copies: list[Resident], context_length: int, pinned: bool, read_at: int
+) -> ModelCard:
+    """One local model's card from its loading/loaded copies (none: available); created is
+    the earliest load time, else when the catalogue was read."""
     states = {c.state for c in copies}
     info = CortexModelInfo(
         state="resident" if "loaded" in states else "loading" if states else "available",
@@ -69,14 +79,15 @@ def _card(model_id: str, copies: list[Resident], context_length: int, pinned: bo
         context_length=context_length or max((c.context_length for c in copies), default=0),
         pinned=pinned or any(c.pinned for c in copies),
     )
-    return ModelCard(id=model_id, cortex=info)
+    loaded = [int(c.loaded_at) for c in copies if c.loaded_at]
+    return ModelCard(id=model_id, created=min(loaded, default=read_at), cortex=info)
 
 
-def _add_upstream(cards: dict[str, ModelCard], model_id: str, upstream: str) -> None:
+def _add_upstream(cards: dict[str, ModelCard], model_id: str, upstream: str, read_at: int) -> None:
     card = cards.get(model_id)
     if card is None or card.cortex is None:
         info = CortexModelInfo(state="resident", nodes=[upstream])
-        cards[model_id] = ModelCard(id=model_id, owned_by=upstream, cortex=info)
+        cards[model_id] = ModelCard(id=model_id, created=read_at, owned_by=upstream, cortex=info)
     elif upstream not in card.cortex.nodes:
         card.cortex.nodes.append(upstream)
         card.cortex.state = "resident"

@@ -11,6 +11,7 @@ lists (the auth middleware is built once). An invalid file is logged as the same
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def reload(gateway: Gateway, config_path: Path) -> bool:
         for key in RESTART_ONLY
         if getattr(config.gateway, key) != getattr(gateway.config.gateway, key)
     ]
-    catalogue = Catalogue(models.models)
+    catalogue = Catalogue(models.models, read_at=time.time())
     removed = set(gateway.catalogue.by_id) - set(catalogue.by_id)
     gateway.config = gateway.loader.config = config
     gateway.catalogue = catalogue

@@ -157,3 +157,12 @@ def test_model_list_encodes_the_cortex_object() -> None:
     }
     assert msgspec.json.decode(msgspec.json.encode(listed), type=ModelList) == listed
     assert isinstance(listed.data[0].cortex, CortexModelInfo)
+
+
+def test_created_is_the_load_time_else_when_the_catalogue_was_read() -> None:
+    catalogue = Catalogue([entry("a", 1), entry("b", 1)], read_at=1_750_000_000.7)
+    view = fleet(node("n1", model("a", 1, age_s=60.0)))
+    listed = {c.id: c.created for c in catalogue.model_cards(view, {"up": ["c"]})}
+    [copy] = view.nodes[0].models
+    assert copy.loaded_at is not None
+    assert listed == {"a": int(copy.loaded_at), "b": 1_750_000_000, "c": 1_750_000_000}
