@@ -1,0 +1,326 @@
+"""Claude Code against cortex: its request shapes replayed, then the real CLI, two turns.
+
+One real neuron (the transformers harness on the random-weight demo model, loaded twice: a
+4096-token context for the replays, a 32768-token one for the CLI, whose first prompt alone is
+~8k demo tokens with three tools) behind one real gateway with an API key and Claude Code's
+model names as aliases. The demo model answers gibberish; what is checked is that every answer
+is well formed, in order, and that the context budget holds: ``max_tokens`` 128000 is capped at
+what the context leaves, and only a prompt that does not fit is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import REPO_ROOT, NeuronProcess
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-cortex-e2e"
+CONTEXT = 4096
+TARGET_PROMPT = 3800  # leaves <= 296 tokens: the 128000 ceiling is capped, and decode stays short
+CLAUDE = REPO_ROOT / ".venv/clients/node_modules/.bin/claude"
+BILLING = "x-anthropic-billing-header: cc_version=2.1.197.123; cc_entrypoint=sdk-cli; cch={};"
+FILLER = "The repository holds a gateway and a neuron; read the code before you change it. "
+HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,context-1m-2025-08-07,"
+    "interleaved-thinking-2025-05-14,context-management-2025-06-27,effort-2025-11-24",
+    "x-app": "cli",
+}
+PNG = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    models = [
+        {"id": "coder", "source": "tiny", "harness": "transformers", "context_length": CONTEXT},
+        {"id": "coder-long", "source": "tiny", "harness": "transformers", "context_length": 32768},
+    ]
+    neuron: NeuronProcess = start_neuron(
+        name="cc",
+        model_roots=[model_root],
+        models=models,
+        preload=["coder", "coder-long"],
+        harnesses=["transformers"],
+        cpu_memory_budget_gb=3.0,
+    )
+    neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"] * 2, timeout=60)
+    aliases = [
+        {**models[0], "aliases": ["claude-sonnet-*", "claude-haiku-*"]},
+        {**models[1], "aliases": ["claude-opus-*"]},
+    ]
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw-cc"),
+        neurons={"cc": neuron},
+        models=aliases,
+        api_keys=[KEY],
+        log_format="json",
+    )
+    gw.wait_for(lambda p: p.get("coder") == ["cc"] and p.get("coder-long") == ["cc"])
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+async def http(gateway: GatewayProcess) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(gateway.url, headers=HEADERS) as session:
+        yield session
+
+
+# --------------------------------------------------------------------------- captured shapes
+
+
+def tool(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": f"{name} a file.",
+        "input_schema": {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"file_path": {"type": "string"}},
+            "required": ["file_path"],
+            "additionalProperties": False,
+        },
+    }
+
+
+def first_turn(filler: int, cch: str = "5a1f0") -> dict[str, Any]:
+    """Claude Code 2.1's first request, as captured (text shortened, ``filler`` sentences
+    added to the system prompt to reach a chosen prompt length)."""
+    return {
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 128000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": BILLING.format(cch)},
+            {
+                "type": "text",
+                "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            },
+            {"type": "text", "text": "You help with software engineering. " + FILLER * filler},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "<system-reminder>Today is 2026-12-01.</system-reminder>",
+                    },
+                    {"type": "text", "text": "say hi", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+            {"role": "system", "content": "Available agent types: claude, Explore."},
+        ],
+        "tools": [tool(n) for n in ("Read", "Edit", "Write", "Glob")],
+        "metadata": {"user_id": json.dumps({"device_id": "d0", "session_id": "s-1"})},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "medium"},
+    }
+
+
+def later_turn(filler: int) -> dict[str, Any]:
+    """A later turn: signed thinking in the history, tool results as a string and as an array
+    holding a screenshot, an error result, ``thinking`` enabled with a budget."""
+    body = first_turn(filler, cch="9c33e")
+    body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    body["messages"] += [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Read it first.", "signature": "EqQBCkYIBxgC"},
+                {"type": "redacted_thinking", "data": "EmwKAhgBEgy3"},
+                {"type": "text", "text": "Reading."},
+                {"type": "tool_use", "id": "toolu_01", "name": "Read", "input": {"file_path": "a"}},
+                {"type": "tool_use", "id": "toolu_02", "name": "Read", "input": {"file_path": "b"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "print(1)"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_02",
+                    "is_error": True,
+                    "content": [
+                        {"type": "text", "text": "screenshot of the error"},
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                        },
+                    ],
+                },
+                {
+                    "type": "text",
+                    "text": "go on",
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                },
+            ],
+        },
+    ]
+    return body
+
+
+async def count(http: aiohttp.ClientSession, body: dict[str, Any]) -> int:
+    counted = {k: body[k] for k in ("model", "system", "messages", "tools", "thinking")}
+    async with http.post(
+        "/v1/messages/count_tokens?beta=true", json=counted, headers={"x-api-key": KEY}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return int((await resp.json())["input_tokens"])
+
+
+async def filler_for(http: aiohttp.ClientSession, build: Any, target: int) -> int:
+    base, one = await count(http, build(0)), await count(http, build(1))
+    return max(0, (target - base) // (one - base))
+
+
+def sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for frame in raw.split("\n\n"):
+        if frame.strip():
+            name, data = frame.split("\n")
+            assert name.startswith("event: ") and data.startswith("data: ")
+            events.append((name[7:], json.loads(data[6:])))
+    return events
+
+
+def check_stream(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Anthropic's order, exactly; returns the message_delta event."""
+    names = [n for n, _ in events]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert all(n == e["type"] for n, e in events)
+    index, open_block, inputs = -1, None, ""
+    for name, event in events[1:-2]:
+        if name == "ping":
+            assert open_block is None
+        elif name == "content_block_start":
+            assert open_block is None and event["index"] == index + 1
+            index, open_block, inputs = event["index"], event["content_block"]["type"], ""
+        elif name == "content_block_delta":
+            assert event["index"] == index and open_block is not None
+            if open_block == "tool_use":
+                inputs += event["delta"]["partial_json"]
+        else:
+            assert name == "content_block_stop" and event["index"] == index
+            if open_block == "tool_use":
+                assert isinstance(json.loads(inputs), dict)
+            open_block = None
+    assert open_block is None
+    delta = events[-2][1]
+    assert delta["delta"]["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+    return delta
+
+
+def check_budget(usage: dict[str, Any], prompt: int, stop_reason: str) -> None:
+    """The neuron saw exactly count_tokens' prompt; max_tokens 128000 was capped, not refused."""
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == prompt
+    assert prompt + usage["output_tokens"] <= CONTEXT
+    if stop_reason == "max_tokens":
+        assert prompt + usage["output_tokens"] == CONTEXT
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+@pytest.mark.parametrize("build", [first_turn, later_turn], ids=["first-turn", "later-turn"])
+async def test_captured_claude_code_requests_are_answered_in_order(
+    http: aiohttp.ClientSession, build: Any, stream: bool
+) -> None:
+    body = {**build(await filler_for(http, build, TARGET_PROMPT)), "stream": stream}
+    prompt = await count(http, body)
+    assert TARGET_PROMPT - 100 < prompt <= TARGET_PROMPT
+    auth = {"x-api-key": KEY} if stream else {"authorization": f"Bearer {KEY}"}
+    session = {"x-claude-code-session-id": "3f0c-replay"}
+    async with http.post("/v1/messages?beta=true", json=body, headers={**auth, **session}) as resp:
+        assert resp.status == 200, await resp.text()
+        if stream:
+            assert resp.content_type == "text/event-stream"
+            delta = check_stream(sse(await resp.text()))
+            check_budget(delta["usage"], prompt, delta["delta"]["stop_reason"])
+        else:
+            message = await resp.json()
+            assert message["type"] == "message" and message["role"] == "assistant"
+            assert message["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+            check_budget(message["usage"], prompt, message["stop_reason"])
+
+
+async def test_billing_header_does_not_change_the_count(http: aiohttp.ClientSession) -> None:
+    with_header = first_turn(0)
+    without = {**with_header, "system": with_header["system"][1:]}
+    assert await count(http, with_header) == await count(http, without)
+    assert await count(http, first_turn(0, cch="other")) == await count(http, without)
+
+
+async def test_only_a_prompt_that_does_not_fit_is_refused(http: aiohttp.ClientSession) -> None:
+    body = first_turn(await filler_for(http, first_turn, CONTEXT + 200))
+    prompt = await count(http, body)  # counting a too-long prompt is no error
+    assert prompt > CONTEXT
+    async with http.post("/v1/messages?beta=true", json=body, headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": f"prompt is too long: {prompt} tokens > {CONTEXT} maximum",
+            },
+        }
+
+
+async def test_probe_and_telemetry_routes(http: aiohttp.ClientSession) -> None:
+    async with http.head("/") as resp:
+        assert resp.status == 200
+    async with http.get("/") as resp:
+        assert resp.status == 200 and KEY not in await resp.text()
+    events = {"events": [{"event_type": "ClaudeCodeInternalEvent", "event_data": {}}]}
+    async with http.post("/api/event_logging/batch", json=events) as resp:
+        assert resp.status == 200
+
+
+# --------------------------------------------------------------------------- the real CLI
+
+
+def claude(home: Path, gateway: GatewayProcess, *args: str) -> dict[str, Any]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": gateway.url,
+        "ANTHROPIC_API_KEY": KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",  # a random model rambles; keep turns short
+    }
+    # Three tools keep the first prompt near 8k demo tokens (the default 20-odd tools make
+    # ~53k, which a CPU prefills in over a minute: measured, not run here).
+    argv = [str(CLAUDE), *args, "--output-format", "json", "--max-turns", "1"]
+    argv += ["--tools", "Bash,Read,Edit"]
+    done = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_real_claude_code_two_turns(gateway: GatewayProcess, tmp_path: Path) -> None:
+    if not CLAUDE.exists():
+        pytest.skip(f"Claude Code is not installed at {CLAUDE} (run `make clients`)")
+    first = claude(tmp_path, gateway, "-p", "say hi")
+    assert first["is_error"] is False, first
+    second = claude(tmp_path, gateway, "--continue", "-p", "and again")
+    assert second["is_error"] is False, second
+    assert second["session_id"] == first["session_id"]
+    served = [json.loads(line) for line in gateway.log_text().splitlines() if '"request"' in line]
+    long_prompts = [r for r in served if r["model"] == "coder-long" and r["status"] == 200]
+    assert len(long_prompts) >= 2 and min(r["prompt_tokens"] for r in long_prompts) > CONTEXT
