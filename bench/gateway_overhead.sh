@@ -6,6 +6,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=${KIT:-$root/../shared/bench}
+if [ ! -f "$kit/setup.sh" ]; then
+  echo "gateway_overhead.sh needs the shared bench kit (mock backend, nginx and LiteLLM set-up);" >&2
+  echo "none at $kit: set KIT=/path/to/bench" >&2
+  exit 2
+fi
 PEER=${PEER:-${TMPDIR:-/tmp}/cortex-bench}
 [ -x "$PEER/venv/bin/python" ] || PEER=$PEER bash "$kit/setup.sh"
 work=$(mktemp -d)
