@@ -57,6 +57,7 @@ def codex_home(path: Path, base_url: str) -> Path:
     (path / "config.toml").write_text(
         f"""model = "gpt-5.1-codex"
 model_provider = "cortex"
+model_context_window = 32768
 check_for_update_on_startup = false
 
 [model_providers.cortex]
