@@ -20,7 +20,14 @@ import aiohttp
 import msgspec
 
 from cortex.config import CortexConfig, ModelEntry
-from cortex.errors import CortexError, ModelNotFound, Overloaded, Unavailable, from_status
+from cortex.errors import (
+    CortexError,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+    from_status,
+)
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
 from cortex.gateway.fleet import Fleet, neuron_headers
@@ -164,7 +171,9 @@ class Loader:
         if decision.evict:
             await self._evict(decision.evict)
         await self._place(entry, decision.node, decision.device)
-        if gate.waiting == 0 and not gate.keep and not entry.pinned:
+        # Pins as of now, runtime ones included: `cortex pin` may have come after the request.
+        pinned = self.fleet.catalogue().get(entry.id, entry).pinned
+        if gate.waiting == 0 and not gate.keep and not pinned:
             log.info("unloading %s again: every waiting client left", entry.id)
             await self.unload(entry.id, decision.node)
 
@@ -178,7 +187,12 @@ class Loader:
         except CortexError as exc:
             for observer in self.observers:
                 observer.load_failed(entry.id, node)
-            raise Unavailable(f"loading {entry.id} on {node} failed: {exc.message}") from None
+            message = f"loading {entry.id} on {node} failed: {exc.message}"
+            if isinstance(exc, InvalidRequest):
+                # A bad source or option: retrying cannot help, so no "retry later" 503 that
+                # SDKs would repeat (and the neuron load again) three times.
+                raise InvalidRequest(message, param=exc.param, code=exc.code) from None
+            raise Unavailable(message) from None
         finally:
             usage.loading_on = None
             await self.fleet.refresh_now(node)
@@ -245,6 +259,10 @@ class Loader:
             if not allowed_up_nodes(view, entry):
                 continue  # no warning at start-up: on_node_up calls again when one comes up
             self.spawn(self._load_pinned(entry))
+
+    def node_down(self, node: str) -> None:
+        """A node went down: its pinned models are re-placed now, not when a request pays."""
+        self.ensure_pinned()
 
     async def _load_pinned(self, entry: ModelEntry) -> None:
         try:

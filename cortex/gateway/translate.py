@@ -81,7 +81,7 @@ def messages_to_openai(
             messages += _user_messages(message.content, model_id, vision)
         elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
-    tool_choice, parallel = _tool_choice(req.tool_choice) if req.tools else (None, None)
+    tool_choice, parallel = _tool_choice(req.tool_choice, req.tools) if req.tools else (None, None)
     return oa.ChatCompletionRequest(
         model=model_id,
         messages=messages,
@@ -224,8 +224,11 @@ def _tool(tool: an.ToolDef) -> oa.Tool:
     return oa.Tool(function=function)
 
 
-def _tool_choice(choice: an.ToolChoice | None) -> tuple[oa.ToolChoice | None, bool | None]:
-    """(tool_choice, parallel_tool_calls); parallel is only sent when the client disables it."""
+def _tool_choice(
+    choice: an.ToolChoice | None, tools: list[an.ToolDef]
+) -> tuple[oa.ToolChoice | None, bool | None]:
+    """(tool_choice, parallel_tool_calls); parallel is only sent when the client disables it.
+    A named tool must be one of ``tools`` (as Anthropic checks): the neuron forces that call."""
     match choice:
         case None:
             return None, None
@@ -236,6 +239,11 @@ def _tool_choice(choice: an.ToolChoice | None) -> tuple[oa.ToolChoice | None, bo
         case an.ToolChoiceAny():
             mapped = "required"
         case an.ToolChoiceTool():
+            if all(tool.name != choice.name for tool in tools):
+                raise InvalidRequest(
+                    f"tool_choice.name: tool {choice.name!r} is not in tools",
+                    param="tool_choice.name",
+                )
             mapped = oa.NamedToolChoice(function=oa.ToolChoiceFunction(choice.name))
         case _:
             assert_never(choice)

@@ -72,7 +72,7 @@ class Outcome:
 class Plan:
     """Everything decided before the first token."""
 
-    __slots__ = ("params", "parser", "prompt_ids", "stops")
+    __slots__ = ("params", "parser", "prefix", "prompt_ids", "stops")
 
     def __init__(
         self,
@@ -80,8 +80,10 @@ class Plan:
         params: SamplingParams,
         stops: list[str],
         parser: Callable[[], ToolParser] | None,
+        prefix: str = "",
     ) -> None:
         self.prompt_ids, self.params, self.stops, self.parser = prompt_ids, params, stops, parser
+        self.prefix = prefix  # forced tool call opening: in the prompt, and fed to the parser
 
 
 async def handle(request: web.Request, manager: ModelManager) -> web.StreamResponse:
@@ -158,10 +160,11 @@ async def _plan(
     messages = prompt.template_messages(body.messages, vision=vision)
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = prompt.template_tools(body.tools) if use_tools else None
-    ids = await asyncio.to_thread(model.encode_chat, messages, tools)
-    budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
     parser = get_parser(tool_parser) if use_tools and tool_parser != "none" else None
-    return Plan(ids, prompt.sampling_params(body, budget), body.stop_list, parser)
+    prefix = prompt.tool_call_prefix(body, parser, model.model_id)
+    ids = await asyncio.to_thread(model.encode_chat, messages, tools, prefix=prefix)
+    budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
+    return Plan(ids, prompt.sampling_params(body, budget), body.stop_list, parser, prefix)
 
 
 async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenerator[str, None]:
@@ -200,7 +203,7 @@ async def _complete(
     content: str | None = text
     calls: list[openai.ToolCall] = []
     if plan.parser is not None:
-        content, calls = plan.parser().parse_complete(text)
+        content, calls = plan.parser().parse_complete(plan.prefix + text)
     message = openai.ResponseMessage(content=content, tool_calls=calls or None)
     finish = "tool_calls" if calls else outcome.finish_reason
     return openai.ChatCompletion(
@@ -226,6 +229,8 @@ async def _stream(
     write = response.write
     parser = plan.parser() if plan.parser is not None else None
     try:
+        for piece in parser.feed(plan.prefix) if parser is not None else ():
+            await write(_piece(enc, piece))
         async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
             async for text in stream:
                 if parser is None:

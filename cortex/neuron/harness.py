@@ -80,13 +80,17 @@ class LoadedModel(ABC):
 
     @abstractmethod
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
     ) -> list[int]:
-        """Apply the chat template (with the generation prompt) and tokenize.
+        """Apply the chat template (with the generation prompt), append ``prefix`` and tokenize.
 
         ``messages`` are chat-template dicts: role, content (str), optional tool_calls (with
-        ``function.arguments`` as a dict) and tool_call_id. Raises InvalidRequest when the
-        template rejects the conversation.
+        ``function.arguments`` as a dict) and tool_call_id. ``prefix`` is assistant text the
+        reply starts with (a forced tool call's opening, tools.py). Raises InvalidRequest when
+        the template rejects the conversation or cannot render ``tools``.
         """
 
     @abstractmethod

@@ -15,6 +15,7 @@ import msgspec
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.harness import SamplingParams
+from cortex.neuron.tools import ToolParser
 from cortex.protocol import openai
 
 DEFAULT_MAX_TOKENS = 4096
@@ -47,6 +48,30 @@ def template_messages(messages: list[openai.Message], *, vision: bool) -> list[d
 
 def template_tools(tools: list[openai.Tool] | None) -> list[dict[str, Any]] | None:
     return [msgspec.to_builtins(t) for t in tools] if tools else None
+
+
+def tool_call_prefix(
+    request: openai.ChatCompletionRequest, parser: type[ToolParser] | None, model_id: str
+) -> str:
+    """The text a forced ``tool_choice`` starts the assistant turn with; "" when not forced.
+
+    "required" and a named tool are honoured through the parser's call prefix (tools.py), so the
+    model can only continue a tool call; a model whose tool_parser cannot force one refuses
+    them with a 400 rather than ignore them. (A name missing from ``tools`` was refused when the
+    request was decoded.)
+    """
+    choice = request.tool_choice
+    if not request.tools or choice is None or choice in ("auto", "none"):
+        return ""
+    name = choice.function.name if isinstance(choice, openai.NamedToolChoice) else None
+    prefix = parser.call_prefix(name) if parser is not None else None
+    if prefix is None:
+        raise InvalidRequest(
+            f'model {model_id} cannot honour a forced tool_choice: its tool_parser is "none" '
+            'and cannot force a call (set tool_parser = "hermes" in its models.toml entry)',
+            param="tool_choice",
+        )
+    return prefix
 
 
 def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:

@@ -3,8 +3,10 @@
 A relative name is looked up in each root in order; an absolute path must already be inside a
 root. Both are resolved (symlinks followed, ``..`` collapsed) before the containment check, so
 neither ``..`` nor a symlink can escape. ``hf:org/name`` is a hub id, allowed only when the
-neuron allows hub downloads. A local directory must hold ``*.safetensors`` weights: pickled
-checkpoints can run code when loaded and are never accepted.
+neuron allows hub downloads. A local source is a directory holding ``*.safetensors`` weights or
+one ``.gguf`` file (llama.cpp / Ollama weights, with tokenizer and chat template inside): pickled
+checkpoints can run code when loaded and are never accepted. Every file of a directory must
+resolve inside the roots too, so a weight file symlinked in from elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -15,13 +17,24 @@ from pathlib import Path
 from cortex.errors import InvalidRequest
 
 HUB_PREFIX = "hf:"
+GGUF_SUFFIX = ".gguf"
 
 
 def resolve_source(source: str, roots: Sequence[str], *, allow_hub_download: bool) -> str:
-    """A resolved local directory, or a bare hub id (``org/name``). Raises InvalidRequest."""
+    """A resolved local directory or ``.gguf`` file, or a bare hub id (``org/name``).
+    Raises InvalidRequest."""
     if source.startswith(HUB_PREFIX):
         return _hub_id(source[len(HUB_PREFIX) :], allow_hub_download)
-    path = _inside_roots(source, [Path(r).resolve() for r in roots])
+    resolved_roots = [Path(r).resolve() for r in roots]
+    path = _inside_roots(source, resolved_roots)
+    if path.is_file():
+        return str(path)
+    for entry in path.iterdir():
+        if _escapes(entry, resolved_roots):
+            raise InvalidRequest(
+                f"model source {source!r}: {entry.name} links outside the neuron's model_roots",
+                param="source",
+            )
     if not any(path.glob("*.safetensors")):
         raise InvalidRequest(
             f"model source {source!r} has no *.safetensors weights (other formats are refused)",
@@ -48,11 +61,23 @@ def _inside_roots(source: str, roots: list[Path]) -> Path:
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     for candidate in candidates:
         resolved = candidate.resolve()
-        if not any(resolved.is_relative_to(root) for root in roots):
-            continue
-        if resolved.is_dir():
+        gguf = resolved.suffix == GGUF_SUFFIX and resolved.is_file()
+        if _within(resolved, roots) and (resolved.is_dir() or gguf):
             return resolved
     raise InvalidRequest(
-        f"model source {source!r} is not a directory inside the neuron's model_roots",
+        f"model source {source!r} is not a directory or {GGUF_SUFFIX} file inside the "
+        "neuron's model_roots",
         param="source",
     )
+
+
+def _within(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def _escapes(entry: Path, roots: list[Path]) -> bool:
+    """True when ``entry`` resolves outside the roots (or cannot be resolved: a link loop)."""
+    try:
+        return not _within(entry.resolve(), roots)
+    except (OSError, RuntimeError):
+        return True

@@ -5,6 +5,10 @@ text as it streams and returns events the neuron maps one-to-one onto OpenAI str
 streaming and non-streaming paths share one parser. Parsers are registered by name (a model
 entry's ``tool_parser``); "none" passes text through untouched.
 
+A forced ``tool_choice`` (required, or one named tool) is honoured by starting the assistant
+turn with the parser's ``call_prefix``: the model can then only continue a tool call, and the
+neuron feeds the same prefix to the parser before the generated text.
+
 Contract: ``feed`` and ``finish`` never raise on model output. Markup that does not parse comes
 back verbatim as content, so a confused model degrades to text instead of a failed request. A
 parser instance serves one sequence; it is not thread-safe.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -57,6 +61,12 @@ class ToolParser(ABC):
 
     saw_tool_calls: bool = False
     """True once a tool call was emitted: the finish_reason must then be "tool_calls"."""
+
+    @classmethod
+    def call_prefix(cls, name: str | None) -> str | None:
+        """Text that opens a call (of tool ``name``, or of any tool for None); None when this
+        markup cannot be forced."""
+        return None
 
     @abstractmethod
     def feed(self, text: str) -> list[ParsedEvent]:
@@ -123,6 +133,14 @@ class HermesParser(ToolParser):
     was chunked.
     """
 
+    @classmethod
+    def call_prefix(cls, name: str | None) -> str:
+        """``<tool_call>`` and a newline, then ``{"name": NAME, "arguments": `` for a named tool:
+        the layout the hermes/Qwen templates show the model."""
+        if name is None:
+            return _OPEN + "\n"
+        return f'{_OPEN}\n{{"name": {_encoder.encode(name).decode()}, "arguments": '
+
     def __init__(self) -> None:
         self._buf = ""
         self._in_call = False
@@ -188,12 +206,12 @@ class HermesParser(ToolParser):
         return event
 
 
-PARSERS: Mapping[str, Callable[[], ToolParser]] = MappingProxyType(
+PARSERS: Mapping[str, type[ToolParser]] = MappingProxyType(
     {"hermes": HermesParser, "none": PassthroughParser}
 )
 
 
-def get_parser(name: str) -> Callable[[], ToolParser]:
+def get_parser(name: str) -> type[ToolParser]:
     """The factory registered under ``name``; one parser per generated sequence."""
     try:
         return PARSERS[name]

@@ -163,6 +163,22 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.logprobs:
             # No harness returns logprobs: refuse rather than answer without them.
             refuse("logprobs", "logprobs are not supported; omit the field or send false")
+        self._check_tool_choice()
+
+    def _check_tool_choice(self) -> None:
+        """A forced choice needs tools, a named one a tool of that name (as OpenAI checks):
+        otherwise the neuron could only ignore it."""
+        choice = self.tool_choice
+        if choice is None or choice in ("auto", "none"):
+            return
+        names = {tool.function.name for tool in self.tools or ()}
+        if not names:
+            raise msgspec.ValidationError("a forced tool_choice needs tools - at `$.tool_choice`")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise msgspec.ValidationError(
+                f"tool_choice names {choice.function.name!r}, which is not in tools"
+                " - at `$.tool_choice`"
+            )
 
     @property
     def stop_list(self) -> list[str]:

@@ -315,6 +315,17 @@ def test_tool_choice_mapping(choice: dict[str, Any], expected: Any, parallel: bo
     assert (out.tool_choice, out.parallel_tool_calls) == (expected, parallel)
 
 
+def test_a_named_tool_choice_missing_from_tools_is_refused() -> None:
+    req = anthropic_request(
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[tool_schema(2)],
+        tool_choice={"type": "tool", "name": "Tool9"},
+    )
+    with pytest.raises(InvalidRequest, match="'Tool9' is not in tools") as err:
+        messages_to_openai(req, "m", vision=False)
+    assert err.value.param == "tool_choice.name"
+
+
 # --------------------------------------------------------------------------- responses
 
 

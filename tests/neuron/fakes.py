@@ -40,12 +40,15 @@ class FakeModel(LoadedModel):
         self.unloaded = False
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
     ) -> list[int]:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         if tools:
             text += "".join(t["function"]["name"] for t in tools)
-        return [ord(c) for c in text]
+        return [ord(c) for c in text + prefix]
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams

@@ -330,6 +330,54 @@ async def test_tool_calls_non_stream_and_stream(client: Client) -> None:
     assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+NAMED = {"type": "function", "function": {"name": "get_time"}}
+
+
+async def test_named_tool_choice_starts_the_turn_with_that_call(client: Client) -> None:
+    """The fake model (a test double) only continues the forced prefix: the call the client
+    gets is prefix + output, parsed as one."""
+    await load(client)
+    rest = 'say:{"tz": "UTC"}}</tool_call>'
+    _, body = await chat(client, rest, tools=TOOLS, tool_choice=NAMED)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"] == {
+        "name": "get_time",
+        "arguments": '{"tz":"UTC"}',
+    }
+    _, auto = await chat(client, rest, tools=TOOLS)  # the fake's tokens are characters
+    prefix = '<tool_call>\n{"name": "get_time", "arguments": '
+    assert body["usage"]["prompt_tokens"] == auto["usage"]["prompt_tokens"] + len(prefix)
+    events = await stream(client, rest, tools=TOOLS, tool_choice=NAMED)
+    calls = [
+        e["choices"][0]["delta"] for e in events[:-1] if e["choices"][0]["delta"].get("tool_calls")
+    ]
+    assert calls[0]["tool_calls"][0]["function"]["name"] == "get_time"
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_required_tool_choice_opens_a_call_block(client: Client) -> None:
+    await load(client)
+    rest = 'say:{"name": "get_time", "arguments": {}}</tool_call>'
+    _, body = await chat(client, rest, tools=TOOLS, tool_choice="required")
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_time"
+
+
+async def test_forced_tool_choice_without_a_parser_is_400(client: Client) -> None:
+    await load(client, tool_parser="none")
+    status, body = await chat(client, "hi", tools=TOOLS, tool_choice="required")
+    assert status == 400 and body["error"]["param"] == "tool_choice"
+    assert 'tool_parser = "hermes"' in body["error"]["message"]
+
+
+async def test_a_named_tool_missing_from_tools_is_400(client: Client) -> None:
+    await load(client)
+    other = {"type": "function", "function": {"name": "launch"}}
+    status, body = await chat(client, "hi", tools=TOOLS, tool_choice=other)
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert "launch" in body["error"]["message"]
+
+
 async def test_without_tools_markup_stays_content(client: Client) -> None:
     await load(client)
     _, body = await chat(client, CALL)

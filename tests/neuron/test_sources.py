@@ -81,3 +81,34 @@ def test_hub_source_refused_unless_allowed(root: Path) -> None:
 def test_malformed_hub_ids_are_rejected(root: Path, source: str) -> None:
     with pytest.raises(InvalidRequest, match="hf:org/name"):
         resolve(source, root, hub=True)
+
+
+def test_a_gguf_file_inside_a_root_is_a_source(root: Path) -> None:
+    (root / "smol").mkdir()
+    (root / "smol" / "model.Q4_1.gguf").write_bytes(b"GGUF")
+    assert resolve("smol/model.Q4_1.gguf", root) == str(
+        (root / "smol" / "model.Q4_1.gguf").resolve()
+    )
+
+
+def test_a_file_that_is_not_gguf_is_refused(root: Path) -> None:
+    with pytest.raises(InvalidRequest, match=r"directory or \.gguf file"):
+        resolve("tiny/model.safetensors", root)
+
+
+def test_a_gguf_symlinked_from_outside_the_roots_is_refused(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.gguf"
+    outside.write_bytes(b"GGUF")
+    (root / "linked.gguf").symlink_to(outside)
+    with pytest.raises(InvalidRequest, match="model_roots"):
+        resolve("linked.gguf", root)
+
+
+def test_a_weight_file_symlinked_from_outside_the_roots_is_refused(
+    root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"")
+    (root / "tiny" / "extra.safetensors").symlink_to(outside)
+    with pytest.raises(InvalidRequest, match=r"extra\.safetensors links outside"):
+        resolve("tiny", root)

@@ -123,6 +123,15 @@ def _body(**overrides: object) -> bytes:
             "tools[0].function.name",
             ["length >= 1"],
         ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "read"}}],
+                "tool_choice": {"type": "function", "function": {"name": "write"}},
+            },
+            "tool_choice",
+            ["'write'", "not in tools"],
+        ),
+        ({"tool_choice": "required"}, "tool_choice", ["needs tools"]),
     ],
 )
 def test_rejection_names_field_bound_and_value(

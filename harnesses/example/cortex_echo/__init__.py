@@ -42,9 +42,13 @@ class EchoModel(LoadedModel):
         self._unloaded = False
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
     ) -> list[int]:
-        """Render ``RS role US content`` per message plus the assistant prompt; ids = code points.
+        """Render ``RS role US content`` per message plus the assistant prompt and ``prefix``;
+        ids = code points.
 
         Separator characters inside content are dropped so they cannot forge a message. Tools
         are accepted and ignored: this model never calls one.
@@ -57,7 +61,7 @@ class EchoModel(LoadedModel):
                 raise InvalidRequest("echo: each message needs a string role and content")
             clean = content.replace(_RECORD, "").replace(_UNIT, "")
             parts.append(f"{_RECORD}{role}{_UNIT}{clean}")
-        parts.append(f"{_RECORD}assistant{_UNIT}")
+        parts.append(f"{_RECORD}assistant{_UNIT}{prefix}")
         ids = [ord(ch) for ch in "".join(parts)]
         if len(ids) > self.context_length:
             raise ContextLengthExceeded(

@@ -14,7 +14,6 @@ from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jinja2
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -32,12 +31,15 @@ from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
 from cortex_transformers.estimate import weight_bytes
+from cortex_transformers.gguf_source import GGUFHeaderError
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
+    TEMPLATE_ERRORS,
     eos_ids,
     load_model,
     load_tokenizer,
     resolve_dtype,
+    tools_template,
 )
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
@@ -63,6 +65,7 @@ class TransformersModel(LoadedModel):
         self.bytes_used = weights + pool.bytes
         self._model: PreTrainedModel | None = model
         self._tokenizer = tokenizer
+        self._tools_template = tools_template(tokenizer, request.tool_parser)
         self._eos_ids = eos_ids(model, tokenizer)
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self._scheduler: Scheduler | None = Scheduler(
@@ -93,19 +96,30 @@ class TransformersModel(LoadedModel):
         )
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
     ) -> list[int]:
+        if tools and self._tools_template is None:
+            raise InvalidRequest(
+                f"the chat template of {self.model_id} cannot render tools; set "
+                'tool_parser = "hermes" in its models.toml entry (cortex\'s ChatML tool template) '
+                "or a chat_template that renders them",
+                param="tools",
+            )
         try:
-            ids = self._tokenizer.apply_chat_template(
+            text = self._tokenizer.apply_chat_template(
                 messages,
                 tools=tools or None,  # type: ignore[arg-type]
+                chat_template=self._tools_template if tools else None,
                 add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
+                tokenize=False,
             )
-        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
+        except TEMPLATE_ERRORS as exc:
             raise InvalidRequest(f"the chat template rejected the conversation: {exc}") from exc
-        return list(ids)
+        # What apply_chat_template(tokenize=True) does, with the forced prefix appended first.
+        return list(self._tokenizer.encode(str(text) + prefix, add_special_tokens=False))
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams
@@ -199,10 +213,12 @@ class TransformersHarness(Harness):
     def estimate_bytes(self, request: LoadRequest, path: str) -> int:
         """Weights only: the KV reserve depends on the memory budget given at load time."""
         device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        directory = Path(path)
-        if not directory.is_dir():
-            return 0
-        return weight_bytes(directory, request.quantization, resolve_dtype(request.dtype, device))
+        try:
+            return weight_bytes(
+                Path(path), request.quantization, resolve_dtype(request.dtype, device)
+            )
+        except GGUFHeaderError as exc:
+            raise InvalidRequest(str(exc), param="source") from None
 
 
 def release_memory(device: str) -> None:

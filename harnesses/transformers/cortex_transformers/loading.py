@@ -2,7 +2,7 @@
 
 Maps cortex's quantization/dtype vocabulary onto transformers' and bitsandbytes' options, and
 turns library failures into InvalidRequest / InsufficientMemory with messages an operator can act
-on.
+on. ``path`` is a directory of safetensors (or a hub id) or one ``.gguf`` file (gguf_source.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import jinja2
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -22,6 +23,17 @@ from transformers import (
 from cortex.errors import InsufficientMemory, InvalidRequest
 from cortex.neuron.harness import LoadOptions
 from cortex.protocol.neuron import LoadRequest
+from cortex_transformers import gguf_source
+from cortex_transformers.demo import CHAT_TEMPLATE as HERMES_TEMPLATE
+
+TEMPLATE_ERRORS = (jinja2.TemplateError, ValueError, TypeError, KeyError)
+_PROBE = "cortex_tool_probe"
+_PROBE_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {"name": _PROBE, "parameters": {"type": "object", "properties": {}}},
+    }
+]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,11 +73,22 @@ def _hub_kwargs(request: LoadRequest, options: LoadOptions) -> dict[str, Any]:
     }
 
 
+def _location(path: str) -> tuple[str, dict[str, Any]]:
+    """from_pretrained's location arguments: a GGUF is its directory plus ``gguf_file``."""
+    if gguf_source.is_gguf(path):
+        directory, name = gguf_source.split(path)
+        return directory, {"gguf_file": name}
+    return path, {}
+
+
 def load_tokenizer(
     request: LoadRequest, path: str, options: LoadOptions
 ) -> PreTrainedTokenizerBase:
+    location, files = _location(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **_hub_kwargs(request, options))
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, **files, **_hub_kwargs(request, options)
+        )
     except (OSError, ValueError) as exc:
         raise InvalidRequest(
             f"cannot load a tokenizer from {path!r}: {exc}", param="source"
@@ -79,20 +102,48 @@ def load_tokenizer(
     return tokenizer
 
 
+def tools_template(tokenizer: PreTrainedTokenizerBase, tool_parser: str) -> str | None:
+    """The template for requests with tools: the model's own when it renders them; else
+    cortex's ChatML + hermes template (chat_template.jinja) when the entry's tool_parser is
+    "hermes"; else None, and such requests are refused. Many small models' templates (SmolLM2's
+    among them) silently drop ``tools``: rendering a probe tool tells them apart."""
+    own = tokenizer.get_chat_template(None, _PROBE_TOOLS)
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}],
+            tools=_PROBE_TOOLS,  # type: ignore[arg-type]
+            chat_template=own,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    except TEMPLATE_ERRORS:
+        rendered = ""
+    if _PROBE in str(rendered):
+        return str(own)
+    return HERMES_TEMPLATE if tool_parser == "hermes" else None
+
+
 def load_model(
     request: LoadRequest, path: str, device: str, options: LoadOptions
 ) -> PreTrainedModel:
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise InvalidRequest(f"device {device!r} is not available here", param="device")
+    location, files = _location(path)
+    quantization = quantization_config(request.quantization, device)
+    # transformers cannot quantize while it dequantises a GGUF: load it plain, then requantize.
+    requantize = quantization is not None and bool(files)
+    weights = files or {"use_safetensors": True}  # never a pickled checkpoint
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            location,
             dtype=resolve_dtype(request.dtype, device),
-            quantization_config=quantization_config(request.quantization, device),
-            device_map={"": device},
-            use_safetensors=True,
+            quantization_config=None if requantize else quantization,
+            device_map={"": "cpu" if requantize else device},
+            **weights,
             **_hub_kwargs(request, options),
         )
+        if requantize and quantization is not None:
+            model = gguf_source.requantize(model, quantization, device)
     except torch.OutOfMemoryError as exc:
         raise InsufficientMemory(f"{request.model} does not fit on {device}: {exc}") from exc
     except (OSError, ValueError, ImportError) as exc:

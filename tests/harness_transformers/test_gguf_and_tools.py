@@ -1,0 +1,123 @@
+"""GGUF headers and sizing, the tools template fallback, and the forced-call prefix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from cortex_transformers.gguf_source import GGUFHeaderError, tensor_shapes
+from cortex_transformers.harness import TransformersHarness
+
+from cortex import starter
+from cortex.errors import InvalidRequest
+from cortex.protocol.neuron import LoadRequest
+
+from .conftest import load
+from .test_harness import TOOLS
+
+# ChatML without a tools block: the shape of SmolLM2's own template.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GGUF written with the gguf package: string and string-array metadata (as tokenizers
+    store them) before the tensor table, an embedding, a linear and a norm."""
+    path = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("tokenizer.chat_template", CHATML)
+    writer.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(300)])
+    writer.add_array("tokenizer.ggml.scores", [0.5] * 300)
+    writer.add_uint32("llama.context_length", 128)
+    writer.add_tensor("token_embd.weight", np.zeros((300, 16), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((16, 16), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_norm.weight", np.zeros((16,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_tensor_shapes_come_from_the_header(small_gguf: Path) -> None:
+    # GGUF stores dims innermost first: numpy (300, 16) is [16, 300].
+    assert tensor_shapes(small_gguf) == [
+        ("token_embd.weight", [16, 300]),
+        ("blk.0.attn_q.weight", [16, 16]),
+        ("blk.0.attn_norm.weight", [16]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "quantization", "expected"),
+    [
+        ("float32", "none", (4800 + 256 + 16) * 4),
+        ("bfloat16", "none", (4800 + 256 + 16) * 2),
+        # Only the 2-D linear is quantized; the embedding and the norm keep the dtype.
+        ("float32", "4bit", (4800 + 16) * 4 + 256 * (0.5 + 4 / 64)),
+    ],
+)
+def test_estimate_reads_a_gguf_dequantised_to_the_dtype(
+    small_gguf: Path, dtype: str, quantization: str, expected: float
+) -> None:
+    request = LoadRequest(model="m", source="s", dtype=dtype, quantization=quantization)  # type: ignore[arg-type]
+    assert TransformersHarness().estimate_bytes(request, str(small_gguf)) == int(expected)
+
+
+def test_a_broken_gguf_is_a_bad_source(tmp_path: Path, small_gguf: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all")
+    truncated = tmp_path / "short.gguf"
+    truncated.write_bytes(small_gguf.read_bytes()[:100])
+    for path in (junk, truncated):
+        with pytest.raises(InvalidRequest) as err:
+            TransformersHarness().estimate_bytes(LoadRequest(model="m", source="s"), str(path))
+        assert err.value.param == "source"
+    with pytest.raises(GGUFHeaderError, match="ends early"):
+        tensor_shapes(truncated)
+
+
+def test_starter_gguf_estimate_matches_its_parameter_count() -> None:
+    path = starter.cached()
+    if path is None:
+        pytest.skip("the SmolLM2 GGUF is not cached (make model-fetch)")
+    shapes = tensor_shapes(path)
+    assert sum(math.prod(s) for _, s in shapes) == 134_515_008  # SmolLM2-135M
+    request = LoadRequest(model="m", source="s", dtype="float32")
+    assert TransformersHarness().estimate_bytes(request, str(path)) == 134_515_008 * 4
+
+
+def test_a_template_without_tools_falls_back_to_hermes_when_asked(demo_dir: Path) -> None:
+    model = load(demo_dir, chat_template=CHATML, tool_parser="hermes")
+    try:
+        text = model._tokenizer.decode(model.encode_chat(HELLO, TOOLS))
+        assert "<tools>" in text and '"name": "get_weather"' in text and "<tool_call>" in text
+        # Without tools the model's own template still renders the conversation.
+        plain = model._tokenizer.decode(model.encode_chat(HELLO, None))
+        assert plain == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    finally:
+        model.unload()
+
+
+def test_a_template_without_tools_refuses_them_without_a_parser(demo_dir: Path) -> None:
+    model = load(demo_dir, chat_template=CHATML, tool_parser="none")
+    try:
+        with pytest.raises(InvalidRequest) as err:
+            model.encode_chat(HELLO, TOOLS)
+        assert err.value.param == "tools"
+        assert "demo" in err.value.message and 'tool_parser = "hermes"' in err.value.message
+    finally:
+        model.unload()
+
+
+def test_prefix_is_the_start_of_the_assistant_turn(demo) -> None:
+    prefix = '<tool_call>\n{"name": "get_weather", "arguments": '
+    text = demo._tokenizer.decode(demo.encode_chat(HELLO, TOOLS, prefix=prefix))
+    assert text.endswith("<|im_start|>assistant\n" + prefix)
