@@ -41,6 +41,7 @@ class GatewaySection(_Strict, frozen=True):
     listen: str = "127.0.0.1:31313"
     metrics_listen: str = "127.0.0.1:31314"
     models: str = "models.toml"
+    state_file: str = "cortex-state.json"
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
     poll_interval_s: PositiveSeconds = 2.0

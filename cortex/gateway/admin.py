@@ -164,7 +164,7 @@ async def model_action(request: web.Request) -> web.Response:
         raise InvalidRequest(f"unknown node {body.node!r}", param="node")
     fleet = gateway.fleet
     if action in ("pin", "unpin"):
-        fleet.pin_overrides[entry.id] = action == "pin"
+        fleet.set_pin(entry.id, action == "pin")
         if action == "pin":
             gateway.loader.ensure_pinned()
         return _json(ActionResult(model=entry.id, action=action + "ned"))

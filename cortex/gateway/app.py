@@ -39,6 +39,7 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
+from cortex.gateway.pins import PinStore
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.service import GATEWAY, Gateway
 
@@ -203,8 +204,13 @@ async def drop_events(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Application:
-    """The application; nothing runs until it is started (fleet polling starts in cleanup_ctx)."""
+def make_app(
+    config: cfg.CortexConfig, models: cfg.ModelsConfig, state_path: Path | None = None
+) -> web.Application:
+    """The application; nothing runs until it is started (fleet polling starts in cleanup_ctx).
+
+    ``state_path``: where runtime pins are kept across restarts (None: in memory only).
+    """
     max_body = int(config.gateway.max_body_mb * 1_000_000)
     app = web.Application(
         client_max_size=max_body,
@@ -220,6 +226,8 @@ def make_app(config: cfg.CortexConfig, models: cfg.ModelsConfig) -> web.Applicat
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         fleet = Fleet(config, catalogue.by_id, session)
+        fleet.pins = PinStore(state_path)
+        fleet.pin_overrides = fleet.pins.load()
         loader = Loader(config, fleet, session)
         gateway = Gateway(config, catalogue, fleet, loader, session)
         app[GATEWAY] = gateway
@@ -275,7 +283,8 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
     """Run the gateway until SIGINT/SIGTERM (the CLI calls this after --check passed)."""
     models = cfg.load_models(cfg.resolve_relative(config_path, config.gateway.models))
     host, port = cfg.split_listen(config.gateway.listen)
-    app = make_app(config, models)
+    state = config.gateway.state_file
+    app = make_app(config, models, cfg.resolve_relative(config_path, state) if state else None)
     app.cleanup_ctx.append(listener(*cfg.split_listen(config.gateway.metrics_listen)))
     app.cleanup_ctx.append(reload.on_sighup(config_path))
     web.run_app(

@@ -22,6 +22,7 @@ import aiohttp
 import msgspec
 
 from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
+from cortex.gateway.pins import PinStore
 from cortex.gateway.state import FleetView, GatewayUsage, fleet_from_statuses
 from cortex.protocol.neuron import NeuronStatus
 from cortex.protocol.openai import ModelList
@@ -95,6 +96,7 @@ class Fleet:
         self.neurons = {ref.name: NeuronState(ref) for ref in config.neurons}
         self.upstreams = {ref.name: UpstreamState(ref) for ref in config.upstreams}
         self.usage: dict[tuple[str, str], Usage] = {}
+        self.pins = PinStore(None)  # the app sets the file; tests may leave it in memory
         self.pin_overrides: dict[str, bool] = {}
         self._changed: asyncio.Future[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}  # "neuron:NAME" / "upstream:NAME"
@@ -182,6 +184,11 @@ class Fleet:
         return changes
 
     # ------------------------------------------------------------------ reading
+
+    def set_pin(self, model: str, pinned: bool) -> None:
+        """A runtime pin or unpin: applied at once, saved for the next start."""
+        self.pin_overrides[model] = pinned
+        self.pins.save(self.pin_overrides)
 
     def catalogue(self) -> dict[str, ModelEntry]:
         """The catalogue with runtime pin/unpin applied."""

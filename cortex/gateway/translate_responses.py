@@ -9,7 +9,9 @@ Choices that are not forced by either spec:
   first (translate.py merges Anthropic's system messages the same way).
 - ``function_call`` items join the assistant message before them (or start one), so parallel
   calls stay one assistant turn; ``function_call_output`` items become tool messages. Images in
-  a function output move into a user message after the tool messages (tool messages carry text).
+  a function output move into a user message after the tool messages (tool messages carry text);
+  for a model without vision they become translate.py's short note instead, so a screenshot
+  tool does not end the session (an image in the user's own message is still a 400).
 - ``reasoning`` items are dropped (another model's reasoning, often encrypted); ``item_reference``
   is refused (nothing is stored to resolve it); so are ``input_file`` parts and file-id images.
 - Tools other than ``function`` are dropped and not echoed back: cortex runs none of them.
@@ -26,6 +28,7 @@ import time
 import msgspec
 
 from cortex.errors import InvalidRequest, UpstreamError
+from cortex.gateway.translate import IMAGE_NOTE
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
 
@@ -162,7 +165,7 @@ class _Conversation:
         if isinstance(item.output, str):
             text = item.output
         else:
-            parts = self._parts(item.output, f"{where}.output")
+            parts = self._parts(item.output, f"{where}.output", tool_output=True)
             text = "\n\n".join(p.text for p in parts if isinstance(p, oa.TextPart))
             self._images += [p for p in parts if not isinstance(p, oa.TextPart)]
         self._messages.append(oa.ToolMessage(content=text, tool_call_id=item.call_id))
@@ -190,7 +193,10 @@ class _Conversation:
         return "\n\n".join(p.text for p in parts if isinstance(p, oa.TextPart))
 
     def _parts(
-        self, content: list[rs.ContentPart] | list[rs.FunctionOutputPart], where: str
+        self,
+        content: list[rs.ContentPart] | list[rs.FunctionOutputPart],
+        where: str,
+        tool_output: bool = False,
     ) -> list[oa.ContentPart]:
         out: list[oa.ContentPart] = []
         for j, part in enumerate(content):
@@ -199,6 +205,8 @@ class _Conversation:
                     out.append(oa.TextPart(part.text))
                 case rs.Refusal():
                     out.append(oa.TextPart(part.refusal))
+                case rs.InputImage() if tool_output and not self._vision:
+                    out.append(oa.TextPart(IMAGE_NOTE))
                 case rs.InputImage():
                     out.append(self._image(part, f"{where}[{j}]"))
                 case rs.InputFile():

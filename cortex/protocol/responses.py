@@ -11,13 +11,13 @@ response or conversation are refused with a 400 naming them, not silently ignore
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from cortex import protocol
 from cortex.errors import InvalidRequest
+from cortex.protocol.bounds import check_nesting, check_normal, refuse
 from cortex.protocol.openai import MaxTokens, Temperature, TopP
 
 # --------------------------------------------------------------------------- input items
@@ -108,6 +108,7 @@ class ToolParam(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         if self.type == "function" and not self.name:
             raise ValueError("a function tool needs a name")
+        check_nesting(self.parameters, "parameters")
 
 
 class ToolChoiceParam(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -124,6 +125,9 @@ class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
     schema: dict[str, Any] | None = None
     strict: bool | None = None
     description: str | None = None
+
+    def __post_init__(self) -> None:
+        check_nesting(self.schema, "schema")
 
 
 class TextConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -164,25 +168,19 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     prompt: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise msgspec.ValidationError(f"Expected a finite number - at `$.{name}`")
+        check_normal(self.temperature, "temperature")
+        check_normal(self.top_p, "top_p")
         if self.store:
-            _refuse("store", "cortex stores no responses; send store: false (or omit it)")
+            refuse("store", "cortex stores no responses; send store: false (or omit it)")
         for name in ("previous_response_id", "conversation", "prompt"):
             if getattr(self, name) is not None:
-                _refuse(name, "cortex stores no responses; send the whole conversation in input")
+                refuse(name, "cortex stores no responses; send the whole conversation in input")
         if self.background:
-            _refuse("background", "background responses are not supported")
+            refuse("background", "background responses are not supported")
 
     @property
     def function_tools(self) -> list[ToolParam]:
         return [t for t in self.tools or [] if t.type == "function"]
-
-
-def _refuse(field: str, why: str) -> None:
-    raise msgspec.ValidationError(f"{why} - at `$.{field}`")
 
 
 def decode_request(body: bytes) -> ResponsesRequest:

@@ -10,6 +10,7 @@ import pytest
 
 from cortex.errors import InvalidRequest, UpstreamError
 from cortex.gateway.responses_stream import ResponsesStreamTranslator
+from cortex.gateway.translate import IMAGE_NOTE
 from cortex.gateway.translate_responses import (
     openai_to_response,
     response_skeleton,
@@ -129,9 +130,15 @@ def test_function_output_images_follow_as_a_user_message() -> None:
     assert chat.messages[2] == oa.UserMessage(
         content=[oa.ImagePart(oa.ImageURL("data:image/png;base64,AAAA"))]
     )
+    # A text-only model gets a note in the tool message: a screenshot tool must not end a session.
+    text_only = responses_to_openai(request(input=items), "coder", vision=False)
+    assert text_only.messages[1] == oa.ToolMessage(content=IMAGE_NOTE, tool_call_id="c1")
+    assert len(text_only.messages) == 3
+    # An image in the user's own message is refused.
+    own = [{"role": "user", "content": [image]}]
     with pytest.raises(InvalidRequest, match="does not accept images") as err:
-        responses_to_openai(request(input=items), "coder", vision=False)
-    assert err.value.param == "input[1].output[0]"
+        responses_to_openai(request(input=own), "coder", vision=False)
+    assert err.value.param == "input[0].content[0]"
 
 
 @pytest.mark.parametrize(

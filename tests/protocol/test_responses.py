@@ -15,6 +15,9 @@ from cortex.protocol import responses as rs
 # Codex CLI 0.171's first request of `codex exec "Say hi"`, captured at the gateway, with its
 # long instruction texts and most of its 12 tools cut short (shapes and fields unchanged).
 CODEX_REQUEST = (Path(__file__).parent / "codex_request.json").read_bytes()
+DEEP: dict[str, object] = {}
+for _ in range(80):
+    DEEP = {"items": DEEP}
 
 
 def test_codex_request_decodes() -> None:
@@ -65,6 +68,12 @@ def test_later_turn_items_decode() -> None:
         ({"input": [{"content": "no role"}]}, "input[0].role", "Missing required"),
         ({"tools": [{"type": "function"}]}, "tools[0]", "needs a name"),
         ({"max_output_tokens": 0}, "max_output_tokens", ">= 1"),
+        ({"temperature": 1e-40}, "temperature", "magnitude"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": DEEP}]},
+            "tools[0]",
+            "nested deeper",
+        ),
     ],
 )
 def test_refusals_name_the_field(extra: dict[str, object], param: str, words: str) -> None:
