@@ -233,6 +233,7 @@ def make_app(
         app[GATEWAY] = gateway
         app[METRICS].attach(gateway)
         fleet.on_node_up.append(loader.ensure_pinned)
+        fleet.on_node_down.append(loader.node_down)
         await fleet.start()
         loader.spawn(loader.reap_idle())
         loader.ensure_pinned()

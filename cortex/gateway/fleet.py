@@ -1,12 +1,14 @@
 """The one owner of fleet state: neuron statuses, upstream model lists and the gateway's counts.
 
 One poll loop per neuron (``GET /status`` every ``poll_interval_s``, at once after a load or an
-unload via ``refresh``), with back-off while a node is down. Everything runs on the event loop,
+unload via ``refresh``); a down node is probed at least every ``DOWN_PROBE_S`` so its return is
+seen at once. Everything runs on the event loop,
 so there are no locks: handlers read ``view()`` snapshots and bump counters synchronously.
 A node that comes back is re-read, never assumed: its status replaces whatever was known.
 
 Health: up after a good poll; suspect after one failed poll or a mid-stream failure (routing
-avoids it while another node serves); down after two failed polls in a row.
+avoids it while another node serves); down after two failed polls in a row. ``on_node_up`` and
+``on_node_down`` callbacks fire on those transitions (the loader re-places pinned models).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cortex.protocol.openai import ModelList
 
 log = logging.getLogger("cortex.gateway.fleet")
 
-MAX_BACKOFF_S = 30.0
+DOWN_PROBE_S = 2.0
 _status_decoder = msgspec.json.Decoder(NeuronStatus)
 _models_decoder = msgspec.json.Decoder(ModelList)
 
@@ -69,6 +71,12 @@ class UpstreamState:
     error: str | None = None
 
 
+def probe_delay(interval: float, down: bool) -> float:
+    """Seconds to the next poll: a down node no less often than every DOWN_PROBE_S (issue:
+    a back-off growing to 30 s saw a returning neuron up to 14 s late)."""
+    return min(interval, DOWN_PROBE_S) if down else interval
+
+
 def neuron_headers(ref: NeuronRef) -> dict[str, str]:
     return {"authorization": f"Bearer {ref.token}"} if ref.token else {}
 
@@ -101,6 +109,7 @@ class Fleet:
         self._changed: asyncio.Future[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}  # "neuron:NAME" / "upstream:NAME"
         self.on_node_up: list[Callable[[str], None]] = []
+        self.on_node_down: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,6 +235,12 @@ class Fleet:
             usage = self.usage[key] = Usage()
         return usage
 
+    async def wait_down(self, node: str) -> None:
+        """Return once ``node`` is down (a request waiting on it may then go elsewhere)."""
+        state = self.neurons[node]
+        while state.health != "down":
+            await self.changed(self.config.gateway.poll_interval_s)
+
     async def changed(self, timeout: float) -> None:
         """Wait until the next status update (or ``timeout``); never raises on timeout."""
         if self._changed is None or self._changed.done():
@@ -264,11 +279,8 @@ class Fleet:
 
     async def _loop(self, state: NeuronState) -> None:
         assert state.wake is not None
-        interval = self.config.gateway.poll_interval_s
         while True:
-            delay = interval
-            if state.health == "down":
-                delay = min(MAX_BACKOFF_S, interval * 2 ** min(state.failures, 5))
+            delay = probe_delay(self.config.gateway.poll_interval_s, state.health == "down")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), delay)
             state.wake.clear()
@@ -291,6 +303,9 @@ class Fleet:
             state.error = str(exc) or type(exc).__name__
             if state.health != was:
                 log.warning("node %s %s: %s", ref.name, state.health, state.error)
+                if state.health == "down":
+                    for callback in self.on_node_down:
+                        callback(ref.name)
             self._notify()
             return
         state.status = status

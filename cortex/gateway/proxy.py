@@ -9,6 +9,7 @@ when the client did not ask for it. Retries happen only before anything reached 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,8 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _TOKEN = re.compile(rb'"content"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _DONE = b"data: [DONE]\n\n"
+
+log = logging.getLogger("cortex.gateway.proxy")
 
 
 class _UsageOnly(msgspec.Struct):
@@ -75,6 +78,10 @@ class Exchange:
             self.completion_tokens = usage.completion_tokens
 
 
+class NodeDown(Exception):
+    """The fleet marked the target node down while its answer's first byte was awaited."""
+
+
 class UpstreamResponse:
     """An open upstream response whose status and headers arrived (no body byte relayed yet)."""
 
@@ -120,7 +127,7 @@ async def read_json(upstream: UpstreamResponse, exchange: Exchange) -> bytes:
     try:
         raw = await upstream.resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"{upstream.target.node} failed mid-answer: {exc!r}") from None
+        raise _failed(upstream, "mid-answer", exc) from None
     finally:
         upstream.resp.release()
     exchange.upstream_done = time.perf_counter()
@@ -136,7 +143,8 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """Complete SSE events (each ending in a blank line) as soon as they arrive, in batches.
 
     Yields byte strings holding one or more whole events; raises UpstreamError when the
-    upstream dies or stays silent past the request's sock_read timeout.
+    upstream dies or stays silent past the request's sock_read timeout. The client sees only
+    "node N failed mid-stream"; what happened goes to the log.
     """
     pending = b""
     content = upstream.resp.content
@@ -144,12 +152,10 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         try:
             data = await content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            what = "went silent" if isinstance(exc, TimeoutError) else f"failed: {exc!r}"
-            raise UpstreamError(f"{upstream.target.node} {what} mid-stream") from None
+            raise _failed(upstream, "mid-stream", exc) from None
         if not data:
-            if pending.strip():
-                raise UpstreamError(f"{upstream.target.node} ended mid-event")
-            raise UpstreamError(f"{upstream.target.node} closed the stream before [DONE]")
+            what = "ended mid-event" if pending.strip() else "closed the stream before [DONE]"
+            raise _failed(upstream, "mid-stream", what)
         if pending:
             data = pending + data
         cut = data.rfind(b"\n\n")
@@ -171,6 +177,13 @@ async def _drain(content: aiohttp.StreamReader) -> None:
             pass
     except (aiohttp.ClientError, TimeoutError):
         pass  # close() drops a connection that did not end cleanly
+
+
+def _failed(upstream: UpstreamResponse, where: str, cause: BaseException | str) -> UpstreamError:
+    """The error a client sees names the node only; the cause (exception text) is logged."""
+    detail = "went silent (idle_timeout_s)" if isinstance(cause, TimeoutError) else cause
+    log.warning("node %s failed %s: %r", upstream.target.node, where, detail)
+    return UpstreamError(f"node {upstream.target.node} failed {where}")
 
 
 def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:

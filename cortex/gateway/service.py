@@ -7,6 +7,7 @@ upstream answer whose status arrived, and relay it in their own shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from cortex.errors import CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, neuron_headers, upstream_base, upstream_headers
 from cortex.gateway.loads import Loader
-from cortex.gateway.proxy import Exchange, Target, UpstreamResponse, open_upstream
+from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick
 
 log = logging.getLogger("cortex.gateway")
@@ -127,8 +128,8 @@ class Gateway:
             exchange.upstream_sent = time.perf_counter()
             try:
                 timeout = self._stream_timeout if exchange.stream else self._timeout
-                upstream = await open_upstream(self.session, target, body, timeout)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                upstream = await self._first_byte(target, body, timeout)
+            except (aiohttp.ClientError, TimeoutError, NodeDown) as exc:
                 usage.in_flight -= 1
                 exchange.counted = False
                 last_error = f"{target.node}: {exc!r}"
@@ -152,6 +153,30 @@ class Gateway:
         raise Unavailable(
             f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0
         )
+
+    async def _first_byte(
+        self, target: Target, body: bytes, timeout: aiohttp.ClientTimeout
+    ) -> UpstreamResponse:
+        """``open_upstream``, abandoned with NodeDown when the fleet marks the target neuron
+        down first: a stalled node would otherwise hold the request for the whole timeout,
+        though nothing was sent yet and another node could answer."""
+        send = asyncio.ensure_future(open_upstream(self.session, target, body, timeout))
+        if not target.is_neuron or target.node not in self.fleet.neurons:
+            return await send
+        down = asyncio.ensure_future(self.fleet.wait_down(target.node))
+        try:
+            await asyncio.wait((send, down), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the client left: drop the upstream request too
+            send.cancel()
+            if send.done() and not send.cancelled() and send.exception() is None:
+                send.result().close()
+            raise
+        finally:
+            down.cancel()
+        if not send.done():
+            send.cancel()  # closes the connection: the neuron, if it wakes, sees a hang-up
+            raise NodeDown(f"{target.node} was marked down before it answered")
+        return send.result()
 
     async def _target(
         self, resolved: Resolved, path: str, excluded: set[str], session: str | None

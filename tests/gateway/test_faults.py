@@ -1,0 +1,139 @@
+"""Node faults against fake neurons (test doubles serving /status, load, unload, chat): a pinned
+model is re-placed when its node goes down, and a request waiting on a stalled node is retried
+elsewhere once the node is marked down; down nodes are probed often."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.fleet import DOWN_PROBE_S, Fleet, probe_delay
+from cortex.gateway.loads import Loader
+from cortex.gateway.proxy import Exchange
+from cortex.gateway.service import Gateway
+from cortex.protocol.neuron import ModelStatus
+from tests.gateway.test_loads import GB, FakeNeuron
+
+COMPLETION = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+
+
+@dataclass
+class FaultyNeuron(FakeNeuron):
+    """A FakeNeuron whose /status can fail and whose chat can stall forever."""
+
+    failing: bool = False
+    stall: bool = False
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def status(self, request: web.Request) -> web.Response:
+        if self.failing:
+            return web.Response(status=500)
+        return await super().status(request)
+
+    async def chat(self, request: web.Request) -> web.Response:
+        if self.stall:
+            await asyncio.Event().wait()
+        return web.Response(body=COMPLETION, content_type="application/json")
+
+    def holding(self, model: str) -> FaultyNeuron:
+        self.models[model] = ModelStatus(
+            id=model, state="loaded", harness="fake", device="cpu", source=model,
+            quantization="none", bytes=GB // 2, loaded_at=time.time(),
+        )  # fmt: skip
+        return self
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[dict[str, tuple[FaultyNeuron, str]]]:
+    fakes = {"n1": FaultyNeuron(load_s=0.05), "n2": FaultyNeuron(load_s=0.05)}
+    started = {}
+    for name, fake in fakes.items():
+        server = TestServer(fake.app(), host="127.0.0.1")
+        await server.start_server()
+        started[name] = server
+    yield {name: (fakes[name], str(started[name].make_url("")).rstrip("/")) for name in fakes}
+    for server in started.values():
+        await server.close()
+
+
+async def _gateway(
+    servers: dict[str, tuple[FaultyNeuron, str]], entry: ModelEntry
+) -> tuple[Gateway, aiohttp.ClientSession]:
+    config = CortexConfig(
+        gateway=GatewaySection(poll_interval_s=0.05, first_byte_timeout_s=30.0),
+        neurons=tuple(NeuronRef(name=name, endpoint=url) for name, (_, url) in servers.items()),
+    )
+    session = aiohttp.ClientSession()
+    fleet = Fleet(config, {entry.id: entry}, session)
+    loader = Loader(config, fleet, session)
+    fleet.on_node_down.append(loader.node_down)  # as app.py wires it
+    await fleet.start()
+    return Gateway(config, Catalogue((entry,)), fleet, loader, session), session
+
+
+async def _close(gateway: Gateway, session: aiohttp.ClientSession) -> None:
+    await gateway.loader.stop()
+    await gateway.fleet.stop()
+    await session.close()
+
+
+async def test_a_pinned_model_is_re_placed_when_its_node_goes_down(
+    servers: dict[str, tuple[FaultyNeuron, str]],
+) -> None:
+    n1, n2 = servers["n1"][0].holding("p"), servers["n2"][0]
+    gateway, session = await _gateway(servers, ModelEntry(id="p", source="p", pinned=True))
+    try:
+        n1.failing = True
+        async with asyncio.timeout(5):
+            while "p" not in n2.models or n2.models["p"].state != "loaded":
+                await asyncio.sleep(0.02)
+        assert n2.loads == 1 and gateway.fleet.neurons["n1"].health == "down"
+    finally:
+        await _close(gateway, session)
+
+
+async def test_a_request_on_a_stalled_node_is_retried_once_it_is_marked_down(
+    servers: dict[str, tuple[FaultyNeuron, str]],
+) -> None:
+    n1 = servers["n1"][0].holding("m")
+    n1.stall = True
+    gateway, session = await _gateway(servers, ModelEntry(id="m", source="m"))
+    try:
+        exchange = Exchange("openai", "/v1/chat/completions")
+        started = time.monotonic()
+        task = asyncio.create_task(
+            gateway.open(gateway.resolve("m"), "/chat/completions", b"{}", exchange)
+        )
+        await asyncio.sleep(0.3)
+        assert not task.done() and exchange.node == "n1"
+        n1.failing = True  # its polls fail too now: down after two of them
+        upstream = await asyncio.wait_for(task, 5)
+        assert exchange.node == "n2" and time.monotonic() - started < 5  # not 30 s
+        assert msgspec.json.decode(await upstream.resp.read())["usage"]["total_tokens"] == 2
+        upstream.close()
+    finally:
+        await _close(gateway, session)
+
+
+@pytest.mark.parametrize(
+    ("interval", "down", "expected"),
+    [(0.5, False, 0.5), (10.0, False, 10.0), (0.5, True, 0.5), (10.0, True, DOWN_PROBE_S)],
+)
+def test_a_down_node_is_probed_at_least_every_two_seconds(
+    interval: float, down: bool, expected: float
+) -> None:
+    assert probe_delay(interval, down) == expected
