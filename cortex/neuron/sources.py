@@ -60,10 +60,13 @@ def _inside_roots(source: str, roots: list[Path]) -> Path:
     given = Path(source)
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     for candidate in candidates:
-        resolved = candidate.resolve()
-        gguf = resolved.suffix == GGUF_SUFFIX and resolved.is_file()
-        if _within(resolved, roots) and (resolved.is_dir() or gguf):
-            return resolved
+        try:
+            resolved = candidate.resolve()
+            gguf = resolved.suffix == GGUF_SUFFIX and resolved.is_file()
+            if _within(resolved, roots) and (resolved.is_dir() or gguf):
+                return resolved
+        except (OSError, RuntimeError, ValueError):
+            continue  # name too long, symlink loop (RuntimeError before 3.13), NUL byte
     raise InvalidRequest(
         f"model source {source!r} is not a directory or {GGUF_SUFFIX} file inside the "
         "neuron's model_roots",

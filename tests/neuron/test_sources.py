@@ -112,3 +112,11 @@ def test_a_weight_file_symlinked_from_outside_the_roots_is_refused(
     (root / "tiny" / "extra.safetensors").symlink_to(outside)
     with pytest.raises(InvalidRequest, match=r"extra\.safetensors links outside"):
         resolve("tiny", root)
+
+
+@pytest.mark.parametrize("source", ["a" * 4000, "a/" * 1900 + "b", "loop-a", "x\x00y"])
+def test_unusable_paths_are_a_400_not_an_os_error(root: Path, source: str) -> None:
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    with pytest.raises(InvalidRequest, match="is not a directory"):
+        resolve_source(source, [str(root)], allow_hub_download=False)
