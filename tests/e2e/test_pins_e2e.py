@@ -1,0 +1,71 @@
+"""Runtime pins across real processes: they survive a gateway restart, and a cold load that a
+runtime pin arrived during is kept even when the client that caused it hangs up."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import NeuronProcess
+
+pytestmark = pytest.mark.slow
+
+MODELS = [{"id": m, "source": "tiny", "vram_gb": 0.3, "context_length": 1024} for m in ("x", "y")]
+
+
+def _pinned(gw: GatewayProcess) -> dict[str, bool]:
+    _, status = gw.call("GET", "/cortex/status")
+    return {m["id"]: m["pinned"] for m in status["models"]}
+
+
+def _send_and_hang_up_later(gw: GatewayProcess, model: str) -> socket.socket:
+    """Send a streaming chat request by hand; the caller closes the socket to hang up."""
+    url = urlsplit(gw.url)
+    body = json.dumps(
+        {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    sock = socket.create_connection((url.hostname, url.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def test_runtime_pin_survives_restart_and_a_hang_up_during_its_cold_load(
+    start_neuron: Callable[..., NeuronProcess], model_root: Path, tmp_path: Path
+) -> None:
+    neuron = start_neuron(name="n1", model_roots=[model_root], cpu_memory_budget_gb=1.0)
+    gw = GatewayProcess.start(tmp_path, neurons={"n1": neuron}, models=MODELS)
+    try:
+        # A client starts a cold load of y, the operator pins y meanwhile, the client leaves.
+        sock = _send_and_hang_up_later(gw, "y")
+        gw.wait_for(lambda p: True)  # one status round trip: the request is being routed
+        status, _ = gw.call("POST", "/cortex/models/y/pin")
+        assert status == 200
+        sock.close()
+        gw.wait_for(lambda p: p.get("y") == ["n1"], timeout=30)
+        time.sleep(1.5)  # an "every waiting client left" unload would have run by now
+        assert gw.placements().get("y") == ["n1"]
+        assert "unloading y again" not in gw.log_text()
+    finally:
+        gw.stop()
+    assert json.loads((tmp_path / "cortex-state.json").read_text()) == {"pins": {"y": True}}
+
+    # Restart with y unloaded: the new gateway knows y is pinned and loads it again.
+    status, _ = neuron.api("POST", "/models/unload", {"model": "y"})
+    assert status == 200
+    gw = GatewayProcess.start(tmp_path, neurons={"n1": neuron}, models=MODELS)
+    try:
+        assert _pinned(gw) == {"x": False, "y": True}
+        gw.wait_for(lambda p: p.get("y") == ["n1"], timeout=30)
+    finally:
+        gw.stop()
