@@ -144,7 +144,7 @@ async def test_context_limit_finishes_with_length(demo_dir: Path) -> None:
         events = await _collect(model, prompt, GREEDY)
         assert events[-1].finish_reason == "length"
         assert events[-1].completion_tokens == min(12, 40 - len(prompt))
-        with pytest.raises(ContextLengthExceeded):
+        with pytest.raises(ContextLengthExceeded, match="However, your messages resulted in"):
             await _collect(model, _prompt(model, "word " * 50), GREEDY)
     finally:
         model.unload()

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cortex.errors import ContextLengthExceeded, InsufficientMemory, InvalidRequest, Unavailable
+from cortex.errors import InsufficientMemory, InvalidRequest, Unavailable
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -27,6 +27,7 @@ from cortex.neuron.harness import (
     SamplingParams,
     TokenEvent,
 )
+from cortex.neuron.prompt import prompt_too_long
 from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
@@ -128,11 +129,8 @@ class TransformersModel(LoadedModel):
             raise Unavailable(f"{self.model_id} is unloaded")
         if prompt_ids and not 0 <= min(prompt_ids) <= max(prompt_ids) < self._vocab_size:
             raise InvalidRequest(f"prompt token ids must lie in [0, {self._vocab_size})")
-        if len(prompt_ids) >= self.context_length:
-            raise ContextLengthExceeded(
-                f"the prompt has {len(prompt_ids)} tokens; {self.model_id} takes at most "
-                f"{self.context_length} including the completion"
-            )
+        if len(prompt_ids) >= self.context_length:  # no room for one token
+            raise prompt_too_long(len(prompt_ids), self.context_length)
         if params.max_new_tokens <= 0:
             yield TokenEvent(text="", completion_tokens=0, finish_reason="length")
             return
