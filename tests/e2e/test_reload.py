@@ -6,19 +6,17 @@ vLLM-style endpoint), served from a thread so the gateway can poll it while the 
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 import pytest
-from aiohttp import web
 
 from tests.e2e.gateway_process import GatewayProcess
-from tests.e2e.neuron_process import NeuronProcess, free_port, toml_table
+from tests.e2e.neuron_process import NeuronProcess, toml_table
+from tests.e2e.threaded_server import ThreadedServer
 from tests.gateway.mock_upstream import MockState, make_mock_upstream
 
 pytestmark = pytest.mark.slow
@@ -29,18 +27,9 @@ MODEL_B = {"id": "b", "source": "tiny", "vram_gb": 0.3, "context_length": 1024}
 
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[str]:
-    """The mock upstream on its own event loop in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    port = free_port()
-    runner = web.AppRunner(make_mock_upstream(MockState()))
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
+    server = ThreadedServer(make_mock_upstream(MockState()))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
