@@ -267,6 +267,22 @@ async def test_billing_header_does_not_change_the_count(http: aiohttp.ClientSess
     assert await count(http, first_turn(0, cch="other")) == await count(http, without)
 
 
+async def test_turns_differing_only_in_the_billing_header_reuse_the_cached_prefix(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The header's ``cch`` changes every request; stripped, the prefix is byte-identical, so
+    the neuron's prefix cache serves the second request (cache_read_input_tokens)."""
+    usages = []
+    for cch in ("11111", "22222"):
+        body = {**first_turn(20, cch=cch), "stream": False, "max_tokens": 4}
+        async with http.post("/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
+            assert resp.status == 200, await resp.text()
+            usages.append((await resp.json())["usage"])
+    prompt = usages[1]["input_tokens"] + usages[1]["cache_read_input_tokens"]
+    assert prompt == usages[0]["input_tokens"] + usages[0]["cache_read_input_tokens"]
+    assert usages[1]["cache_read_input_tokens"] > prompt // 2, usages
+
+
 async def test_only_a_prompt_that_does_not_fit_is_refused(http: aiohttp.ClientSession) -> None:
     body = first_turn(await filler_for(http, first_turn, CONTEXT + 200))
     prompt = await count(http, body)  # counting a too-long prompt is no error
