@@ -1,11 +1,18 @@
-"""The real Codex CLI, headless, against a real gateway and neuron on the demo model.
+"""The real Codex CLI, headless, against a real gateway in front of two real neurons.
 
 Codex speaks only the Responses API (``wire_api = "responses"``); this is the client the
 /v1/responses route exists for. Its first request is ~40 KB (developer instructions, twelve
-tools of several types, ~18k demo-tokenizer tokens), so the model entry's context is raised
-above the demo config's 4096 positions (RoPE extends; the weights are random anyway). The demo
-model answers gibberish, which is all this test needs: a turn that completes with an agent
-message and no error. The binary comes from ``make clients``; without it the test skips.
+tools of several types, ~18k demo-tokenizer tokens).
+
+- ``gpt-*`` (Codex's own model name) is aliased to the demo model on the transformers harness,
+  its context raised above the demo config's 4096 positions (RoPE extends; the weights are
+  random anyway). It answers gibberish, which is all the first test needs: a turn that
+  completes with an agent message and no error.
+- ``coder`` runs on the scripted ``fake`` harness (a random model never calls a tool), so the
+  second test drives a whole tool loop: the model calls ``exec_command``, Codex runs it and
+  sends its output back as a ``function_call_output``, and the model's answer depends on it.
+
+The binary comes from ``make clients``; without it the tests skip.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ pytestmark = pytest.mark.slow
 CODEX = REPO_ROOT / ".venv" / "clients" / "node_modules" / ".bin" / "codex"
 KEY = "codex-key"
 # Codex warns (as an item of type "error") when it has no metadata for a model name it does
-# not ship; the run is unaffected. Any other error item or event fails the test.
-METADATA_ADVISORY = "Model metadata for `gpt-5.1-codex` not found."
+# not ship ("Model metadata for `NAME` not found..."); the run is unaffected. Any other error
+# item or error event fails the test.
+METADATA_ADVISORY = "Model metadata for `"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +46,31 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     if not CODEX.exists():
         pytest.skip(f"Codex CLI not installed at {CODEX} (run `make clients`)")
-    neuron: NeuronProcess = start_neuron(name="codex", model_roots=[model_root])
-    model = {"id": "demo", "source": "tiny", "context_length": 32768, "aliases": ["gpt-*"]}
+    demo: NeuronProcess = start_neuron(name="codex", model_roots=[model_root])
+    scripted: NeuronProcess = start_neuron(
+        name="scripted", model_roots=[model_root], module="tests.e2e.scripted_neuron"
+    )
+    models = [
+        {
+            "id": "demo",
+            "source": "tiny",
+            "context_length": 32768,
+            "aliases": ["gpt-*"],
+            "nodes": ["codex"],
+        },
+        {
+            "id": "coder",
+            "source": "tiny",
+            "harness": "fake",
+            "context_length": 200_000,
+            "tool_parser": "hermes",
+            "nodes": ["scripted"],
+        },
+    ]
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-codex"),
-        neurons={"codex": neuron},
-        models=[model],
+        neurons={"codex": demo, "scripted": scripted},
+        models=models,
         api_keys=[KEY],
         log_format="json",
     )
@@ -72,12 +99,14 @@ stream_max_retries = 0
     return path
 
 
-def test_codex_exec_completes_a_turn(gateway: GatewayProcess, tmp_path: Path) -> None:
+def codex_exec(gateway: GatewayProcess, tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+    """Run ``codex exec --json ARGS`` in an empty directory; its JSONL events, checked for
+    errors: only the metadata advisory may be an error item, no error event, no failed turn."""
     home = codex_home(tmp_path / "codex-home", gateway.url)
     work = tmp_path / "work"
     work.mkdir()
     run = subprocess.run(
-        [str(CODEX), "exec", "--skip-git-repo-check", "--json", "Say hi"],
+        [str(CODEX), "exec", "--skip-git-repo-check", "--json", *args],
         cwd=work,
         env={**os.environ, "CODEX_HOME": str(home), "CORTEX_API_KEY": KEY},
         stdin=subprocess.DEVNULL,
@@ -89,21 +118,61 @@ def test_codex_exec_completes_a_turn(gateway: GatewayProcess, tmp_path: Path) ->
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     kinds = [e["type"] for e in events]
     assert "error" not in kinds and "turn.failed" not in kinds, run.stdout[-2000:]
-    items = [e["item"] for e in events if e["type"] == "item.completed"]
-    assert all(i["message"].startswith(METADATA_ADVISORY) for i in items if i["type"] == "error"), (
-        items
-    )
-    messages = [i["text"] for i in items if i["type"] == "agent_message"]
-    assert len(messages) == 1 and messages[0].strip()
     assert kinds.count("turn.completed") == 1
-    usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
-    assert usage["input_tokens"] > 10_000 and usage["output_tokens"] > 0
-    # Codex's thread id is its prompt_cache_key: the gateway routed by it as the session key.
-    thread = next(e["thread_id"] for e in events if e["type"] == "thread.started")
-    session = hashlib.blake2b(thread.encode(), digest_size=8).hexdigest()
-    logged = [
+    errors = [e["item"] for e in events if e["type"] == "item.completed"]
+    assert all(
+        i["message"].startswith(METADATA_ADVISORY) for i in errors if i["type"] == "error"
+    ), errors
+    return events
+
+
+def completed(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [
+        e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == kind
+    ]
+
+
+def logged_sessions(gateway: GatewayProcess, model: str) -> list[tuple[str, int]]:
+    """(session, status) of each Responses request for ``model`` in the gateway's request log."""
+    records = [
         json.loads(line)
         for line in gateway.log_text().splitlines()
         if line.startswith("{") and '"dialect":"responses"' in line
     ]
-    assert [(r["session"], r["status"], r["model"]) for r in logged] == [(session, 200, "demo")]
+    return [(r["session"], r["status"]) for r in records if r["model"] == model]
+
+
+def session_of(events: list[dict[str, Any]]) -> str:
+    """Codex's thread id is its prompt_cache_key, which the gateway routes by (hashed)."""
+    thread = next(e["thread_id"] for e in events if e["type"] == "thread.started")
+    return hashlib.blake2b(thread.encode(), digest_size=8).hexdigest()
+
+
+def test_codex_exec_completes_a_turn_on_the_demo_model(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    events = codex_exec(gateway, tmp_path, "Say hi")
+    messages = [i["text"] for i in completed(events, "agent_message")]
+    assert len(messages) == 1 and messages[0].strip()
+    usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
+    assert usage["input_tokens"] > 10_000 and usage["output_tokens"] > 0
+    assert logged_sessions(gateway, "demo") == [(session_of(events), 200)]
+
+
+def test_codex_runs_a_tool_and_answers_from_its_output(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    # The scripted model calls exec_command; the command prints "user: say:Done." (spelled so
+    # that the prompt itself does not contain it), and the fake answers from the last
+    # "user: say:" it sees: "Done." can only come from the function_call_output of turn two.
+    call = {"name": "exec_command", "arguments": {"cmd": "printf 'us%sr: say:Done.' e"}}
+    prompt = f"say:<tool_call>\\n{json.dumps(call)}\\n</tool_call>"
+    # Codex's sandbox needs kernel features CI containers may lack; the command only prints.
+    events = codex_exec(
+        gateway, tmp_path, "-m", "coder", "--dangerously-bypass-approvals-and-sandbox", prompt
+    )
+    [command] = completed(events, "command_execution")
+    assert command["exit_code"] == 0 and command["aggregated_output"] == "user: say:Done."
+    assert [i["text"] for i in completed(events, "agent_message")] == ["Done."]
+    session = session_of(events)
+    assert logged_sessions(gateway, "coder") == [(session, 200), (session, 200)]
