@@ -1,8 +1,8 @@
 """POST /v1/responses: the OpenAI Responses dialect (Codex CLI's) over OpenAI chat neurons.
 
 All shape translation is in translate_responses.py and responses_stream.py; this module only
-wires it to the request core. ``prompt_cache_key`` (Codex sends its conversation id) is the
-session key that keeps a conversation on the node holding its prefix cache.
+wires it to the request core. ``prompt_cache_key`` (Codex sends its thread id), else ``user``,
+is the session key that keeps a conversation on the node holding its prefix cache.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.St
     ex.stream = req.stream
     resolved = gateway.resolve(req.model)
     chat = responses_to_openai(req, resolved.model_id, accepts_images(resolved))
-    ex.session = session_key(request.headers, req.prompt_cache_key, chat.messages)
+    ex.session = session_key(request.headers, req.prompt_cache_key or req.user, chat.messages)
     upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(chat), ex)
     skeleton = response_skeleton(req)
     try:

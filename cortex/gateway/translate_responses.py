@@ -54,15 +54,7 @@ def response_skeleton(req: rs.ResponsesRequest) -> rs.Response:
         temperature=req.temperature,
         top_p=req.top_p,
         tool_choice=req.tool_choice or "auto",
-        tools=[
-            rs.FunctionTool(
-                name=t.name or "",
-                description=t.description,
-                parameters=t.parameters,
-                strict=t.strict,
-            )
-            for t in req.function_tools
-        ],
+        tools=req.function_tools,
         text=req.text or rs.TextConfig(),
         reasoning=req.reasoning,
         truncation=req.truncation or "disabled",
@@ -82,10 +74,7 @@ def responses_to_openai(
     tools = [
         oa.Tool(
             function=oa.FunctionDef(
-                name=t.name or "",
-                description=t.description,
-                parameters=t.parameters,
-                strict=t.strict,
+                name=t.name, description=t.description, parameters=t.parameters, strict=t.strict
             )
         )
         for t in req.function_tools

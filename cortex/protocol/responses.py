@@ -179,8 +179,18 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
             refuse("background", "background responses are not supported")
 
     @property
-    def function_tools(self) -> list[ToolParam]:
-        return [t for t in self.tools or [] if t.type == "function"]
+    def function_tools(self) -> list[FunctionTool]:
+        """The tools cortex offers the model, as the response object echoes them."""
+        return [
+            FunctionTool(
+                name=t.name or "",
+                description=t.description,
+                parameters=t.parameters,
+                strict=t.strict,
+            )
+            for t in self.tools or []
+            if t.type == "function"
+        ]
 
 
 def decode_request(body: bytes) -> ResponsesRequest:
