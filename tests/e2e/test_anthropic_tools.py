@@ -91,6 +91,36 @@ def test_create_returns_text_then_tool_use_blocks(claude: anthropic.Anthropic) -
     assert message.usage.output_tokens > 0 and message.usage.input_tokens > 0
 
 
+@pytest.mark.parametrize(
+    ("choice", "script"),
+    [
+        ({"type": "tool", "name": "get_weather"}, 'say:{"city": "Paris"}}\\n</tool_call>'),
+        (
+            {"type": "any"},
+            'say:{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+        ),
+    ],
+)
+def test_forced_tool_choice_is_honoured(
+    claude: anthropic.Anthropic, choice: dict[str, Any], script: str
+) -> None:
+    """The neuron opens the call itself (the scripted double only continues it): the client
+    gets a tool_use, whatever the model would have said first."""
+    message = claude.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=300,
+        tools=TOOLS,
+        tool_choice=choice,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": script}],
+    )
+    (block,) = message.content
+    assert block.type == "tool_use" and (block.name, block.input) == (
+        "get_weather",
+        {"city": "Paris"},
+    )
+    assert message.stop_reason == "tool_use"
+
+
 def test_stream_emits_text_and_tool_use_with_consistent_indexes(
     claude: anthropic.Anthropic,
 ) -> None:
