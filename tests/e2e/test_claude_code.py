@@ -318,7 +318,12 @@ def claude(home: Path, gateway: GatewayProcess, *args: str) -> dict[str, Any]:
         "ANTHROPIC_BASE_URL": gateway.url,
         "ANTHROPIC_API_KEY": KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",  # a random model rambles; keep turns short
+        # A random model rarely ends its turn, and Claude Code reports an answer that reaches
+        # max_tokens as an error ("exceeded the N output token maximum"). A stop sequence
+        # (Claude Code merges CLAUDE_CODE_EXTRA_BODY into each request) ends the gibberish at
+        # its first "e", a few tokens in; the output ceiling only bounds a pathological run.
+        "CLAUDE_CODE_EXTRA_BODY": json.dumps({"stop_sequences": ["e"]}),
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512",
     }
     # Three tools keep the first prompt near 8k demo tokens (the default 20-odd tools make
     # ~53k, which a CPU prefills in over a minute: measured, not run here).
