@@ -5,7 +5,9 @@ Phases and who bounds them (docs/operations.md lists the defaults):
 - request head: aiohttp's keep-alive timer runs from the connection's start and from the end of
   each response until a complete head arrives, so ``keepalive_timeout_s`` bounds both an idle
   keep-alive connection and a head trickled byte by byte (slowloris);
-- body: ``read_body`` reads it all before the handler runs, within ``body_timeout_s``;
+- body: ``read_body`` reads it all before the handler runs, within ``body_timeout_s``; after an
+  answer sent before the body was read (408, 401, 413), aiohttp reads and drops the rest for at
+  most ``LINGER_S`` (its default, 10 s, let a trickled body hold the connection that long);
 - head size: aiohttp's line and field limits (8190 bytes) answer 400.
 """
 
@@ -20,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from cortex.errors import InvalidRequest, RequestTimeout
 
+LINGER_S = 1.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -297,5 +297,6 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
         access_log=None,
         handler_cancellation=True,
         keepalive_timeout=config.gateway.keepalive_timeout_s,  # also bounds a trickled head
+        lingering_time=edge.LINGER_S,
         shutdown_timeout=5.0,
     )

@@ -98,7 +98,9 @@ class UpstreamResponse:
             message, code = str(detail["message"]), detail.get("code")
         except (msgspec.DecodeError, KeyError, TypeError):
             pass
-        return from_status(self.resp.status, message, code)
+        err = from_status(self.resp.status, message, code)
+        err.retry_after_s = _retry_after(self.resp.headers.get("retry-after"))
+        return err
 
     def close(self) -> None:
         """Done with it: a fully read answer goes back to the pool (keep-alive); anything
@@ -107,6 +109,14 @@ class UpstreamResponse:
             self.resp.release()
         else:
             self.resp.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A neuron's 429 carries Retry-After; relay it (seconds only, as cortex sends it)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 async def open_upstream(

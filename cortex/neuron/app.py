@@ -28,7 +28,7 @@ from cortex.config import (
     resolve_relative,
     split_listen,
 )
-from cortex.edge import client_gone, header_bytes, log_hang_up, read_body, unsent
+from cortex.edge import LINGER_S, client_gone, header_bytes, log_hang_up, read_body, unsent
 from cortex.errors import (
     CortexError,
     InternalError,
@@ -99,6 +99,7 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
         handler_cancellation=True,
         shutdown_timeout=config.neuron.unload_drain_s,
         keepalive_timeout=config.neuron.keepalive_timeout_s,  # also bounds a trickled head
+        lingering_time=LINGER_S,
         access_log=None,
         print=None,
     )
