@@ -196,3 +196,15 @@ def from_status(status: int, message: str, code: str | None = None) -> CortexErr
     if code == "context_length_exceeded":
         cls = ContextLengthExceeded
     return cls(message, code=code)
+
+
+def from_body(status: int, raw: bytes) -> CortexError:
+    """The typed error an upstream answered: its OpenAI envelope's message and code, or the
+    start of whatever else it sent."""
+    message, code = raw.decode(errors="replace")[:500], None
+    try:
+        detail = msgspec.json.decode(raw)["error"]
+        message, code = str(detail["message"]), detail.get("code")
+    except (msgspec.DecodeError, RecursionError, KeyError, TypeError, AttributeError):
+        pass
+    return from_status(status, message, code)

@@ -59,3 +59,24 @@ def test_from_status_rebuilds_typed_errors() -> None:
         errors.from_status(400, "m", "context_length_exceeded"), errors.ContextLengthExceeded
     )
     assert isinstance(errors.from_status(418, "m"), errors.UpstreamError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "message", "code"),
+    [
+        (
+            b'{"error":{"message":"bad","code":"context_length_exceeded"}}',
+            errors.ContextLengthExceeded,
+            "bad",
+            "context_length_exceeded",
+        ),
+        (b'{"error":"flat"}', errors.InvalidRequest, '{"error":"flat"}', None),
+        (b"<html>oops</html>", errors.InvalidRequest, "<html>oops</html>", None),
+        (b'{"error":' * 5000, errors.InvalidRequest, '{"error":' * 55 + '{"err', None),
+    ],
+)
+def test_an_upstream_error_body_is_read_whatever_it_holds(
+    raw: bytes, kind: type[errors.CortexError], message: str, code: str | None
+) -> None:
+    err = errors.from_body(400, raw)
+    assert type(err) is kind and err.message == message and err.code == code

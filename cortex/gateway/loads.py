@@ -26,7 +26,7 @@ from cortex.errors import (
     ModelNotFound,
     Overloaded,
     Unavailable,
-    from_status,
+    from_body,
 )
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
@@ -238,13 +238,10 @@ class Loader:
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    message, code = _error_of(raw)
-                    raise from_status(resp.status, message, code)
+                    raise from_body(resp.status, raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.fleet.mark_suspect(node, f"{path}: {exc or type(exc).__name__}")
-            raise Unavailable(
-                f"{node} did not answer {path}: {exc or type(exc).__name__}"
-            ) from None
+            raise Unavailable(f"{node} did not answer {path}") from None  # cause: logged
 
     # ------------------------------------------------------------------ pins and defrag
 
@@ -332,11 +329,3 @@ class LoadObserver:
 
     def evicted(self, model: str, node: str) -> None:
         """A model was evicted to make room."""
-
-
-def _error_of(raw: bytes) -> tuple[str, str | None]:
-    try:
-        data = msgspec.json.decode(raw)
-        return str(data["error"]["message"]), data["error"].get("code")
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return raw.decode(errors="replace")[:300], None

@@ -9,6 +9,7 @@ since Claude Code reacts to that message by compacting the conversation.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import OrderedDict
 
@@ -17,7 +18,7 @@ import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
+from cortex.errors import ContextLengthExceeded, InvalidRequest, UpstreamError, from_body
 from cortex.gateway.fleet import neuron_headers
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
@@ -32,6 +33,7 @@ from cortex.gateway.translate import (
 from cortex.protocol import anthropic
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
+log = logging.getLogger("cortex.gateway")
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 _CONTEXT = re.compile(
@@ -133,7 +135,8 @@ async def _count(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
         ) as resp:
             raw = await resp.read()
             if resp.status >= 400:
-                raise UpstreamError(f"{node} could not count tokens: {raw[:300]!r}")
+                raise from_body(resp.status, raw)
             return _tokenize_decoder.decode(raw).count
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"{node} could not count tokens: {exc!r}") from None
+        log.warning("node %s could not count tokens: %r", node, exc)
+        raise UpstreamError(f"node {node} could not count tokens") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from cortex.errors import CortexError, UpstreamError, from_status, openai_body
+from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
 from cortex.protocol import openai
 
 # An SSE event carrying a usage object (OpenAI sends "usage":null on every other chunk).
@@ -92,13 +92,7 @@ class UpstreamResponse:
     async def error(self) -> CortexError:
         raw = await self.resp.read()
         self.resp.release()
-        message, code = raw.decode(errors="replace")[:500], None
-        try:
-            detail = _error_decoder.decode(raw)["error"]
-            message, code = str(detail["message"]), detail.get("code")
-        except (msgspec.DecodeError, KeyError, TypeError):
-            pass
-        err = from_status(self.resp.status, message, code)
+        err = from_body(self.resp.status, raw)
         err.retry_after_s = _retry_after(self.resp.headers.get("retry-after"))
         return err
 

@@ -132,11 +132,12 @@ class Gateway:
             except (aiohttp.ClientError, TimeoutError, NodeDown) as exc:
                 usage.in_flight -= 1
                 exchange.counted = False
-                last_error = f"{target.node}: {exc!r}"
+                last_error = f"{target.node} failed before the first byte"  # cause: logged
+                why = f"request failed before the first byte: {exc!r}"
                 if target.is_neuron:
-                    self.fleet.mark_suspect(
-                        target.node, f"request failed before the first byte: {exc!r}"
-                    )
+                    self.fleet.mark_suspect(target.node, why)
+                else:
+                    log.warning("upstream %s: %s", target.node, why)
                 excluded.add(target.node)  # nothing reached the client: try another copy
                 continue
             if upstream.resp.status < 400:
