@@ -92,3 +92,26 @@ def test_events_are_named_sse_frames_with_their_sequence_number() -> None:
     assert name == "event: response.output_text.delta"
     decoded = msgspec.json.decode(data.removeprefix("data: "))
     assert decoded["type"] == "response.output_text.delta" and decoded["sequence_number"] == 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xff\xfe{",
+        b"[" * 100_000,
+        b'{"model": "m"}',
+        b'{"model": "m", "input": [5]}',
+        b'{"model": "m", "input": [{"type": [1]}]}',
+        b'{"model": "m", "input": [{"role": "user", "content": [{"type": "x"}]}]}',
+        b'{"model": "m", "input": "x", "client_metadata": '
+        + b'{"a":' * 5000
+        + b"1"
+        + b"}" * 5000
+        + b"}",
+    ],
+    ids=["empty", "not-utf8", "brackets", "no-input", "item-int", "type-list", "part", "deep"],
+)
+def test_hostile_bodies_are_invalid_requests(body: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        rs.decode_request(body)
