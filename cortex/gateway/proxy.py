@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
+from cortex import sse
 from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
 from cortex.protocol import openai
 
@@ -26,7 +27,7 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # A chunk that carries generated output (the first chunk's empty "content":"" does not count).
 _TOKEN = re.compile(rb'"content"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_DONE = b"data: [DONE]\n\n"
+_DONE = sse.frame(sse.DONE)
 
 log = logging.getLogger("cortex.gateway.proxy")
 
@@ -152,14 +153,30 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """
     pending = b""
     content = upstream.resp.content
+    # Our neurons frame canonically and their bytes are relayed as they are; anything else is
+    # parsed by the spec's rules and re-framed, so the code after this sees one framing.
+    parser = None if upstream.target.is_neuron else sse.EventStreamParser()
     while True:
         try:
             data = await content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failed(upstream, "mid-stream", exc) from None
         if not data:
-            what = "ended mid-event" if pending.strip() else "closed the stream before [DONE]"
+            cut_off = parser.pending if parser is not None else bool(pending.strip())
+            what = "ended mid-event" if cut_off else "closed the stream before [DONE]"
             raise _failed(upstream, "mid-stream", what)
+        if parser is not None:
+            events = parser.feed(data)
+            done = sse.DONE in events
+            if done:
+                events = events[: events.index(sse.DONE)]
+            if events:
+                yield b"".join(sse.frame_json(e) for e in events)
+            if done:
+                yield _DONE
+                await _drain(content)
+                return
+            continue
         if pending:
             data = pending + data
         cut = data.rfind(b"\n\n")

@@ -1,0 +1,74 @@
+"""Server-sent events: a parser that follows the WHATWG event-stream rules, and the one framing
+cortex writes.
+
+cortex's own neurons frame every event as ``data: <json>\\n\\n``, and the gateway relays those
+bytes as they are (no re-parsing on the hot path). Other OpenAI-compatible servers
+(``[[upstreams]]``) may frame differently and still be correct: CRLF or CR line ends,
+``data:`` without a space, comments and keep-alives, an event split over several ``data:``
+lines. ``EventStreamParser`` reads all of that and the gateway re-frames it canonically, so
+everything downstream sees one framing.
+"""
+
+from __future__ import annotations
+
+import re
+
+DONE = b"[DONE]"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def frame(data: bytes) -> bytes:
+    """One event: a ``data:`` line per line of ``data``, then a blank line."""
+    if b"\n" not in data:
+        return b"data: " + data + b"\n\n"
+    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+
+
+def frame_json(data: bytes) -> bytes:
+    """A JSON event on one line (cortex's framing): a raw LF in JSON can only be whitespace."""
+    return frame(data.replace(b"\n", b" "))
+
+
+class EventStreamParser:
+    """Incremental: ``feed`` bytes as they arrive, get back the data of each complete event.
+
+    Per the spec: lines end in CRLF, LF or CR; a line starting with ``:`` is a comment; a field
+    line is ``name: value`` or ``name:value`` (one leading space is dropped) or a bare name;
+    several ``data`` lines join with ``\\n``; a blank line dispatches the event, and an event
+    whose data is empty is not dispatched. Only ``data`` matters to OpenAI-style streams, so
+    ``event``, ``id`` and ``retry`` are read and dropped.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._after_cr = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the previous chunk
+        self._after_cr = chunk.endswith(b"\r")
+        lines = _LINE_END.split(self._buffer + chunk)
+        self._buffer = lines.pop()  # the last piece has no line end yet
+        events: list[bytes] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+                continue
+            if line.startswith(b":"):
+                continue
+            name, colon, value = line.partition(b":")
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value)
+        return events
+
+    @property
+    def pending(self) -> bool:
+        """Whether an event was started but not finished (the stream ended mid-event)."""
+        return bool(self._data or self._buffer.strip())
