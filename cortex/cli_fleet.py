@@ -133,10 +133,13 @@ def status(gateway: str, key: str | None, as_json: bool, watch: bool, interval: 
 @click.command()
 @_gateway_option
 @click.option(
-    "--key", envvar="CORTEX_API_KEY", default=None, help="Client API key (env CORTEX_API_KEY)."
+    "--key",
+    envvar=["CORTEX_API_KEY", "CORTEX_ADMIN_KEY"],
+    default=None,
+    help="A client or admin key (env CORTEX_API_KEY, else CORTEX_ADMIN_KEY).",
 )
 def models(gateway: str, key: str | None) -> None:
-    """List the models the gateway offers (a client route: it takes an api_keys key)."""
+    """List the models the gateway offers (a client route: a client or an admin key)."""
     listing = msgspec.json.decode(_request(gateway, key, "GET", "/v1/models", None), type=ModelList)
     for card in listing.data:
         extra = card.cortex

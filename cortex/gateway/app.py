@@ -134,23 +134,30 @@ def _loopback(request: web.Request) -> bool:
         return False
 
 
-def auth_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
-    api_keys, admin_keys = config.gateway.api_keys, config.gateway.admin_keys
+def _refuse(given: str | None, kind: str) -> Unauthorized:
+    if given is None:
+        return Unauthorized(f"Missing {kind} key: send Authorization: Bearer KEY or x-api-key.")
+    return Unauthorized(f"Invalid {kind} key.")
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path.startswith("/v1/") and api_keys and not _key_ok(_key_of(request), api_keys):
-            raise Unauthorized("Invalid API key.")
-        if path.startswith("/cortex/"):
-            if admin_keys:
-                if not _key_ok(_key_of(request), admin_keys):
-                    raise Unauthorized("Invalid admin key.")
-            elif not _loopback(request):
-                raise Forbidden("the admin API is loopback-only while admin_keys is empty")
-        return await handler(request)
 
-    return middleware
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Client routes take a client or an admin key; admin routes an admin key. The key lists
+    are read per request from the running config, so a SIGHUP reload rotates them."""
+    section = request.app[GATEWAY].config.gateway
+    path = request.path
+    if path.startswith("/v1/") and section.api_keys:
+        given = _key_of(request)
+        if not _key_ok(given, section.api_keys + section.admin_keys):
+            raise _refuse(given, "API")
+    if path.startswith("/cortex/"):
+        if section.admin_keys:
+            given = _key_of(request)
+            if not _key_ok(given, section.admin_keys):
+                raise _refuse(given, "admin")
+        elif not _loopback(request):
+            raise Forbidden("the admin API is loopback-only while admin_keys is empty")
+    return await handler(request)
 
 
 def body_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -214,7 +221,7 @@ def make_app(
     max_body = int(config.gateway.max_body_mb * 1_000_000)
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[errors_middleware, auth_middleware(config), body_middleware(config)],
+        middlewares=[errors_middleware, auth_middleware, body_middleware(config)],
     )
     catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()

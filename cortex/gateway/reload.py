@@ -2,10 +2,10 @@
 
 Applied live: neurons and upstreams (added, removed, changed endpoint or token), the model
 catalogue (new, changed and removed models, aliases, pins, TTLs; a removed model's resident
-copies are unloaded once their requests drain), eviction settings and timeouts. Fixed until a
-restart, and logged as such when they change: the listen addresses, ``max_body_mb`` and the key
-lists (the auth middleware is built once). An invalid file is logged as the same one line
-``--check`` prints and the running config stays.
+copies are unloaded once their requests drain), eviction settings, timeouts and the key lists
+(read per request). Fixed until a restart, and logged as such when they change: the listen
+addresses and ``max_body_mb``. An invalid file is logged as the same one line ``--check``
+prints and the running config stays.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cortex.sighup import reload_on_sighup
 
 log = logging.getLogger("cortex.gateway.reload")
 
-RESTART_ONLY = ("listen", "metrics_listen", "max_body_mb", "api_keys", "admin_keys")
+RESTART_ONLY = ("listen", "metrics_listen", "max_body_mb")
 
 
 async def reload(gateway: Gateway, config_path: Path) -> bool:

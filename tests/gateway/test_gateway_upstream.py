@@ -211,6 +211,24 @@ async def test_api_keys_are_required_in_both_dialects(gateway: GatewayFactory) -
     assert status == 200
 
 
+async def test_missing_and_wrong_keys_are_told_apart_and_admin_keys_open_client_routes(
+    gateway: GatewayFactory,
+) -> None:
+    base = await gateway(api_keys=(KEY,), admin_keys=("sk-admin",))
+    status, raw, _ = await _post(base, "v1/chat/completions", CHAT)
+    assert status == 401
+    assert msgspec.json.decode(raw)["error"]["message"].startswith("Missing API key")
+    status, raw, _ = await _post(base, "v1/chat/completions", CHAT, authorization="Bearer nope")
+    assert status == 401 and msgspec.json.decode(raw)["error"]["message"] == "Invalid API key."
+    status, _, _ = await _post(base, "v1/chat/completions", CHAT, authorization="Bearer sk-admin")
+    assert status == 200  # `cortex models` with the admin key works
+    status, raw, _ = await _post(
+        base, "cortex/models/mock-gpt/pin", {}, authorization=f"Bearer {KEY}"
+    )
+    assert status == 401, "a client key must not open the admin API"
+    assert msgspec.json.decode(raw)["error"]["message"] == "Invalid admin key."
+
+
 async def test_upstream_dying_mid_stream_gives_error_event_then_done(
     gateway: GatewayFactory,
 ) -> None:
