@@ -47,7 +47,24 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
             '[eviction]\nstrategy = "fifo"\n',
             "cortex.toml: eviction.strategy: expected one of lru, priority, got 'fifo'",
         ),
-        ('[gateway]\nlistn = "x"\n', "cortex.toml: gateway: unknown key 'listn'"),
+        (
+            '[gateway]\nlistn = "x"\n',
+            "cortex.toml: gateway: unknown key 'listn' (did you mean 'listen'?)",
+        ),
+        (
+            '[[neuron]]\nname = "a"\n',
+            "cortex.toml: (top level): unknown key 'neuron' (did you mean 'neurons'?)",
+        ),
+        ("[gateway]\nbogus = 1\n", "cortex.toml: gateway: unknown key 'bogus'"),
+        (
+            '[gateway]\nlisten = "localhost"\n',
+            "cortex.toml: gateway: listen: expected HOST:PORT such as 127.0.0.1:31313, "
+            "got 'localhost'",
+        ),
+        (
+            '[gateway]\nmetrics_listen = "0.0.0.0:99999"\n',
+            "cortex.toml: gateway: metrics_listen: expected HOST:PORT",
+        ),
         ("[gateway]\nqueue_depth = 0\n", "cortex.toml: gateway.queue_depth: expected `int` >= 1"),
         ("[gateway]\nlisten = 5\n", "cortex.toml: gateway.listen: expected `str`, got 5"),
         (
@@ -69,6 +86,14 @@ def test_bad_cortex_toml_is_one_line_naming_key_and_value(
         config.load_cortex(_write(tmp_path, "cortex.toml", text))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_neuron_listen_is_checked_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load_neuron(_write(tmp_path, "neuron.toml", '[neuron]\nlisten = "13131"\n'))
+    assert str(err.value) == (
+        "neuron.toml: neuron: listen: expected HOST:PORT such as 127.0.0.1:31313, got '13131'"
+    )
 
 
 def test_bad_model_entry_names_its_index(tmp_path: Path) -> None:

@@ -71,9 +71,23 @@ def _error_response(request: web.Request, err: CortexError) -> web.Response:
     return response
 
 
+_CLIENT_ROUTES = ("/chat/completions", "/messages", "/messages/count_tokens", "/responses")
+
+
+def _no_route(method: str, path: str) -> str:
+    """The 404 text, with the usual base-URL mistakes named (OpenAI's ends in /v1,
+    Anthropic's does not)."""
+    text = f"No route for {method} {path}"
+    if path.startswith("/v1/v1/"):
+        return f"{text}: the base URL ends in /v1 twice (Anthropic clients take it without /v1)"
+    if path in _CLIENT_ROUTES or path == "/models":
+        return f"{text}: did you mean /v1{path}? An OpenAI client's base URL ends in /v1"
+    return f"{text}: see docs/api.md"
+
+
 def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
     if exc.status == 404:
-        return NotFound(f"No route for {request.method} {request.path}: see docs/api.md")
+        return NotFound(_no_route(request.method, request.path))
     if exc.status == 413:
         return PayloadTooLarge(exc.text or "request body too large")
     if exc.status == 405:

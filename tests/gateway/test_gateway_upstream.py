@@ -181,6 +181,8 @@ async def test_anthropic_sdk_create_and_stream_through_gateway(gateway: GatewayF
         ("v1/messages", {**CHAT, "model": "nope", "max_tokens": 5}, 404, "does not exist"),
         ("v1/messages", CHAT, 400, "'max_tokens'"),
         ("v1/nothing", CHAT, 404, "No route"),
+        ("chat/completions", CHAT, 404, "did you mean /v1/chat/completions?"),
+        ("v1/v1/messages", CHAT, 404, "ends in /v1 twice"),
     ],
 )
 async def test_bad_requests_get_errors_in_their_dialect(
