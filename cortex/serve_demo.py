@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,10 +131,40 @@ def _served() -> Served:
     return Served(starter.MODEL_ID, what, [gguf.parents[1]], toml)
 
 
+def _taken(ports: dict[str, int]) -> str | None:
+    """The first port another process listens on, as a line to print; None when all are free."""
+    for env, port in ports.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return (
+                    f"port {port} is taken (is another `make serve` running?); "
+                    f"stop it or choose another with {env}=PORT"
+                )
+    return None
+
+
+def _cortex_command() -> str:
+    """How to run the CLI from a shell: the venv's script when `cortex` is not on PATH."""
+    script = Path(sys.executable).parent / "cortex"
+    if shutil.which("cortex") == str(script) or not script.exists():
+        return "cortex"
+    return os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+
+
 def main() -> int:
-    gateway_port = int(os.environ.get("CORTEX_PORT", "31313"))
-    metrics_port = int(os.environ.get("CORTEX_METRICS_PORT", "31314"))
-    neuron_port = int(os.environ.get("CORTEX_NEURON_PORT", "13131"))
+    ports = {
+        "CORTEX_PORT": int(os.environ.get("CORTEX_PORT", "31313")),
+        "CORTEX_METRICS_PORT": int(os.environ.get("CORTEX_METRICS_PORT", "31314")),
+        "CORTEX_NEURON_PORT": int(os.environ.get("CORTEX_NEURON_PORT", "13131")),
+    }
+    taken = _taken(ports)
+    if taken:
+        print(taken, file=sys.stderr)
+        return 1
+    gateway_port, metrics_port, neuron_port = ports.values()
     HOME.mkdir(parents=True, exist_ok=True)
     served = _served()
     configs = _configs(served.models_toml, served.roots, gateway_port, metrics_port, neuron_port)
@@ -164,7 +196,7 @@ cortex is serving "{served.model_id}", {served.what}, at {url}
 
   OpenAI clients:    OPENAI_BASE_URL={url}/v1
   Anthropic clients: ANTHROPIC_BASE_URL={url}
-  Fleet:             cortex status --gateway {url}
+  Fleet:             {_cortex_command()} status --gateway {url}   (or {url}/ui)
   Metrics:           http://127.0.0.1:{metrics_port}/metrics
 
 Ctrl-C stops both processes.""",
