@@ -1,19 +1,22 @@
 """Claude Code against cortex: its request shapes replayed, then the real CLI, two turns.
 
-One real neuron (the transformers harness on the random-weight demo model, loaded twice: a
-4096-token context for the replays, a 32768-token one for the CLI, whose first prompt alone is
-~8k demo tokens with three tools) behind one real gateway with an API key and Claude Code's
-model names as aliases. The demo model answers gibberish; what is checked is that every answer
-is well formed, in order, and that the context budget holds: ``max_tokens`` 128000 is capped at
-what the context leaves, and only a prompt that does not fit is refused.
+Two real neurons (the transformers harness on the random-weight demo model: ``coder``, a
+4096-token context, on both; ``coder-long``, 32768 tokens, on n1 for the CLI, whose first prompt
+alone is ~8k demo tokens with three tools) behind one real gateway with an API key and Claude
+Code's model names as aliases. The demo model answers gibberish; what is checked is that every
+answer is well formed, in order, that the context budget holds (``max_tokens`` 128000 is capped
+at what the context leaves, only a prompt that does not fit is refused), and that sessions stay
+on their node while ``coder`` is resident on both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +49,40 @@ PNG = (  # a 1x1 PNG
 def gateway(
     start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
+    """Neurons n1 (coder, coder-long) and n2 (coder), started side by side, one gateway."""
     models = [
         {"id": "coder", "source": "tiny", "harness": "transformers", "context_length": CONTEXT},
         {"id": "coder-long", "source": "tiny", "harness": "transformers", "context_length": 32768},
     ]
-    neuron: NeuronProcess = start_neuron(
-        name="cc",
-        model_roots=[model_root],
-        models=models,
-        preload=["coder", "coder-long"],
-        harnesses=["transformers"],
-        cpu_memory_budget_gb=3.0,
-    )
-    neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"] * 2, timeout=60)
+    holds = {"n1": models, "n2": models[:1]}
+
+    def start(name: str) -> NeuronProcess:
+        neuron: NeuronProcess = start_neuron(
+            name=name,
+            model_roots=[model_root],
+            models=holds[name],
+            preload=[m["id"] for m in holds[name]],
+            harnesses=["transformers"],
+            cpu_memory_budget_gb=3.0,
+        )
+        loaded = ["loaded"] * len(holds[name])
+        neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == loaded, timeout=90)
+        return neuron
+
+    with ThreadPoolExecutor(2) as pool:
+        neurons = dict(zip(holds, pool.map(start, holds), strict=True))
     aliases = [
         {**models[0], "aliases": ["claude-sonnet-*", "claude-haiku-*"]},
         {**models[1], "aliases": ["claude-opus-*"]},
     ]
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-cc"),
-        neurons={"cc": neuron},
+        neurons=neurons,
         models=aliases,
         api_keys=[KEY],
         log_format="json",
     )
-    gw.wait_for(lambda p: p.get("coder") == ["cc"] and p.get("coder-long") == ["cc"])
+    gw.wait_for(lambda p: p.get("coder") == ["n1", "n2"] and p.get("coder-long") == ["n1"])
     yield gw
     gw.stop()
 
@@ -306,6 +318,68 @@ async def test_probe_and_telemetry_routes(http: aiohttp.ClientSession) -> None:
     events = {"events": [{"event_type": "ClaudeCodeInternalEvent", "event_data": {}}]}
     async with http.post("/api/event_logging/batch", json=events) as resp:
         assert resp.status == 200
+
+
+# --------------------------------------------------------------------------- session affinity
+
+SESSIONS: list[str | None] = [
+    "0b7e9d2c-5b1e-4f8e-9a51-2f0c1d6e7a10",
+    "5d2f8a41-93c7-4e02-8d6b-7c1e0f3a9b22",
+    "a3c61e07-2d94-4b8f-b1e5-96d0c4f7e833",
+    "e8f04b19-7a36-4c5d-a2f1-3b9e8d0c6f44",
+    None,  # no header and no metadata: keyed by the opening messages
+    None,
+]
+TURNS = 3
+
+
+class Conversation:
+    def __init__(self, i: int, session: str | None) -> None:
+        self.headers = {"x-api-key": KEY}
+        if session:
+            self.headers["x-claude-code-session-id"] = session
+        self.messages: list[dict[str, Any]] = [
+            {"role": "user", "content": f"task {i}: fix the parser"}
+        ]
+
+    async def turn(self, http: aiohttp.ClientSession) -> None:
+        body = {
+            "model": "claude-sonnet-4-5-20250929",
+            "max_tokens": 4,
+            "system": [{"type": "text", "text": "You are a coding agent."}],
+            "messages": self.messages,
+        }
+        async with http.post("/v1/messages?beta=true", json=body, headers=self.headers) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        text = "".join(b.get("text", "") for b in answer["content"]) or "ok"
+        self.messages += [
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": f"turn {len(self.messages) // 2 + 1}: go on"},
+        ]
+
+
+async def test_each_session_stays_on_one_node_and_both_nodes_serve(
+    gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    """Six sessions, three turns each: first turns side by side, later turns one at a time.
+    Least-busy routing alone would send every later turn to n1 (all idle, then by name), so
+    staying put is affinity's work. Which node served shows in the gateway's request log."""
+    logged = len(gateway.log_text().splitlines())
+    conversations = [Conversation(i, s) for i, s in enumerate(SESSIONS)]
+    await asyncio.gather(*(c.turn(http) for c in conversations))
+    for _ in range(TURNS - 1):
+        for c in conversations:
+            await c.turn(http)
+    lines = gateway.log_text().splitlines()[logged:]
+    served = [json.loads(line) for line in lines if '"request"' in line]
+    nodes: dict[str, set[str]] = {}
+    for line in served:
+        assert line["status"] == 200
+        nodes.setdefault(line["session"], set()).add(line["node"])
+    assert len(nodes) == len(SESSIONS) and len(served) == len(SESSIONS) * TURNS
+    assert all(len(on) == 1 for on in nodes.values()), nodes
+    assert set().union(*nodes.values()) == {"n1", "n2"}, nodes
 
 
 # --------------------------------------------------------------------------- the real CLI
