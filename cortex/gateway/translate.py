@@ -73,7 +73,7 @@ def messages_to_openai(
 ) -> oa.ChatCompletionRequest:
     """The OpenAI request a neuron serves for an Anthropic one; ``vision``: accepts images."""
     messages: list[oa.Message] = []
-    system = system_prompt(req.system, req.messages)
+    system = _system_prompt(req.system, req.messages)
     if system:
         messages.append(oa.SystemMessage(content=system))
     for message in req.messages:
@@ -99,7 +99,7 @@ def messages_to_openai(
     )
 
 
-def system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:
+def _system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:
     """``system`` then every system message's text, in order, without per-request noise."""
     texts = _texts(system or [], "system")
     for i, message in enumerate(messages):
