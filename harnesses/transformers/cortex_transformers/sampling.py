@@ -1,10 +1,18 @@
 """Choosing the next token for every row of a batch in one vectorised pass.
 
-Temperature, top-k and top-p are per-row tensors; the sampled rows share one sort, one softmax
-and one inverse-CDF lookup. The randomness is one uniform number per row drawn from that
-sequence's own ``random.Random`` (seeded from the request, else from the OS), so a fixed seed
-reproduces its output whatever else shares the batch, with no per-row device work or sync.
-Greedy rows take the argmax of the raw logits, exactly as ``generate`` does.
+Temperature, top-k and top-p are per-row tensors and no step sorts the vocabulary (a sort of
+16 x 32000 logits takes ~50 ms on one CPU core, more than a decode step of a small model). Top-k
+keeps the tokens at or above each row's k-th largest score (one ``topk``). Top-p samples by
+rejection, as FlashInfer does: draw from the row's distribution; accept the token if the
+probability mass strictly above it is at most top_p (exactly the sorted-prefix rule: keep the
+smallest set of most likely tokens holding top_p); otherwise drop it and every less likely token
+and draw again. Each draw is an inverse-CDF lookup (cumsum + searchsorted); rounds are few
+because every rejection removes the rejected token's whole tail.
+
+The randomness is one uniform number per draw from the row's own ``random.Random`` (seeded from
+the request, else from the OS), so a fixed seed reproduces its output whatever else shares the
+batch, with no per-row device work. Greedy rows take the argmax of the raw logits, exactly as
+``generate`` does.
 """
 
 from __future__ import annotations
@@ -48,20 +56,55 @@ def next_tokens(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
 
 def _sample(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
     """logits: [S, V] of the sampled rows."""
-    device, vocab = logits.device, logits.shape[-1]
+    device = logits.device
     temperature = torch.tensor([s.temperature for s in samplers], device=device)  # [S]
-    top_k = torch.tensor([s.top_k if s.top_k > 0 else vocab for s in samplers], device=device)
+    scores = logits.float() / temperature[:, None]  # [S, V]
+    top_k = [s.top_k for s in samplers]
+    if any(0 < k < scores.shape[-1] for k in top_k):
+        kth = _kth_scores(scores, top_k)
+        scores.masked_fill_(scores < kth[:, None], float("-inf"))
+    probs = scores.softmax(-1)  # [S, V]
     top_p = torch.tensor([s.top_p for s in samplers], device=device)  # [S]
-    scores, order = (logits.float() / temperature[:, None]).sort(-1, descending=True)  # [S, V]
-    rank = torch.arange(vocab, device=device)
-    scores.masked_fill_(rank[None, :] >= top_k[:, None], float("-inf"))
-    probs = scores.softmax(-1)
-    # Drop a token when the tokens above it already hold top_p; the first always stays.
-    probs.masked_fill_(probs.cumsum(-1) - probs > top_p[:, None], 0.0)
-    cdf = probs.cumsum(-1)  # [S, V], non-decreasing; dropped tokens form a flat tail
-    u = torch.tensor([s.uniform() for s in samplers], device=device) * cdf[:, -1]
-    pick = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]  # [S]
-    last_kept = (probs > 0).sum(-1).clamp(min=1) - 1  # rounding must not pick a dropped token
-    pick = torch.minimum(pick, last_kept)
-    chosen: list[int] = order.gather(1, pick[:, None])[:, 0].tolist()
+    rows = torch.arange(len(samplers), device=device)
+    tokens = _draw(probs, samplers, device)
+    if all(s.top_p >= 1.0 for s in samplers):
+        return list(tokens.tolist())
+    for _ in range(_MAX_ROUNDS):
+        p_token = probs[rows, tokens]
+        above = (probs * (probs > p_token[:, None])).sum(-1)
+        reject = (above > top_p).nonzero()[:, 0]
+        if len(reject) == 0:
+            break
+        kept = probs[reject]
+        kept.masked_fill_(kept <= p_token[reject, None], 0.0)  # the rejected token and its tail
+        probs[reject] = kept
+        tokens[reject] = _draw(kept, [samplers[i] for i in reject.tolist()], device)
+    else:  # pathological ties: the most likely token is always inside top_p
+        tokens = torch.where(above > top_p, probs.argmax(-1), tokens)
+    chosen: list[int] = tokens.tolist()
     return chosen
+
+
+_MAX_ROUNDS = 64
+
+
+def _kth_scores(scores: torch.Tensor, top_k: list[int]) -> torch.Tensor:
+    """Each row's k-th largest score ([S]); -inf for rows without top-k."""
+    vocab = scores.shape[-1]
+    ks = [k if 0 < k < vocab else vocab for k in top_k]
+    largest = scores.topk(max(k for k in ks if k < vocab), dim=-1).values  # [S, K], descending
+    index = torch.tensor([min(k, largest.shape[-1]) - 1 for k in ks], device=scores.device)
+    kth = largest.gather(1, index[:, None])[:, 0]
+    no_limit = torch.tensor([k == vocab for k in ks], device=scores.device)
+    return kth.masked_fill(no_limit, float("-inf"))
+
+
+def _draw(probs: torch.Tensor, samplers: list[Sampler], device: torch.device) -> torch.Tensor:
+    """One token per row of ``probs`` [R, V] (unnormalised, >= 0) by inverse CDF; [R]."""
+    cdf = probs.cumsum(-1)
+    u = torch.tensor([s.uniform() for s in samplers], device=device)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    picked = picked.clamp(max=probs.shape[-1] - 1)
+    # right=True lands on a positive-probability token except when rounding reaches the end.
+    ok = probs.gather(1, picked[:, None])[:, 0] > 0
+    return torch.where(ok, picked, probs.argmax(-1))
