@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -27,12 +26,12 @@ TOKEN = "slow-token"
 @pytest.fixture(scope="module")
 def urls(
     start_neuron: Callable[..., NeuronProcess],
-    model_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, str]]:
-    neuron = start_neuron(
+    neuron = start_neuron(  # no harness: the edge is all this tests, and it starts in ~1 s
         token=TOKEN,
-        model_roots=[model_root],
+        model_roots=[tmp_path_factory.mktemp("empty")],
+        harnesses=["no-such-harness"],
         keepalive_timeout_s=TIMEOUT_S,
         body_timeout_s=TIMEOUT_S,
     )

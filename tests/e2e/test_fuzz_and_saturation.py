@@ -1,10 +1,15 @@
-"""Hostile bodies and headers against a live gateway and neuron (the tiny demo model loaded).
+"""Hostile and heavy clients against a live gateway and neuron (the tiny demo model loaded;
+one decode place and two queue places on the neuron, so it saturates at once).
 
-Every answer must be a 4xx in the client's dialect (OpenAI envelope, or Anthropic's on
-/v1/messages* and for any request carrying anthropic-version), never a 5xx, and both processes
-must stay healthy and keep serving. aiohttp's own parser rejections (a malformed head) are
-answered before any route or dialect is known: those must be a 400, in any body.
-The logs of the run must not contain a key, nor a traceback for a client hang-up.
+Fuzz: every hostile body or header gets a 4xx in the client's dialect (OpenAI envelope, or
+Anthropic's on /v1/messages* and for any request carrying anthropic-version), never a 5xx, and
+both processes stay healthy. aiohttp's own parser rejections (a malformed head) are answered
+before any route or dialect is known: those must be a 400, in any body.
+Logs: no key, no traceback for a client hang-up.
+Saturation: past the neuron's queue bound a request gets 429 with Retry-After at once; queued
+streams wait longer than the gateway's idle_timeout_s, yet finish normally (the neuron sends
+their headers and SSE heartbeats before admission) and the healthy node is never suspect.
+One pair of processes serves all three (the tests do not depend on their order).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,8 @@ ADMIN_KEY = "fuzz-admin-key-9a7b3d"
 NEURON_TOKEN = "fuzz-neuron-token-c4e2a8"
 SECRETS = (CLIENT_KEY, ADMIN_KEY, NEURON_TOKEN)
 MODEL = {"id": "tiny", "source": "tiny", "context_length": 2048, "vram_gb": 0.1}
+IDLE_S = 1.0  # the gateway's idle_timeout_s: longest silence it allows in a stream
+STREAMS = 8
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +57,9 @@ def neuron(
         models=[MODEL],
         preload=["tiny"],
         cpu_memory_budget_gb=2.0,
+        max_concurrency=1,
+        queue_depth=2,
+        heartbeat_s=0.2,
     )
     neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=60)
     return neuron
@@ -65,6 +76,7 @@ def gateway(
         api_keys=[CLIENT_KEY],
         admin_keys=[ADMIN_KEY],
         max_body_mb=1.0,
+        idle_timeout_s=IDLE_S,
     )
     yield gw
     gw.stop()
@@ -636,3 +648,55 @@ def test_logs_hold_no_key_and_hang_ups_are_one_info_line(
         assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
     assert "client hung up" in logs["neuron"]
     assert "malformed request" in logs["gateway"] and "malformed request" in logs["neuron"]
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, seed: int) -> dict[str, Any]:
+    """One sampled stream of up to 400 tokens (random weights rarely pick EOS when sampling)."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Tell me about the weather"}],
+        "max_tokens": 400,
+        "seed": seed,
+        "stream": True,
+    }
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        if resp.status != 200:
+            return {"status": resp.status, "headers": resp.headers, "body": await resp.json()}
+        first_content, raw = None, b""
+        async for chunk in resp.content.iter_any():
+            if first_content is None and b'"content":"' in chunk and b'"content":""' not in chunk:
+                first_content = time.monotonic() - started
+            raw += chunk
+        return {"status": 200, "first_content_s": first_content, "raw": raw}
+
+
+async def _saturate(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        return await asyncio.gather(*(_stream(session, url, seed) for seed in range(STREAMS)))
+
+
+def test_past_the_queue_bound_429_and_queued_streams_do_not_make_the_node_suspect(
+    gateway: GatewayProcess,
+) -> None:
+    results = asyncio.run(_saturate(gateway.url))
+    refused = [r for r in results if r["status"] == 429]
+    served = [r for r in results if r["status"] == 200]
+    assert len(refused) + len(served) == STREAMS
+    assert len(refused) >= STREAMS - 3  # one running, two queued; the rest refused at once
+    for r in refused:
+        assert r["headers"]["Retry-After"] == "1"
+        assert r["body"]["error"]["type"] == "rate_limit_error"
+    for r in served:
+        assert r["raw"].endswith(b"data: [DONE]\n\n") and b'"error"' not in r["raw"]
+    # The last admitted stream waited longer than the gateway tolerates silence.
+    waits = [r["first_content_s"] for r in served]
+    assert max(waits) > IDLE_S, waits
+    admin = request("GET", "/cortex/status", b"", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    status = json.loads(send(gateway.url, admin)[2])
+    assert [n["state"] for n in status["neurons"]] == ["up"]
+    assert "suspect" not in gateway.log_text()
