@@ -38,6 +38,7 @@ from typing import Any, assert_never
 
 import msgspec
 
+from cortex import protocol
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
 from cortex.protocol import anthropic as an
 from cortex.protocol import openai as oa
@@ -310,12 +311,6 @@ def _cached(usage: oa.Usage) -> int:
 # --------------------------------------------------------------------------- stream
 
 
-def _sse(events: list[an.StreamEvent]) -> bytes:
-    return b"".join(
-        b"event: %s\ndata: %s\n\n" % (_block_type(e).encode(), _encoder.encode(e)) for e in events
-    )
-
-
 class AnthropicStreamTranslator:
     """OpenAI stream chunks in, Anthropic SSE bytes out, for one response.
 
@@ -358,7 +353,7 @@ class AnthropicStreamTranslator:
             for call in choice.delta.tool_calls or []:
                 events += self._tool_call(call)
             self._finish = choice.finish_reason or self._finish
-        return _sse(events)
+        return protocol.encode_events(events)
 
     def finish(self, matched_stop: str | None = None) -> bytes:
         """Close the message; ``matched_stop``: the stop sequence the output ended on, if any."""
@@ -375,14 +370,15 @@ class AnthropicStreamTranslator:
             cache_read_input_tokens=self._cached_tokens,
         )
         tail: list[an.StreamEvent] = [an.MessageDelta(body, usage), an.MessageStop()]
-        return _sse(self._start() + self._close_block() + tail)
+        return protocol.encode_events(self._start() + self._close_block() + tail)
 
     def error(self, err: CortexError) -> bytes:
         """An ``error`` event ending the stream (the HTTP status is already 200)."""
         if self._done:
             return b""
         self._done = True
-        return _sse([an.ErrorEvent(an.ErrorDetail(err.anthropic_type, err.message))])
+        error = an.ErrorEvent(an.ErrorDetail(err.anthropic_type, err.message))
+        return protocol.encode_events([error])
 
     def _start(self) -> list[an.StreamEvent]:
         if self._started:
