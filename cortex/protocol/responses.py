@@ -100,7 +100,7 @@ class ToolParam(msgspec.Struct, kw_only=True):
     run by cortex, so they are dropped rather than advertised)."""
 
     type: str
-    name: str | None = None
+    name: Annotated[str, msgspec.Meta(max_length=128)] | None = None  # as chat's FunctionDef
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

@@ -67,6 +67,7 @@ def test_later_turn_items_decode() -> None:
         ({"input": [{"type": "web_search_call", "id": "ws"}]}, "input[0].type", "function tools"),
         ({"input": [{"content": "no role"}]}, "input[0].role", "Missing required"),
         ({"tools": [{"type": "function"}]}, "tools[0]", "needs a name"),
+        ({"tools": [{"type": "function", "name": "f" * 129}]}, "tools[0].name", "<= 128"),
         ({"max_output_tokens": 0}, "max_output_tokens", ">= 1"),
         ({"temperature": 1e-40}, "temperature", "magnitude"),
         (
