@@ -310,6 +310,24 @@ async def test_only_a_prompt_that_does_not_fit_is_refused(http: aiohttp.ClientSe
         }
 
 
+async def test_an_image_in_the_users_own_words_is_a_clear_400(
+    http: aiohttp.ClientSession,
+) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}],
+    }
+    async with http.post("/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error == {
+            "type": "invalid_request_error",
+            "message": "model coder does not accept images",
+        }
+
+
 async def test_probe_and_telemetry_routes(http: aiohttp.ClientSession) -> None:
     async with http.head("/") as resp:
         assert resp.status == 200
