@@ -9,19 +9,22 @@ so ``usage.input_tokens`` shows exactly what the translator sent the neuron.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import NeuronProcess
-from tests.prometheus_samples import samples, value
+from tests.prometheus_samples import samples, total, value
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +58,17 @@ TOOLS: list[Any] = [
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    neuron: NeuronProcess = start_neuron(
+def neuron(start_neuron: Any, model_root: Path) -> NeuronProcess:
+    started: NeuronProcess = start_neuron(
         name="responses", model_roots=[model_root], module="tests.e2e.scripted_neuron"
     )
+    return started
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    neuron: NeuronProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     model = {
         "id": "coder",
         "source": "tiny",
@@ -244,3 +252,39 @@ def test_requests_are_logged_and_counted_as_responses(
         status="200",
     )
     assert ok >= 1
+
+
+def _metric(url: str, token: str | None = None, **labels: str) -> float:
+    request = urllib.request.Request(url + "/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return total(samples(resp.read()), "cortex_requests_total", **labels)
+
+
+def test_client_hang_up_cancels_generation_on_the_neuron(
+    gateway: GatewayProcess, neuron: NeuronProcess
+) -> None:
+    hung_up = _metric(neuron.url, neuron.token, status="499")
+    body = {"model": "coder", "input": "stream until cancelled", "stream": True}
+
+    async def hang_up() -> int:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            resp = await session.post(gateway.url + "/v1/responses", json=body)
+            deltas = 0
+            while deltas < 5:
+                line = await resp.content.readline()
+                deltas += line.startswith(b"event: response.output_text.delta")
+            resp.close()
+            return deltas
+
+    assert asyncio.run(hang_up()) == 5
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        _metric(neuron.url, neuron.token, status="499") == hung_up
+        or _metric(gateway.metrics_url, route="/v1/responses", status="499") == 0
+    ):
+        time.sleep(0.05)
+    assert _metric(neuron.url, neuron.token, status="499") == hung_up + 1
+    assert _metric(gateway.metrics_url, route="/v1/responses", status="499") == 1
