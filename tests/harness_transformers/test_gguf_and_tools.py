@@ -8,11 +8,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import torch
+from cortex_transformers import loading
 from cortex_transformers.gguf_source import GGUFHeaderError, tensor_shapes
 from cortex_transformers.harness import TransformersHarness
 
 from cortex import starter
 from cortex.errors import InvalidRequest
+from cortex.neuron.harness import LoadOptions
 from cortex.protocol.neuron import LoadRequest
 
 from .conftest import load
@@ -44,6 +47,70 @@ def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def llama_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama as GGUF (float32 tensors, no tokenizer): what transformers reads."""
+    vocab, hidden, layers, heads, kv_heads, ffn = 256, 64, 2, 4, 2, 128
+    kv = kv_heads * hidden // heads
+    rng = np.random.default_rng(0)
+
+    def weight(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    path = tmp_path_factory.mktemp("llama") / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(vocab)
+    writer.add_tensor("token_embd.weight", weight(vocab, hidden))
+    for i in range(layers):
+        for name, shape in [
+            ("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)), ("attn_v", (kv, hidden)),
+            ("attn_output", (hidden, hidden)), ("ffn_gate", (ffn, hidden)),
+            ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn)),
+        ]:  # fmt: skip
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output.weight", weight(vocab, hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_loads_dequantised_and_requantised_with_bitsandbytes(llama_gguf: Path) -> None:
+    """transformers refuses a quantization_config with gguf_file: 4bit is a second pass."""
+    pytest.importorskip("bitsandbytes")
+    spec = {"model": "g", "source": str(llama_gguf), "dtype": "float32"}
+    plain = loading.load_model(LoadRequest(**spec), str(llama_gguf), "cpu", LoadOptions())  # type: ignore[arg-type]
+    four = loading.load_model(
+        LoadRequest(**spec, quantization="4bit"),  # type: ignore[arg-type]
+        str(llama_gguf),
+        "cpu",
+        LoadOptions(),
+    )
+    assert type(plain.model.layers[0].mlp.up_proj).__name__ == "Linear"
+    assert type(four.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+    assert four.get_memory_footprint() < 0.5 * plain.get_memory_footprint()
+    # The header estimate (run before a load starts) agrees with what both loads measure.
+    for model, quantization in ((plain, "none"), (four, "4bit")):
+        request = LoadRequest(**spec, quantization=quantization)  # type: ignore[arg-type]
+        estimate = TransformersHarness().estimate_bytes(request, str(llama_gguf))
+        assert estimate == pytest.approx(model.get_memory_footprint(), rel=0.05)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        assert torch.isfinite(four(input_ids=ids).logits).all()
 
 
 def test_tensor_shapes_come_from_the_header(small_gguf: Path) -> None:
