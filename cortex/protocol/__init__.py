@@ -1,4 +1,6 @@
-"""Every wire shape, one module per API family; ``decode`` is the single validating entry."""
+"""Every wire shape, one module per API family; ``decode`` is the single validating entry
+(``convert`` the same for a body a dialect had to pre-fill), ``encode_events`` the one encoder
+of named SSE events."""
 
 from __future__ import annotations
 
