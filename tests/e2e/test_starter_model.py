@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -200,6 +201,20 @@ def test_a_named_tool_missing_from_tools_is_400_in_both_dialects(
     assert status == 400 and body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
     assert "'launch'" in body["error"]["message"]
+
+
+def test_a_gguf_that_cannot_fit_is_refused_before_loading(gguf: Path, start_neuron: Any) -> None:
+    """The size comes from the GGUF header (134.5M parameters x 4 bytes once dequantised to
+    float32), so the refusal takes no load: a 507 at once, not after ~30 s of dequantising."""
+    neuron: NeuronProcess = start_neuron(
+        name="small", model_roots=[str(gguf.parents[1])], cpu_memory_budget_gb=0.3
+    )
+    spec = {"model": "smol", "source": starter.SOURCE, "dtype": "float32"}
+    started = time.monotonic()
+    status, body = neuron.api("POST", "/models/load", spec)
+    assert (status, body["error"]["code"]) == (507, "insufficient_memory")
+    assert "needs 0.54 GB" in body["error"]["message"]
+    assert time.monotonic() - started < 5
 
 
 def test_a_bad_source_is_400_after_exactly_one_load_attempt(
