@@ -12,7 +12,10 @@ tools of several types, ~18k demo-tokenizer tokens).
   second test drives a whole tool loop: the model calls ``exec_command``, Codex runs it and
   sends its output back as a ``function_call_output``, and the model's answer depends on it.
 
-The binary comes from ``make clients``; without it the tests skip.
+- A Codex-shaped request sent twice (the openai SDK, no binary needed) reports its reused
+  prefix as ``input_tokens_details.cached_tokens``, streamed or not.
+
+The binary comes from ``make clients``; without it the Codex CLI tests skip.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ import hashlib
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import REPO_ROOT, NeuronProcess
+from tests.protocol.test_responses import CODEX_REQUEST
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +50,6 @@ METADATA_ADVISORY = "Model metadata for `"
 def gateway(
     start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    if not CODEX.exists():
-        pytest.skip(f"Codex CLI not installed at {CODEX} (run `make clients`)")
     demo: NeuronProcess = start_neuron(name="codex", model_roots=[model_root])
     scripted: NeuronProcess = start_neuron(
         name="scripted", model_roots=[model_root], module="tests.e2e.scripted_neuron"
@@ -102,6 +106,8 @@ stream_max_retries = 0
 def codex_exec(gateway: GatewayProcess, tmp_path: Path, *args: str) -> list[dict[str, Any]]:
     """Run ``codex exec --json ARGS`` in an empty directory; its JSONL events, checked for
     errors: only the metadata advisory may be an error item, no error event, no failed turn."""
+    if not CODEX.exists():
+        pytest.skip(f"Codex CLI not installed at {CODEX} (run `make clients`)")
     home = codex_home(tmp_path / "codex-home", gateway.url)
     work = tmp_path / "work"
     work.mkdir()
@@ -176,3 +182,28 @@ def test_codex_runs_a_tool_and_answers_from_its_output(
     assert [i["text"] for i in completed(events, "agent_message")] == ["Done."]
     session = session_of(events)
     assert logged_sessions(gateway, "coder") == [(session, 200), (session, 200)]
+
+
+def test_a_repeated_codex_prompt_reports_cached_tokens(gateway: GatewayProcess) -> None:
+    body = json.loads(CODEX_REQUEST)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0)
+    request: dict[str, Any] = {
+        "model": "gpt-5.1-codex",
+        "instructions": f"session {uuid.uuid4()}",  # a prefix no other test has cached
+        "input": body["input"],
+        "tools": body["tools"],
+        "max_output_tokens": 4,
+        "temperature": 0,
+    }
+    first = client.responses.create(**request)
+    assert first.usage is not None and first.usage.input_tokens > 500
+    assert first.usage.input_tokens_details.cached_tokens == 0
+    with client.responses.stream(**request) as stream:
+        last = list(stream)[-1]
+    # Four tokens: completed if the model stopped in time, else cut at the ceiling.
+    assert last.type in ("response.completed", "response.incomplete")
+    second = last.response
+    assert second.usage is not None and second.usage.input_tokens == first.usage.input_tokens
+    # Everything but the last, partly filled KV block came from the neuron's prefix cache.
+    cached = second.usage.input_tokens_details.cached_tokens
+    assert first.usage.input_tokens - 64 <= cached < first.usage.input_tokens
