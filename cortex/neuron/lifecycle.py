@@ -92,8 +92,10 @@ class ModelManager:
         the request. A client hang-up (task cancellation) passes through untouched.
         """
         model = self.model(model_id)
+        # Leases not yet running, planning ones included: they take the free places first.
         waiting = sum(len(slot.leases) for slot in self._slots.values()) - self.running
-        if self._admission.locked() and waiting >= self._config.queue_depth:
+        free = self._config.max_concurrency - self.running
+        if waiting >= free + self._config.queue_depth:
             raise Overloaded(
                 f"{waiting} requests already wait for a place on this neuron (queue_depth)",
                 retry_after_s=RETRY_AFTER_S,

@@ -38,7 +38,9 @@ NEURON_TOKEN = "fuzz-neuron-token-c4e2a8"
 SECRETS = (CLIENT_KEY, ADMIN_KEY, NEURON_TOKEN)
 MODEL = {"id": "tiny", "source": "tiny", "context_length": 2048, "vram_gb": 0.1}
 IDLE_S = 1.0  # the gateway's idle_timeout_s: longest silence it allows in a stream
-STREAMS = 8
+# Seeds whose sampled replies run to 400 tokens on the demo model (others hit EOS early): each
+# admitted stream holds the one decode place about a second.
+LONG_SEEDS = (3, 4, 8, 9, 10, 12, 13, 15)
 
 
 @pytest.fixture(scope="module")
@@ -654,7 +656,7 @@ def test_logs_hold_no_key_and_hang_ups_are_one_info_line(
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, seed: int) -> dict[str, Any]:
-    """One sampled stream of up to 400 tokens (random weights rarely pick EOS when sampling)."""
+    """One sampled stream of 400 tokens."""
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "Tell me about the weather"}],
@@ -677,7 +679,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, seed: int) -> dict[s
 
 async def _saturate(url: str) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as session:
-        return await asyncio.gather(*(_stream(session, url, seed) for seed in range(STREAMS)))
+        return await asyncio.gather(*(_stream(session, url, seed) for seed in LONG_SEEDS))
 
 
 def test_past_the_queue_bound_429_and_queued_streams_do_not_make_the_node_suspect(
@@ -686,8 +688,8 @@ def test_past_the_queue_bound_429_and_queued_streams_do_not_make_the_node_suspec
     results = asyncio.run(_saturate(gateway.url))
     refused = [r for r in results if r["status"] == 429]
     served = [r for r in results if r["status"] == 200]
-    assert len(refused) + len(served) == STREAMS
-    assert len(refused) >= STREAMS - 3  # one running, two queued; the rest refused at once
+    assert len(refused) + len(served) == len(LONG_SEEDS)
+    assert len(refused) >= len(LONG_SEEDS) - 3  # one running, two queued; the rest refused at once
     for r in refused:
         assert r["headers"]["Retry-After"] == "1"
         assert r["body"]["error"]["type"] == "rate_limit_error"

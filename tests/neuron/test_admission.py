@@ -84,3 +84,11 @@ async def test_a_queued_stream_gets_headers_and_heartbeats_before_admission(
     rest = early + await resp.content.read()
     assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b'"content":"ab"') == 3
     assert (await running).status == 200
+
+
+async def test_a_burst_is_bounded_before_anyone_is_admitted(client: Client) -> None:
+    """Requests still tokenizing count too: five at once are one running, one queued, 3 x 429."""
+    answers = await asyncio.gather(
+        *(client.post("/v1/chat/completions", json=_chat(5, False)) for _ in range(5))
+    )
+    assert sorted(resp.status for resp in answers) == [200, 200, 429, 429, 429]
