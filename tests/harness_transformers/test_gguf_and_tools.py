@@ -161,8 +161,15 @@ def test_starter_gguf_estimate_matches_its_parameter_count() -> None:
     assert TransformersHarness().estimate_bytes(request, str(path)) == 134_515_008 * 4
 
 
-def test_a_template_without_tools_falls_back_to_hermes_when_asked(demo_dir: Path) -> None:
-    model = load(demo_dir, chat_template=CHATML, tool_parser="hermes")
+@pytest.mark.parametrize(
+    "template",
+    [CHATML, "{% if tools %}{{ raise_exception('no tools here') }}{% endif %}" + CHATML],
+    ids=["drops-tools", "raises-on-tools"],
+)
+def test_a_template_without_tools_falls_back_to_hermes_when_asked(
+    demo_dir: Path, template: str
+) -> None:
+    model = load(demo_dir, chat_template=template, tool_parser="hermes")
     try:
         text = model._tokenizer.decode(model.encode_chat(HELLO, TOOLS))
         assert "<tools>" in text and '"name": "get_weather"' in text and "<tool_call>" in text

@@ -107,8 +107,15 @@ def tools_template(tokenizer: PreTrainedTokenizerBase, tool_parser: str) -> str 
     cortex's ChatML + hermes template (chat_template.jinja) when the entry's tool_parser is
     "hermes"; else None, and such requests are refused. Many small models' templates (SmolLM2's
     among them) silently drop ``tools``: rendering a probe tool tells them apart."""
-    own = tokenizer.get_chat_template(None, _PROBE_TOOLS)
+    own = _own_template_with_tools(tokenizer)
+    if own is not None:
+        return own
+    return HERMES_TEMPLATE if tool_parser == "hermes" else None
+
+
+def _own_template_with_tools(tokenizer: PreTrainedTokenizerBase) -> str | None:
     try:
+        own = tokenizer.get_chat_template(None, _PROBE_TOOLS)
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": "hi"}],
             tools=_PROBE_TOOLS,  # type: ignore[arg-type]
@@ -117,10 +124,8 @@ def tools_template(tokenizer: PreTrainedTokenizerBase, tool_parser: str) -> str 
             tokenize=False,
         )
     except TEMPLATE_ERRORS:
-        rendered = ""
-    if _PROBE in str(rendered):
-        return str(own)
-    return HERMES_TEMPLATE if tool_parser == "hermes" else None
+        return None  # a template that fails on tools cannot render them either
+    return str(own) if _PROBE in str(rendered) else None
 
 
 def load_model(
