@@ -161,9 +161,9 @@ class Gateway:
         """``open_upstream``, abandoned with NodeDown when the fleet marks the target neuron
         down first: a stalled node would otherwise hold the request for the whole timeout,
         though nothing was sent yet and another node could answer."""
-        send = asyncio.ensure_future(open_upstream(self.session, target, body, timeout))
         if not target.is_neuron or target.node not in self.fleet.neurons:
-            return await send
+            return await open_upstream(self.session, target, body, timeout)
+        send = asyncio.ensure_future(open_upstream(self.session, target, body, timeout))
         down = asyncio.ensure_future(self.fleet.wait_down(target.node))
         try:
             await asyncio.wait((send, down), return_when=asyncio.FIRST_COMPLETED)
