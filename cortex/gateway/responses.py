@@ -29,7 +29,8 @@ async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.St
     req = decode_request(await request.read())
     ex.stream = req.stream
     resolved = gateway.resolve(req.model)
-    chat = responses_to_openai(req, resolved.model_id, accepts_images(resolved))
+    neuron = resolved.entry is not None
+    chat = responses_to_openai(req, resolved.model_id, accepts_images(resolved), neuron)
     ex.session = session_key(request.headers, req.prompt_cache_key or req.user, chat.messages)
     upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(chat), ex)
     skeleton = response_skeleton(req)

@@ -16,6 +16,11 @@ Choices that are not forced by either spec:
   is refused (nothing is stored to resolve it); so are ``input_file`` parts and file-id images.
 - Tools other than ``function`` are dropped and not echoed back: cortex runs none of them.
 - ``finish_reason`` length is status ``incomplete`` with reason ``max_output_tokens``.
+- An absent ``max_output_tokens`` means "up to the context" (OpenAI's rule for this API): a
+  neuron is sent the largest ``max_tokens`` it accepts, a ceiling it caps at what the prompt
+  leaves, instead of falling to its own 4096 default. Codex never sends a limit and fails the
+  turn on an incomplete answer, such as a long file written through a tool call. A plain
+  upstream keeps its own default.
 
 The stream direction is responses_stream.py.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import typing
 
 import msgspec
 
@@ -68,9 +74,10 @@ def response_skeleton(req: rs.ResponsesRequest) -> rs.Response:
 
 
 def responses_to_openai(
-    req: rs.ResponsesRequest, model_id: str, vision: bool
+    req: rs.ResponsesRequest, model_id: str, vision: bool, neuron: bool = True
 ) -> oa.ChatCompletionRequest:
-    """The chat request a neuron serves for a Responses one; ``vision``: accepts images."""
+    """The chat request a neuron serves for a Responses one; ``vision``: accepts images;
+    ``neuron``: a cortex neuron serves it (else a plain upstream, see the module notes)."""
     tools = [
         oa.Tool(
             function=oa.FunctionDef(
@@ -86,7 +93,7 @@ def responses_to_openai(
         stream_options=oa.StreamOptions(include_usage=True) if req.stream else None,
         temperature=req.temperature,
         top_p=req.top_p,
-        max_tokens=req.max_output_tokens,
+        max_tokens=req.max_output_tokens or (_WHOLE_CONTEXT if neuron else None),
         tools=tools or None,
         tool_choice=_tool_choice(req.tool_choice) if tools else None,
         parallel_tool_calls=None if req.parallel_tool_calls or not tools else False,
@@ -210,6 +217,10 @@ class _Conversation:
         if not part.image_url:
             raise InvalidRequest("images by file_id are not supported; send image_url", param=where)
         return oa.ImagePart(oa.ImageURL(part.image_url, part.detail))
+
+
+# The largest max_tokens a neuron accepts (openai.MaxTokens): as a ceiling, "the whole context".
+_WHOLE_CONTEXT: int = typing.get_args(oa.MaxTokens)[1].le
 
 
 def _tool_choice(choice: rs.ToolChoice | None) -> oa.ToolChoice | None:

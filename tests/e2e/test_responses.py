@@ -77,10 +77,11 @@ def gateway(
         "aliases": ["gpt-*"],
         "tool_parser": "hermes",
     }
+    long = {"id": "long", "source": "tiny", "harness": "fake", "context_length": 5000}
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-responses"),
         neurons={"responses": neuron},
-        models=[model],
+        models=[model, long],
         api_keys=[KEY],
     )
     yield gw
@@ -195,6 +196,15 @@ def test_max_output_tokens_is_a_ceiling(client: openai.OpenAI) -> None:
     ) as stream:
         kinds = [e.type for e in stream]
     assert kinds[-1] == "response.incomplete"
+
+
+def test_without_max_output_tokens_the_answer_may_fill_the_context(client: openai.OpenAI) -> None:
+    # The fake streams until stopped; Codex sends no limit, so none but the context applies
+    # (not the neuron's 4096-token default for chat requests without max_tokens).
+    response = client.responses.create(model="long", input="go on")
+    assert response.status == "incomplete" and response.usage is not None
+    assert response.usage.input_tokens + response.usage.output_tokens == 5000
+    assert response.usage.output_tokens > 4096
 
 
 def test_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI) -> None:

@@ -82,6 +82,10 @@ def test_codex_conversation_becomes_chat_messages() -> None:
     assert chat.tool_choice == "auto" and chat.parallel_tool_calls is None
     assert chat.stream and chat.stream_options == oa.StreamOptions(include_usage=True)
     assert chat.model == "coder"
+    # No max_output_tokens: the whole context, a ceiling the neuron caps (not its 4096 default);
+    # a plain upstream keeps its own default.
+    assert chat.max_tokens == 1_000_000
+    assert responses_to_openai(codex_later_turn(), "up", False, neuron=False).max_tokens is None
 
 
 def test_settings_map_onto_chat_fields() -> None:
