@@ -251,15 +251,17 @@ def test_gateway_unit_has_no_devices_and_neuron_unit_keeps_gpus() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
-    """Verified in a scratch root holding the system's units and a stand-in /usr/bin/cortex,
-    since verify also checks that ExecStart's binary exists."""
+    """Verified in a scratch root holding the system's units and stand-ins for /usr/bin/cortex
+    and /usr/bin/kill, since verify also checks that ExecStart's and ExecReload's binaries
+    exist."""
     system_units = next(
         p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()
     )
     shutil.copytree(system_units, tmp_path / "usr/lib/systemd/system", symlinks=True)
     (tmp_path / "usr/bin").mkdir(parents=True)
-    (tmp_path / "usr/bin/cortex").write_text("#!/bin/sh\n")
-    (tmp_path / "usr/bin/cortex").chmod(0o755)
+    for binary in ("cortex", "kill"):
+        (tmp_path / "usr/bin" / binary).write_text("#!/bin/sh\n")
+        (tmp_path / "usr/bin" / binary).chmod(0o755)
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     for unit in EXEC_START:
         shutil.copy(RPM / unit, tmp_path / "etc/systemd/system" / unit)
