@@ -13,7 +13,9 @@ Choices that are not forced by either spec:
   OpenAI tool messages carry text only.
 - ``system`` and every ``role: "system"`` message (Claude Code sends them mid-conversation) are
   merged, in order, into one leading system message: chat templates accept a system message
-  only first.
+  only first. The cost: a system message that first appears in a later turn changes the
+  leading prompt, so that request misses the prefix cache (Claude Code 2.1.197 sends its one
+  system message from the first turn on, so its sessions keep their prefix).
 - Per-request noise is removed from the system prompt (Claude Code's
   ``x-anthropic-billing-header: ...; cch=<random>;`` line), so every turn of a session starts
   with byte-identical tokens and the neuron's prefix cache can reuse them.
