@@ -36,18 +36,25 @@ from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 log = logging.getLogger("cortex.gateway")
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
+# The prompt's own size in a context error: cortex's (and OpenAI's) wording, or vLLM's older
+# "you requested T tokens (N in the messages, K in the completion)".
 _CONTEXT = re.compile(
-    r"maximum context length is (\d+) tokens\. However, your messages resulted in (\d+)"
+    r"maximum context length is (\d+) tokens\. However, "
+    r"(?:your messages resulted in (\d+)|you requested \d+ tokens \((\d+) in the messages)"
 )
 COUNT_CACHE_SIZE = 4096
 
 
-def _prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
+def as_prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
+    """Anthropic's "prompt is too long: N tokens > M maximum" (the words Claude Code compacts
+    on) when the prompt alone overflows; any other context error passes through unchanged."""
     match = _CONTEXT.search(err.message)
     if match is None:
         return err
-    maximum, requested = match.groups()
-    return InvalidRequest(f"prompt is too long: {requested} tokens > {maximum} maximum")
+    maximum, prompt = int(match[1]), int(match[2] or match[3])
+    if prompt < maximum:
+        return err  # an upstream that counts max_tokens against the context: not the prompt
+    return InvalidRequest(f"prompt is too long: {prompt} tokens > {maximum} maximum")
 
 
 async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.StreamResponse:
@@ -60,7 +67,7 @@ async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.St
     try:
         upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(oa_req), ex)
     except ContextLengthExceeded as err:
-        raise _prompt_too_long(err) from None
+        raise as_prompt_too_long(err) from None
     try:
         if not req.stream:
             completion = await read_completion(upstream, ex)
