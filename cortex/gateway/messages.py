@@ -36,11 +36,11 @@ from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 log = logging.getLogger("cortex.gateway")
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
-# The prompt's own size in a context error: cortex's (and OpenAI's) wording, or vLLM's older
-# "you requested T tokens (N in the messages, K in the completion)".
+# The prompt's own size in a context error: cortex's (and OpenAI's) wording, vLLM's "your
+# request has N input tokens", or vLLM's older "you requested T tokens (N in the messages, ...".
 _CONTEXT = re.compile(
-    r"maximum context length is (\d+) tokens\. However, "
-    r"(?:your messages resulted in (\d+)|you requested \d+ tokens \((\d+) in the messages)"
+    r"maximum context length is (\d+) tokens\. However, (?:your messages resulted in (\d+)"
+    r"|your request has (\d+) input|you requested \d+ tokens \((\d+) in the messages)"
 )
 COUNT_CACHE_SIZE = 4096
 
@@ -51,7 +51,7 @@ def as_prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
     match = _CONTEXT.search(err.message)
     if match is None:
         return err
-    maximum, prompt = int(match[1]), int(match[2] or match[3])
+    maximum, prompt = int(match[1]), int(match[2] or match[3] or match[4])
     if prompt < maximum:
         return err  # an upstream that counts max_tokens against the context: not the prompt
     return InvalidRequest(f"prompt is too long: {prompt} tokens > {maximum} maximum")

@@ -16,12 +16,18 @@ VLLM_PROMPT = (
     "(5000 in the messages, 100 in the completion). Please reduce the length of the messages "
     "or completion."
 )
+VLLM_INPUT = (
+    "This model's maximum context length is 4096 tokens. However, your request has 5000 input "
+    "tokens. Please reduce the length of the input messages."
+)
 VLLM_COMPLETION = VLLM_PROMPT.replace("5100 tokens (5000", "35000 tokens (3000").replace(
     "100 in the", "32000 in the"
 )
 
 
-@pytest.mark.parametrize("message", [CORTEX, VLLM_PROMPT], ids=["cortex", "vllm-prompt"])
+@pytest.mark.parametrize(
+    "message", [CORTEX, VLLM_INPUT, VLLM_PROMPT], ids=["cortex", "vllm", "vllm-older"]
+)
 def test_a_prompt_over_the_context_is_reported_as_claude_code_expects(message: str) -> None:
     err = as_prompt_too_long(ContextLengthExceeded(message))
     assert err.message == "prompt is too long: 5000 tokens > 4096 maximum"
