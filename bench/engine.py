@@ -24,12 +24,13 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ async def _sampling_is_real(url: str, model: str) -> dict[str, bool]:
         }
 
 
-async def _workloads(base: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _traces(base: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     trace = Trace(
         turns=args.turns,
         system_words=args.system_words,
@@ -87,7 +88,6 @@ async def _workloads(base: str, model: str, args: argparse.Namespace) -> dict[st
     )
     one = await run_trace(base, model, trace)
     four = await run_trace(base, model, dataclasses.replace(trace, sessions=4))
-    url = base + "/chat/completions"
     return {
         "trace_1": {k: v for k, v in one.items() if k != "rows"},
         "trace_1_rows": [
@@ -95,9 +95,16 @@ async def _workloads(base: str, model: str, args: argparse.Namespace) -> dict[st
             for r in one["rows"]
         ],
         "trace_4": {k: v for k, v in four.items() if k != "rows"},
-        "greedy_16_tok_s": round(await _fanout(url, model, 16, args.tokens, GREEDY), 1),
-        "sampled_16_tok_s": round(await _fanout(url, model, 16, args.tokens, SAMPLED), 1),
-        **await _sampling_is_real(url, model),
+        **await _sampling_is_real(base + "/chat/completions", model),
+    }
+
+
+async def _throughput(base: str, model: str, tokens: int) -> dict[str, float]:
+    url = base + "/chat/completions"
+    return {
+        "greedy_8_tok_s": round(await _fanout(url, model, 8, tokens, GREEDY), 1),
+        "greedy_16_tok_s": round(await _fanout(url, model, 16, tokens, GREEDY), 1),
+        "sampled_16_tok_s": round(await _fanout(url, model, 16, tokens, SAMPLED), 1),
     }
 
 
@@ -132,27 +139,41 @@ async def _peer(model_dir: Path, threads: int) -> AsyncIterator[tuple[str, str]]
         _stop(proc)  # SIGINT then kill: serve with CB needs SIGTERM or kill to exit
 
 
-def _report(results: dict[str, dict[str, Any]]) -> None:
+_TRACE_ROWS = [  # (label, trace key, field)
+    ("agent trace, turn-1 TTFT s", "trace_1", "ttft_turn1_median_s"),
+    ("agent trace, later-turn TTFT s (median)", "trace_1", "ttft_later_median_s"),
+    ("later / turn 1", "trace_1", "later_over_turn1"),
+    ("first text of the reply, turn 1 s", "trace_1", "first_text_turn1_median_s"),
+    ("first text of the reply, later turns s", "trace_1", "first_text_later_median_s"),
+    ("agent trace wall s", "trace_1", "wall_s"),
+    ("4 sessions, turn-1 TTFT s", "trace_4", "ttft_turn1_median_s"),
+    ("4 sessions, later-turn TTFT s", "trace_4", "ttft_later_median_s"),
+    ("4 sessions, later / turn 1", "trace_4", "later_over_turn1"),
+    ("4 sessions wall s", "trace_4", "wall_s"),
+]
+_ROWS = [  # (label, field)
+    ("8-way greedy tok/s", "greedy_8_tok_s"),
+    ("16-way greedy tok/s", "greedy_16_tok_s"),
+    ("16-way temperature 1 / top_p 0.95 tok/s", "sampled_16_tok_s"),
+]
+_CHECK_ROWS = [
+    ("two unseeded sampled requests differ", "unseeded_pair_differs"),
+    ("two seeded sampled requests repeat", "seeded_pair_repeats"),
+]
+
+
+def _report(results: dict[str, dict[str, Any]], *, traces: bool) -> None:
     print("\n| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
-    rows = [
-        ("agent trace, turn-1 TTFT s", lambda r: r["trace_1"]["ttft_turn1_median_s"]),
-        ("agent trace, later-turn TTFT s (median)", lambda r: r["trace_1"]["ttft_later_median_s"]),
-        ("later / turn 1", lambda r: r["trace_1"]["later_over_turn1"]),
-        ("first text of the reply, turn 1 s", lambda r: r["trace_1"]["first_text_turn1_median_s"]),
-        ("first text of the reply, later s", lambda r: r["trace_1"]["first_text_later_median_s"]),
-        ("agent trace wall s", lambda r: r["trace_1"]["wall_s"]),
-        ("4 sessions, turn-1 TTFT s", lambda r: r["trace_4"]["ttft_turn1_median_s"]),
-        ("4 sessions, later-turn TTFT s", lambda r: r["trace_4"]["ttft_later_median_s"]),
-        ("4 sessions, later / turn 1", lambda r: r["trace_4"]["later_over_turn1"]),
-        ("4 sessions wall s", lambda r: r["trace_4"]["wall_s"]),
-        ("16-way greedy tok/s", lambda r: r["greedy_16_tok_s"]),
-        ("16-way temperature 1 / top_p 0.95 tok/s", lambda r: r["sampled_16_tok_s"]),
-        ("two unseeded sampled requests differ", lambda r: r["unseeded_pair_differs"]),
-        ("two seeded sampled requests repeat", lambda r: r["seeded_pair_repeats"]),
+    lines = [
+        (label, [r[key][field] for r in results.values()]) for label, key, field in _TRACE_ROWS
     ]
-    for label, get in rows:
-        print(f"| {label} | " + " | ".join(str(get(r)) for r in results.values()) + " |")
+    lines = lines if traces else []
+    lines += [(label, [r[field] for r in results.values()]) for label, field in _ROWS]
+    if traces:
+        lines += [(label, [r[field] for r in results.values()]) for label, field in _CHECK_ROWS]
+    for label, values in lines:
+        print(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
 
 
 async def main() -> None:
@@ -165,25 +186,40 @@ async def main() -> None:
     parser.add_argument("--system-words", type=int, default=600)
     parser.add_argument("--turn-words", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both servers")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds, interleaved")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--skip-traces", action="store_true")
     args = parser.parse_args()
     from cortex_transformers.demo import write_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="cortex-engine-bench-"))
     model_dir = write_demo_model(work / "models" / "demo", size=args.size)
-    results: dict[str, dict[str, Any]] = {}
-    async with _cortex(work, model_dir, args.threads) as (url, model):
-        results["cortex neuron"] = await _workloads(url, model, args)
-    print(json.dumps({"cortex neuron": results["cortex neuron"]}), flush=True)
-    if not args.skip_peer:
-        try:
-            async with _peer(model_dir, args.threads) as (url, model):
-                results["transformers serve"] = await _workloads(url, model, args)
-            print(json.dumps({"transformers serve": results["transformers serve"]}), flush=True)
-        except FileNotFoundError as exc:
-            print(exc)
-    print(f"\n{args.size} demo model, {args.threads} torch thread(s), {args.turns} turns")
-    _report(results)
+    async with AsyncExitStack() as stack:
+        # Both servers stay up for the whole run, one measured at a time, so machine noise
+        # hits both alike; throughput rounds alternate between them.
+        servers = {
+            "cortex neuron": await stack.enter_async_context(_cortex(work, model_dir, args.threads))
+        }
+        if not args.skip_peer:
+            servers["transformers serve"] = await stack.enter_async_context(
+                _peer(model_dir, args.threads)
+            )
+        results: dict[str, dict[str, Any]] = {name: {} for name in servers}
+        for name, (url, model) in servers.items():
+            if not args.skip_traces:
+                results[name].update(await _traces(url, model, args))
+                print(json.dumps({name: results[name]}), flush=True)
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (url, model) in servers.items():
+                rounds[name].append(await _throughput(url, model, args.tokens))
+                print(json.dumps({name: rounds[name][-1]}), flush=True)
+    for name, runs in rounds.items():
+        for key in runs[0]:
+            results[name][key] = statistics.median(run[key] for run in runs)
+    print(f"\n{args.size} demo model, {args.threads} torch thread(s), {args.turns} turns, "
+          f"throughput: median of {args.rounds} interleaved rounds")  # fmt: skip
+    _report(results, traces=not args.skip_traces)
     shutil.rmtree(work, ignore_errors=True)
 
 
