@@ -18,9 +18,9 @@ import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import ContextLengthExceeded, InvalidRequest, UpstreamError, from_body
+from cortex.errors import InvalidRequest, UpstreamError, from_body
 from cortex.gateway.fleet import neuron_headers
-from cortex.gateway.proxy import Exchange
+from cortex.gateway.proxy import Exchange, UpstreamResponse
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.service import GATEWAY, Gateway, Resolved
 from cortex.gateway.sessions import session_key
@@ -30,31 +30,60 @@ from cortex.gateway.translate import (
     new_message_id,
     openai_to_messages,
 )
-from cortex.protocol import anthropic
+from cortex.protocol import anthropic, openai
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
 log = logging.getLogger("cortex.gateway")
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
-# The prompt's own size in a context error: cortex's (and OpenAI's) wording, vLLM's "your
-# request has N input tokens", or vLLM's older "you requested T tokens (N in the messages, ...".
+# A context error's numbers: the context and the prompt's own size, in cortex's (and OpenAI's)
+# wording, vLLM's "your request has N input tokens" (the prompt overflows) or "... tokens and
+# your request has N input tokens" (prompt + max_tokens overflow), or vLLM's older "you
+# requested T tokens (N in the messages, K in the completion)".
 _CONTEXT = re.compile(
-    r"maximum context length is (\d+) tokens\. However, (?:your messages resulted in (\d+)"
+    r"maximum context length is (\d+) tokens(?:\. However, (?:your messages resulted in (\d+)"
     r"|your request has (\d+) input|you requested \d+ tokens \((\d+) in the messages)"
+    r"| and your request has (\d+) input)"
 )
 COUNT_CACHE_SIZE = 4096
+_PATH = "/chat/completions"
 
 
-def as_prompt_too_long(err: ContextLengthExceeded) -> InvalidRequest:
-    """Anthropic's "prompt is too long: N tokens > M maximum" (the words Claude Code compacts
-    on) when the prompt alone overflows; any other context error passes through unchanged."""
+def _sizes(err: InvalidRequest) -> tuple[int, int] | None:
+    """(context length, prompt tokens) when ``err`` is a context error that names them."""
     match = _CONTEXT.search(err.message)
     if match is None:
+        return None
+    return int(match[1]), int(next(g for g in match.groups()[1:] if g))
+
+
+def as_prompt_too_long(err: InvalidRequest) -> InvalidRequest:
+    """Anthropic's "prompt is too long: N tokens > M maximum" (the words Claude Code compacts
+    on) when the prompt alone overflows; any other error passes through unchanged."""
+    sizes = _sizes(err)
+    if sizes is None or sizes[1] < sizes[0]:
         return err
-    maximum, prompt = int(match[1]), int(match[2] or match[3] or match[4])
-    if prompt < maximum:
-        return err  # an upstream that counts max_tokens against the context: not the prompt
-    return InvalidRequest(f"prompt is too long: {prompt} tokens > {maximum} maximum")
+    return InvalidRequest(f"prompt is too long: {sizes[1]} tokens > {sizes[0]} maximum")
+
+
+async def _open(
+    gateway: Gateway, resolved: Resolved, oa_req: openai.ChatCompletionRequest, ex: Exchange
+) -> UpstreamResponse:
+    """Send upstream. ``max_tokens`` is a ceiling: an upstream that refuses prompt + max_tokens
+    while the prompt fits (vLLM does; cortex's neurons cap it themselves) is asked once more,
+    for what its context leaves. Nothing has reached the client, so the retry is invisible."""
+    try:
+        return await gateway.open(resolved, _PATH, _encoder.encode(oa_req), ex)
+    except InvalidRequest as err:
+        sizes = _sizes(err)
+        room = 0 if sizes is None else sizes[0] - sizes[1]
+        if not 0 < room < (oa_req.max_tokens or 0):
+            raise as_prompt_too_long(err) from None
+    capped = msgspec.structs.replace(oa_req, max_tokens=room)
+    try:
+        return await gateway.open(resolved, _PATH, _encoder.encode(capped), ex)
+    except InvalidRequest as err:
+        raise as_prompt_too_long(err) from None
 
 
 async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.StreamResponse:
@@ -64,10 +93,7 @@ async def create(gateway: Gateway, request: web.Request, ex: Exchange) -> web.St
     resolved = gateway.resolve(req.model)
     oa_req = messages_to_openai(req, resolved.model_id, accepts_images(resolved))
     ex.session = session_key(request.headers, oa_req.user, oa_req.messages)
-    try:
-        upstream = await gateway.open(resolved, "/chat/completions", _encoder.encode(oa_req), ex)
-    except ContextLengthExceeded as err:
-        raise as_prompt_too_long(err) from None
+    upstream = await _open(gateway, resolved, oa_req, ex)
     try:
         if not req.stream:
             completion = await read_completion(upstream, ex)

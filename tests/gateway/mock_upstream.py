@@ -2,7 +2,8 @@
 
 Model names pick the behaviour: ``mock-gpt`` answers normally; ``mock-die`` streams two chunks
 and then drops the connection; ``mock-slow`` streams one chunk every 50 ms for 10 s, so a test
-can hang up mid-stream and watch the upstream see it.
+can hang up mid-stream and watch the upstream see it; ``mock-ctx`` has vLLM's context rule
+(a 128-token context, every prompt 28 tokens: ``max_tokens`` over 100 is a 400 in vLLM's words).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 WORDS = ["Hello", " from", " the", " mock", "."]
+MODELS = ["mock-gpt", "mock-die", "mock-slow", "mock-ctx"]  # as GET /v1/models lists them
 
 
 @dataclass
@@ -69,13 +71,20 @@ COMPLETION = {
     "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12},
 }
 COMPLETION_BYTES = msgspec.json.encode(COMPLETION)
+VLLM_TOO_LARGE = {  # vLLM 0.11's answer to prompt + max_tokens over the context
+    "message": "'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's "
+    "maximum context length is 128 tokens and your request has 28 input tokens "
+    "(32000 > 128 - 28).",
+    "type": "BadRequestError",
+    "param": None,
+    "code": 400,
+}
 
 
 def make_mock_upstream(state: MockState) -> web.Application:
     async def models(request: web.Request) -> web.Response:
-        ids = ["mock-gpt", "mock-die", "mock-slow"]
         return web.json_response(
-            {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+            {"object": "list", "data": [{"id": i, "object": "model"} for i in MODELS]}
         )
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -83,6 +92,8 @@ def make_mock_upstream(state: MockState) -> web.Application:
         state.requests.append(body)
         assert request.transport is not None
         state.peers.add(request.transport.get_extra_info("peername"))
+        if body["model"] == "mock-ctx" and (body.get("max_tokens") or 0) > 100:
+            return web.json_response({"error": VLLM_TOO_LARGE}, status=400)
         if not body.get("stream"):
             return web.Response(body=COMPLETION_BYTES, content_type="application/json")
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})

@@ -20,7 +20,13 @@ from aiohttp.test_utils import TestServer
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, UpstreamRef
 from cortex.gateway.app import make_app
-from tests.gateway.mock_upstream import COMPLETION_BYTES, WORDS, MockState, make_mock_upstream
+from tests.gateway.mock_upstream import (
+    COMPLETION_BYTES,
+    MODELS,
+    WORDS,
+    MockState,
+    make_mock_upstream,
+)
 
 KEY = "sk-test-key"
 
@@ -79,7 +85,7 @@ async def test_models_lists_upstream_models_as_resident(gateway: GatewayFactory)
     client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
     models = await client.models.list()
     cards = {m.id: m for m in models.data}
-    assert set(cards) == {"mock-gpt", "mock-die", "mock-slow"}
+    assert set(cards) == set(MODELS)
     assert cards["mock-gpt"].model_extra["cortex"]["state"] == "resident"  # type: ignore[index]
 
 
@@ -99,7 +105,7 @@ async def test_anthropic_sdk_lists_and_retrieves_models_in_its_shape(
     base = await gateway()
     client = anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused", max_retries=0)
     page = await client.models.list()
-    assert [m.id for m in page.data] == ["mock-gpt", "mock-die", "mock-slow"]
+    assert [m.id for m in page.data] == MODELS
     assert page.data[0].type == "model" and page.data[0].display_name == "mock-gpt"
     assert (await client.models.retrieve("mock-gpt")).id == "mock-gpt"
     with pytest.raises(anthropic.NotFoundError):
@@ -170,6 +176,20 @@ async def test_anthropic_sdk_create_and_stream_through_gateway(gateway: GatewayF
         final = await stream.get_final_message()
     assert text == "".join(WORDS)
     assert final.usage.output_tokens == len(WORDS)
+
+
+async def test_max_tokens_is_a_ceiling_on_an_upstream_that_counts_it_against_the_context(
+    gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
+) -> None:
+    """vLLM refuses prompt + max_tokens over its context; Claude Code's 32000 is then asked
+    again for the 100 tokens left, unseen by the client."""
+    base = await gateway()
+    body = {**CHAT, "model": "mock-ctx", "max_tokens": 32000}
+    status, raw, _ = await _post(base, "v1/messages", body)
+    assert status == 200, raw
+    assert msgspec.json.decode(raw)["stop_reason"] == "end_turn"
+    _, state = upstream
+    assert [r["max_tokens"] for r in state.requests] == [32000, 100]
 
 
 @pytest.mark.parametrize(
@@ -278,7 +298,7 @@ async def test_admin_status_shows_upstream(gateway: GatewayFactory) -> None:
     base = await gateway()
     async with aiohttp.ClientSession() as session, session.get(base + "cortex/status") as resp:
         status = await resp.json()
-    assert status["upstreams"][0]["models"] == ["mock-gpt", "mock-die", "mock-slow"]
+    assert status["upstreams"][0]["models"] == MODELS
 
 
 def test_mock_upstream_is_a_web_app() -> None:

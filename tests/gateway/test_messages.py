@@ -34,7 +34,13 @@ def test_a_prompt_over_the_context_is_reported_as_claude_code_expects(message: s
     assert err.status == 400
 
 
-@pytest.mark.parametrize("message", [VLLM_COMPLETION, "context too long"])
+VLLM_TOO_LARGE = (
+    "'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's maximum context "
+    "length is 4096 tokens and your request has 3000 input tokens (32000 > 4096 - 3000)."
+)
+
+
+@pytest.mark.parametrize("message", [VLLM_COMPLETION, VLLM_TOO_LARGE, "context too long"])
 def test_other_context_errors_pass_through(message: str) -> None:
     err = ContextLengthExceeded(message)
     assert as_prompt_too_long(err) is err
