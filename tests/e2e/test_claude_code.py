@@ -49,12 +49,14 @@ PNG = (  # a 1x1 PNG
 def gateway(
     start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    """Neurons n1 (coder, coder-long) and n2 (coder), started side by side, one gateway."""
+    """Neurons n1 (coder, coder-long) and n2 (coder, and ``scripted``: the scripted ``fake``
+    harness, a test double whose answers the prompt dictates), started side by side."""
     models = [
         {"id": "coder", "source": "tiny", "harness": "transformers", "context_length": CONTEXT},
         {"id": "coder-long", "source": "tiny", "harness": "transformers", "context_length": 32768},
+        {"id": "scripted", "source": "tiny", "harness": "fake", "context_length": 400_000},
     ]
-    holds = {"n1": models, "n2": models[:1]}
+    holds = {"n1": models[:2], "n2": [models[0], models[2]]}
 
     def start(name: str) -> NeuronProcess:
         neuron: NeuronProcess = start_neuron(
@@ -62,8 +64,9 @@ def gateway(
             model_roots=[model_root],
             models=holds[name],
             preload=[m["id"] for m in holds[name]],
-            harnesses=["transformers"],
+            harnesses=["transformers", "fake"],
             cpu_memory_budget_gb=3.0,
+            module="tests.e2e.scripted_neuron",
         )
         loaded = ["loaded"] * len(holds[name])
         neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == loaded, timeout=90)
@@ -74,6 +77,7 @@ def gateway(
     aliases = [
         {**models[0], "aliases": ["claude-sonnet-*", "claude-haiku-*"]},
         {**models[1], "aliases": ["claude-opus-*"]},
+        models[2],
     ]
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-cc"),
@@ -82,7 +86,13 @@ def gateway(
         api_keys=[KEY],
         log_format="json",
     )
-    gw.wait_for(lambda p: p.get("coder") == ["n1", "n2"] and p.get("coder-long") == ["n1"])
+    gw.wait_for(
+        lambda p: (
+            p.get("coder") == ["n1", "n2"]
+            and p.get("coder-long") == ["n1"]
+            and p.get("scripted") == ["n2"]
+        )
+    )
     yield gw
     gw.stop()
 
@@ -403,37 +413,80 @@ async def test_each_session_stays_on_one_node_and_both_nodes_serve(
 # --------------------------------------------------------------------------- the real CLI
 
 
-def claude(home: Path, gateway: GatewayProcess, *args: str) -> dict[str, Any]:
+def claude(
+    home: Path, gateway: GatewayProcess, *args: str, random_model: bool = True
+) -> dict[str, Any]:
+    """One headless run; ``args`` go after ``claude``. Returns its JSON result."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": gateway.url,
         "ANTHROPIC_API_KEY": KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    if random_model:
         # A random model rarely ends its turn, and Claude Code reports an answer that reaches
         # max_tokens as an error ("exceeded the N output token maximum"). A stop sequence
         # (Claude Code merges CLAUDE_CODE_EXTRA_BODY into each request) ends the gibberish at
         # its first "e", a few tokens in; the output ceiling only bounds a pathological run.
-        "CLAUDE_CODE_EXTRA_BODY": json.dumps({"stop_sequences": ["e"]}),
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512",
-    }
-    # Three tools keep the first prompt near 8k demo tokens (the default 20-odd tools make
-    # ~53k, which a CPU prefills in over a minute: measured, not run here).
-    argv = [str(CLAUDE), *args, "--output-format", "json", "--max-turns", "1"]
-    argv += ["--tools", "Bash,Read,Edit"]
+        env["CLAUDE_CODE_EXTRA_BODY"] = json.dumps({"stop_sequences": ["e"]})
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "512"
+    argv = [str(CLAUDE), *args, "--output-format", "json"]
     done = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return dict(json.loads(done.stdout))
 
 
-def test_real_claude_code_two_turns(gateway: GatewayProcess, tmp_path: Path) -> None:
+@pytest.fixture
+def installed() -> None:
     if not CLAUDE.exists():
         pytest.skip(f"Claude Code is not installed at {CLAUDE} (run `make clients`)")
-    first = claude(tmp_path, gateway, "-p", "say hi")
+
+
+# Three tools keep the first prompt near 8k demo tokens (the default 20-odd tools make ~53k,
+# which this CPU prefills in about a minute: measured in docs/clients.md, not run here).
+TOOLS = ("--tools", "Bash,Read,Edit", "--max-turns", "1")
+
+
+def test_real_claude_code_two_turns(
+    gateway: GatewayProcess, tmp_path: Path, installed: None
+) -> None:
+    first = claude(tmp_path, gateway, "-p", "say hi", *TOOLS)
     assert first["is_error"] is False, first
-    second = claude(tmp_path, gateway, "--continue", "-p", "and again")
+    second = claude(tmp_path, gateway, "--continue", "-p", "and again", *TOOLS)
     assert second["is_error"] is False, second
     assert second["session_id"] == first["session_id"]
     served = [json.loads(line) for line in gateway.log_text().splitlines() if '"request"' in line]
     long_prompts = [r for r in served if r["model"] == "coder-long" and r["status"] == 200]
     assert len(long_prompts) >= 2 and min(r["prompt_tokens"] for r in long_prompts) > CONTEXT
+
+
+def test_real_claude_code_runs_a_tool_and_answers_from_its_output(
+    gateway: GatewayProcess, tmp_path: Path, installed: None
+) -> None:
+    """The scripted model calls Bash; the command prints "user: say:Done." (spelled so that
+    the prompt itself does not contain it) and the fake answers from the last "user: say:" it
+    sees, so "Done." can only come from the tool result of turn two. The prompt starts with
+    "user: " because Claude Code puts its own reminder text first in the user message."""
+    call = {
+        "name": "Bash",
+        "arguments": {"command": "printf 'us%sr: say:Done.' e", "description": "Print a line"},
+    }
+    prompt = f"user: say:<tool_call>\\n{json.dumps(call)}\\n</tool_call>"
+    result = claude(
+        tmp_path,
+        gateway,
+        "-p",
+        prompt,
+        "--model",
+        "scripted",
+        "--tools",
+        "Bash",
+        "--allowedTools",
+        "Bash",
+        "--max-turns",
+        "3",
+        random_model=False,
+    )
+    assert result["is_error"] is False, result
+    assert (result["result"], result["num_turns"]) == ("Done.", 2)
