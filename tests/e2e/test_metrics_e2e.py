@@ -46,8 +46,8 @@ def fleet(
 
 def test_metrics_match_what_clients_were_told(fleet: tuple[GatewayProcess, NeuronProcess]) -> None:
     gw, neuron = fleet
-    oa = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused")
-    an = anthropic.Anthropic(base_url=gw.url, api_key="unused")
+    oa = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    an = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
     messages: Any = [{"role": "user", "content": "hi"}]
     prompt = completion = 0
 
