@@ -236,10 +236,16 @@ class Fleet:
         return usage
 
     async def wait_down(self, node: str) -> None:
-        """Return once ``node`` is down (a request waiting on it may then go elsewhere)."""
+        """Return once ``node`` is down and one more poll of our own still fails: a request
+        waiting on it then goes elsewhere, and a blip (two slow polls on a busy host) does not
+        cost it its generation."""
         state = self.neurons[node]
-        while state.health != "down":
-            await self.changed(self.config.gateway.poll_interval_s)
+        while True:
+            while state.health != "down":
+                await self.changed(self.config.gateway.poll_interval_s)
+            await self._poll(state)
+            if state.health == "down":
+                return
 
     async def changed(self, timeout: float) -> None:
         """Wait until the next status update (or ``timeout``); never raises on timeout."""
