@@ -27,7 +27,7 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # A chunk that carries generated output (the first chunk's empty "content":"" does not count).
 _TOKEN = re.compile(rb'"content"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_DONE = sse.frame(sse.DONE)
+_DONE = sse.DONE_EVENT
 
 log = logging.getLogger("cortex.gateway.proxy")
 
@@ -230,7 +230,7 @@ def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
 
 def sse_error(err: CortexError) -> bytes:
     """An OpenAI-style error event followed by the end of the stream."""
-    return b"data: " + openai_body(err) + b"\n\n" + _DONE
+    return sse.frame(openai_body(err)) + _DONE
 
 
 def decode_chunks(batch: bytes) -> list[openai.ChatCompletionChunk]:

@@ -11,17 +11,18 @@ from typing import Final
 
 import msgspec
 
+from cortex import sse
 from cortex.errors import CortexError, openai_body
 from cortex.protocol import openai
 
-DONE: Final = b"data: [DONE]\n\n"
+DONE: Final = sse.DONE_EVENT
 
 _encoder = msgspec.json.Encoder()
 _SENTINEL = "\x00cortex\x00"
 
 
 def event(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
+    return sse.frame(payload)
 
 
 def error_event(err: CortexError) -> bytes:

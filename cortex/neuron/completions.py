@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cortex import sse
 from cortex.errors import CortexError, InternalError
 from cortex.neuron import chunks, prompt
 from cortex.neuron.harness import LoadedModel, SamplingParams
@@ -36,7 +37,7 @@ from cortex.protocol import decode, openai
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = b": queued\n\n"  # an SSE comment: clients and the gateway's relay ignore it
+HEARTBEAT = sse.comment(b"queued")  # clients and the gateway's relay skip comments
 
 
 class Outcome:

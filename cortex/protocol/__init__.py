@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from cortex import sse
 from cortex.errors import InvalidRequest
 from cortex.protocol.bounds import MAX_NESTING
 from cortex.validation import MISSING, split_error, value_at
@@ -49,8 +50,7 @@ def encode_events(events: Iterable[msgspec.Struct]) -> bytes:
     """Server-sent events ``event: TYPE`` / ``data: JSON`` for Structs tagged by their type
     (the Anthropic and Responses streams both name each event so)."""
     return b"".join(
-        b"event: %s\ndata: %s\n\n" % (str(e.__struct_config__.tag).encode(), _encoder.encode(e))
-        for e in events
+        sse.frame(_encoder.encode(e), event=str(e.__struct_config__.tag).encode()) for e in events
     )
 
 
