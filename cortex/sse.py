@@ -17,11 +17,18 @@ DONE = b"[DONE]"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def frame(data: bytes) -> bytes:
-    """One event: a ``data:`` line per line of ``data``, then a blank line."""
+def frame(data: bytes, event: bytes | None = None) -> bytes:
+    """One event: ``event: NAME`` when named, a ``data:`` line per line of ``data``, a blank
+    line. The one writer of SSE framing (chunks.ChunkEncoder pre-encodes the same bytes)."""
+    head = b"event: " + event + b"\n" if event else b""
     if b"\n" not in data:
-        return b"data: " + data + b"\n\n"
-    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+        return head + b"data: " + data + b"\n\n"
+    return head + b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+
+
+def comment(text: bytes) -> bytes:
+    """A comment line: a keep-alive every SSE reader skips."""
+    return b": " + text + b"\n\n"
 
 
 def frame_json(data: bytes) -> bytes:
@@ -72,3 +79,6 @@ class EventStreamParser:
     def pending(self) -> bool:
         """Whether an event was started but not finished (the stream ended mid-event)."""
         return bool(self._data or self._buffer.strip())
+
+
+DONE_EVENT = frame(DONE)
