@@ -7,6 +7,7 @@ are gigabytes (GB = 1e9 bytes) unless a key name says otherwise.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -37,6 +38,14 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 # --------------------------------------------------------------------------- cortex.toml
 
 
+def _check_listen(**addresses: str) -> None:
+    """Each ``key=value`` must be HOST:PORT, caught at load (and --check), not at bind time."""
+    for key, value in addresses.items():
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{key}: expected HOST:PORT such as 127.0.0.1:31313, got {value!r}")
+
+
 class GatewaySection(_Strict, frozen=True):
     listen: str = "127.0.0.1:31313"
     metrics_listen: str = "127.0.0.1:31314"
@@ -55,6 +64,9 @@ class GatewaySection(_Strict, frozen=True):
     queue_wait_s: PositiveSeconds = 600.0
     max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1e5)] = 32.0
     log_format: Literal["text", "json"] = "text"
+
+    def __post_init__(self) -> None:
+        _check_listen(listen=self.listen, metrics_listen=self.metrics_listen)
 
 
 class EvictionSection(_Strict, frozen=True):
@@ -145,6 +157,9 @@ class NeuronSection(_Strict, frozen=True):
     models: str = ""
     log_format: Literal["text", "json"] = "text"
 
+    def __post_init__(self) -> None:
+        _check_listen(listen=self.listen)
+
 
 class NeuronConfig(_Strict, frozen=True):
     neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
@@ -164,14 +179,19 @@ def _unique(what: str, names: list[str]) -> None:
         seen.add(name)
 
 
-def _one_line(path: Path, err: msgspec.ValidationError, data: Any) -> str:
+def _one_line(
+    path: Path, err: msgspec.ValidationError, data: Any, kind: type[msgspec.Struct]
+) -> str:
     """Turn msgspec's 'msg - at `$.a.b[0]`' into 'file: a.b[0]: msg, got <value>'."""
     text, path_or_none = split_error(str(err))
     where = path_or_none or ""
     got = value_at(data, where)
     text = re.sub(r", got `\w+`$", "", text)
     if text.startswith("Object contains unknown field"):
-        return f"{path.name}: {where or '(top level)'}: unknown key {text.split('`')[1]!r}"
+        key = text.split("`")[1]
+        close = difflib.get_close_matches(key, _known_keys(kind, where), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{path.name}: {where or '(top level)'}: unknown key {key!r}{hint}"
     if got is not MISSING and "got" not in text and "Invalid enum value" not in text:
         text = f"{text}, got {got!r}"
     text = text.replace("Expected", "expected")
@@ -195,7 +215,7 @@ def load(path: str | Path, kind: type[_S]) -> _S:
     try:
         return msgspec.convert(data, kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain_enum(_one_line(path, exc, data), kind)) from None
+        raise ConfigError(_explain_enum(_one_line(path, exc, data, kind), kind)) from None
 
 
 def _explain_enum(line: str, kind: type[msgspec.Struct]) -> str:
@@ -211,7 +231,23 @@ def _explain_enum(line: str, kind: type[msgspec.Struct]) -> str:
     return f"{head}expected one of {', '.join(allowed)}, got {match.group(1)!r}"
 
 
+def _known_keys(kind: type[msgspec.Struct], key_path: str) -> list[str]:
+    """The keys a table at ``key_path`` may hold ([] when the path is not a table)."""
+    info = _type_at(kind, key_path)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.encode_name for f in info.fields]
+    return []
+
+
 def _allowed_values(kind: type[msgspec.Struct], key_path: str) -> list[str]:
+    info = _type_at(kind, key_path)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return [str(v) for v in info.values]
+    return []
+
+
+def _type_at(kind: type[msgspec.Struct], key_path: str) -> Any:
+    """The msgspec type of the value at ``key_path`` (list items unwrapped); None if none."""
     info: Any = msgspec.inspect.type_info(kind)
     for part in path_parts(key_path):
         while isinstance(info, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
@@ -219,16 +255,14 @@ def _allowed_values(kind: type[msgspec.Struct], key_path: str) -> list[str]:
         if part.startswith("["):
             continue
         if not isinstance(info, msgspec.inspect.StructType):
-            return []
+            return None
         fields = {f.encode_name: f.type for f in info.fields}
         if part not in fields:
-            return []
+            return None
         info = fields[part]
     while isinstance(info, (msgspec.inspect.VarTupleType, msgspec.inspect.ListType)):
         info = info.item_type
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return [str(v) for v in info.values]
-    return []
+    return info
 
 
 def load_cortex(path: str | Path) -> CortexConfig:
