@@ -19,13 +19,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 import msgspec
 
 from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
 from cortex.gateway.pins import PinStore
-from cortex.gateway.state import FleetView, GatewayUsage, fleet_from_statuses
+from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import NeuronStatus
 from cortex.protocol.openai import ModelList
 
@@ -36,14 +37,25 @@ _status_decoder = msgspec.json.Decoder(NeuronStatus)
 _models_decoder = msgspec.json.Decoder(ModelList)
 
 
-@dataclass
-class Usage:
-    """Gateway-side counts for one (model, node): fresher than the last poll."""
+class Claim:
+    """One request counted on one (model, node), in flight or queued, until ``release``.
 
-    in_flight: int = 0
-    queued: int = 0
-    last_used: float | None = None
-    loading_on: str | None = None
+    Release is idempotent, so every way out of a request (answer, retry elsewhere, error,
+    hang-up) may call it and the count still drops exactly once. Only ``Fleet.claim`` makes one.
+    """
+
+    def __init__(self, usage: Usage, node: str, kind: Literal["in_flight", "queued"]) -> None:
+        self.usage, self.node, self.kind, self.held = usage, node, kind, True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if self.kind == "in_flight":
+            self.usage.in_flight -= 1
+            self.usage.last_used = time.time()
+        else:
+            self.usage.queued -= 1
 
 
 @dataclass
@@ -213,22 +225,24 @@ class Fleet:
             name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
         }
         suspect = {name for name, s in self.neurons.items() if s.health == "suspect"}
-        usage = {
-            key: GatewayUsage(
-                last_used=u.last_used,
-                in_flight=u.in_flight,
-                queued=u.queued,
-                loading_on=u.loading_on,
-            )
-            for key, u in self.usage.items()
-        }
-        return fleet_from_statuses(statuses, self.catalogue(), usage, suspect=suspect)
+        return fleet_from_statuses(statuses, self.catalogue(), self.usage, suspect=suspect)
 
     def upstreams_for(self, model: str) -> list[UpstreamState]:
         """Every up upstream that lists ``model``: replicas that share its traffic."""
         return [up for up in self.upstreams.values() if up.up and model in up.models]
 
+    def claim(self, model: str, node: str, kind: Literal["in_flight", "queued"]) -> Claim:
+        """Count one request on (model, node) until the returned claim is released."""
+        usage = self.counts(model, node)
+        if kind == "in_flight":
+            usage.in_flight += 1
+            usage.last_used = time.time()
+        else:
+            usage.queued += 1
+        return Claim(usage, node, kind)
+
     def counts(self, model: str, node: str) -> Usage:
+        """The gateway's counts for (model, node); read them, change them through ``claim``."""
         key = (model, node)
         usage = self.usage.get(key)
         if usage is None:

@@ -30,7 +30,7 @@ from cortex.errors import (
 )
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
-from cortex.gateway.fleet import Fleet, neuron_headers
+from cortex.gateway.fleet import Claim, Fleet, neuron_headers
 from cortex.gateway.router import Impossible, Load, Route, Wait, allowed_up_nodes, choose
 from cortex.gateway.state import FleetView
 from cortex.protocol.neuron import LoadRequest, UnloadRequest
@@ -107,7 +107,7 @@ class Loader:
             )
         deadline = time.monotonic() + gw.queue_wait_s
         gate.waiting += 1
-        queued_on: str | None = None
+        queued: Claim | None = None
         try:
             while True:
                 view = _without(self.fleet.view(), exclude, node)
@@ -126,7 +126,7 @@ class Loader:
                         raise ModelNotFound(decision.reason)
                     self._unplaceable[entry.id] = time.monotonic()
                     raise Unavailable(decision.reason, retry_after_s=decision.retry_after_s)
-                queued_on = self._queue_on(entry.id, decision.node, queued_on)
+                queued = self._queue_on(entry.id, decision.node, queued)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(
@@ -139,16 +139,16 @@ class Loader:
                 await self._join_load(entry, decision, gate, keep, remaining)
         finally:
             gate.waiting -= 1
-            if queued_on is not None:
-                self.fleet.counts(entry.id, queued_on).queued -= 1
+            if queued is not None:
+                queued.release()
 
-    def _queue_on(self, model: str, node: str, previous: str | None) -> str:
+    def _queue_on(self, model: str, node: str, previous: Claim | None) -> Claim:
         """Count this request as queued on ``node`` so the evictor leaves the model alone."""
-        if previous != node:
-            if previous is not None:
-                self.fleet.counts(model, previous).queued -= 1
-            self.fleet.counts(model, node).queued += 1
-        return node
+        if previous is not None:
+            if previous.node == node:
+                return previous
+            previous.release()
+        return self.fleet.claim(model, node, "queued")
 
     async def _join_load(
         self, entry: ModelEntry, decision: Load, gate: Gate, keep: bool, remaining: float

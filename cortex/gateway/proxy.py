@@ -20,6 +20,7 @@ import msgspec
 
 from cortex import sse
 from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
+from cortex.gateway.fleet import Claim
 from cortex.protocol import openai
 
 # An SSE event carrying a usage object (OpenAI sends "usage":null on every other chunk).
@@ -71,7 +72,7 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
-    counted: bool = False  # in-flight was incremented for (model, node) and not yet released
+    claim: Claim | None = None  # this request's in-flight count on (model, node)
 
     def take_usage(self, usage: openai.Usage | None) -> None:
         if usage is not None:

@@ -121,17 +121,13 @@ class Gateway:
             target = await self._target(resolved, path, excluded, exchange.session)
             exchange.queue_wait_s += time.perf_counter() - queued_at
             exchange.node = target.node
-            usage = self.fleet.counts(resolved.model_id, target.node)
-            usage.in_flight += 1
-            usage.last_used = time.time()
-            exchange.counted = True
+            claim = exchange.claim = self.fleet.claim(resolved.model_id, target.node, "in_flight")
             exchange.upstream_sent = time.perf_counter()
             try:
                 timeout = self._stream_timeout if exchange.stream else self._timeout
                 upstream = await self._first_byte(target, body, timeout)
             except (aiohttp.ClientError, TimeoutError, NodeDown) as exc:
-                usage.in_flight -= 1
-                exchange.counted = False
+                claim.release()
                 last_error = f"{target.node} failed before the first byte"  # cause: logged
                 why = f"request failed before the first byte: {exc!r}"
                 if target.is_neuron:
@@ -142,8 +138,7 @@ class Gateway:
                 continue
             if upstream.resp.status < 400:
                 return upstream
-            usage.in_flight -= 1
-            exchange.counted = False
+            claim.release()
             err = await upstream.error()
             if target.is_neuron and err.code == "model_not_found":
                 # Unloaded between the last poll and this request: re-read and route again.
@@ -208,12 +203,8 @@ class Gateway:
     def finish(self, exchange: Exchange, error: CortexError | None = None) -> None:
         """Account for one finished exchange: counters, rates, observers, the log line."""
         exchange.finished = time.perf_counter()
-        if exchange.node:
-            usage = self.fleet.counts(exchange.model, exchange.node)
-            if exchange.counted:
-                usage.in_flight -= 1
-                exchange.counted = False
-            usage.last_used = time.time()
+        if exchange.claim is not None:
+            exchange.claim.release()
         if error is not None:
             exchange.status = error.status
             exchange.error = error.message

@@ -17,6 +17,7 @@ when it is placed there (so plans can add and subtract occupancies without re-re
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
@@ -27,11 +28,13 @@ from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, Neuron
 Health = Literal["up", "suspect", "down"]
 
 
-class GatewayUsage(msgspec.Struct, frozen=True, kw_only=True):
+@dataclass
+class Usage:
     """What the gateway itself knows about one model on one node (keyed by (model_id, node)).
 
     The gateway sees requests before the neuron does, so its counts are fresher than the last
     poll; ``loading_on`` is the device it asked the node to load onto, until a poll shows it.
+    Owned and changed by ``Fleet`` only (``Fleet.claim``); a snapshot copies the values.
     """
 
     last_used: float | None = None
@@ -139,7 +142,7 @@ class FleetView(msgspec.Struct, frozen=True, kw_only=True):
 def fleet_from_statuses(
     statuses: Mapping[str, NeuronStatus | None],
     catalogue: Mapping[str, ModelEntry],
-    gateway_usage: Mapping[tuple[str, str], GatewayUsage],
+    gateway_usage: Mapping[tuple[str, str], Usage],
     *,
     suspect: Collection[str] = frozenset(),
 ) -> FleetView:
@@ -186,12 +189,11 @@ def _residents(
     node: str,
     status: NeuronStatus,
     catalogue: Mapping[str, ModelEntry],
-    usage: Mapping[str, GatewayUsage],
+    usage: Mapping[str, Usage],
 ) -> tuple[Resident, ...]:
     reported = {m.id for m in status.models}
     residents = [
-        _resident(node, m, catalogue.get(m.id), usage.get(m.id, GatewayUsage()))
-        for m in status.models
+        _resident(node, m, catalogue.get(m.id), usage.get(m.id, Usage())) for m in status.models
     ]
     for model_id in sorted(usage):
         device = usage[model_id].loading_on
@@ -207,7 +209,7 @@ def _resident(
     node: str,
     status: ModelStatus,
     entry: ModelEntry | None,
-    usage: GatewayUsage,
+    usage: Usage,
 ) -> Resident:
     """Merge the neuron's report, the catalogue entry and the gateway's own counts.
 

@@ -18,7 +18,7 @@ from cortex.gateway.router import (
     Wait,
     choose,
 )
-from cortex.gateway.state import FleetView, GatewayUsage, fleet_from_statuses
+from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NeuronStatus
 from tests.gateway.fleets import MIN_RESIDENT_S, NOW, entry, fleet, gb, model, node
 
@@ -446,8 +446,8 @@ def test_health_from_statuses() -> None:
 
 def test_gateway_usage_merges_with_the_neuron_report() -> None:
     usage = {
-        ("qwen", "a"): GatewayUsage(last_used=NOW - 5, in_flight=4, queued=0),
-        ("qwen", "b"): GatewayUsage(last_used=NOW, in_flight=99),  # another node: ignored
+        ("qwen", "a"): Usage(last_used=NOW - 5, in_flight=4, queued=0),
+        ("qwen", "b"): Usage(last_used=NOW, in_flight=99),  # another node: ignored
     }
     neuron = reported("qwen", 8, last_used=NOW - 50, in_flight=1, queued=2)
     view = fleet_from_statuses({"a": status("a", neuron, devices=[gpu(24, 16)])}, CATALOGUE, usage)
@@ -456,7 +456,7 @@ def test_gateway_usage_merges_with_the_neuron_report() -> None:
 
 
 def test_pending_load_reserves_its_declaration_until_reported() -> None:
-    usage = {("big", "a"): GatewayUsage(loading_on="cuda:0")}
+    usage = {("big", "a"): Usage(loading_on="cuda:0")}
     view = fleet_from_statuses({"a": status("a", devices=[gpu(24, 24)])}, CATALOGUE, usage)
     assert decide(view, CATALOGUE["big"]) == Wait("a")
     assert decide(view, entry("other", 8)) == Impossible(
