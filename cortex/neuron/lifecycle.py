@@ -257,14 +257,14 @@ class ModelManager:
                 harness.load, slot.request, path, slot.device, options, progress
             )
         except BaseException as exc:
-            slot.state, slot.error, slot.progress = "failed", _describe(exc), None
+            slot.move("failed", error=_describe(exc))
             log.error("loading %s failed: %s", model_id, slot.error)
             self._load_ended(model_id, False, started)
             if isinstance(exc, CortexError | asyncio.CancelledError):
                 raise
             raise Unavailable(f"loading {model_id!r} failed: {slot.error}") from exc
-        slot.model, slot.state, slot.progress = model, "loaded", None
-        slot.loaded_at = slot.last_used = time.time()
+        slot.model = model
+        slot.move("loaded")
         self._load_ended(model_id, True, started)
         log.info(
             "loaded %s on %s: %.2f GB in %.1f s",
@@ -294,7 +294,7 @@ class ModelManager:
             return UnloadResponse(model=request.model)
         if slot.unloading is None:
             drain = self._config.unload_drain_s if request.drain_s is None else request.drain_s
-            slot.state = "unloading"
+            slot.move("unloading")
             slot.unloading = asyncio.create_task(self._unload(slot, drain))
         return await asyncio.shield(slot.unloading)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from cortex.errors import Unavailable
 from cortex.neuron.harness import LoadedModel
@@ -55,6 +56,17 @@ class Lease:
         )
 
 
+# Every state a slot may move to from each state (llama-swap's isValidTransition). A failed
+# slot is replaced by the next load, an unloading one is dropped from the table when done:
+# neither moves again.
+TRANSITIONS: Final[Mapping[ModelState, frozenset[ModelState]]] = {
+    "loading": frozenset({"loaded", "failed"}),
+    "loaded": frozenset({"unloading"}),
+    "failed": frozenset(),
+    "unloading": frozenset(),
+}
+
+
 class Slot:
     def __init__(
         self, request: LoadRequest, harness: str, device: str, reserved: int, vision: bool
@@ -75,6 +87,17 @@ class Slot:
         self.idle.set()
         self.loading: asyncio.Task[None] | None = None
         self.unloading: asyncio.Task[UnloadResponse] | None = None
+
+    def move(self, to: ModelState, error: str | None = None) -> None:
+        """The one way a slot changes state; a move outside ``TRANSITIONS`` is a bug, raised."""
+        if to not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self.request.model}: no move from {self.state} to {to}")
+        self.state = to
+        self.error = error
+        if to != "loading":
+            self.progress = None
+        if to == "loaded":
+            self.loaded_at = self.last_used = time.time()
 
     @property
     def committed_bytes(self) -> int:
