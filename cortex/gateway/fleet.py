@@ -25,6 +25,13 @@ import aiohttp
 import msgspec
 
 from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
+from cortex.errors import CortexError
+from cortex.gateway.neuron_client import (
+    HttpNeuronClient,
+    NeuronClient,
+    NeuronUnreachable,
+    neuron_headers,
+)
 from cortex.gateway.pins import PinStore
 from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import NeuronStatus
@@ -33,7 +40,6 @@ from cortex.protocol.openai import ModelList
 log = logging.getLogger("cortex.gateway.fleet")
 
 DOWN_PROBE_S = 2.0
-_status_decoder = msgspec.json.Decoder(NeuronStatus)
 _models_decoder = msgspec.json.Decoder(ModelList)
 
 
@@ -89,10 +95,6 @@ def probe_delay(interval: float, down: bool) -> float:
     return min(interval, DOWN_PROBE_S) if down else interval
 
 
-def neuron_headers(ref: NeuronRef) -> dict[str, str]:
-    return {"authorization": f"Bearer {ref.token}"} if ref.token else {}
-
-
 def upstream_headers(ref: UpstreamRef) -> dict[str, str]:
     return {"authorization": f"Bearer {ref.api_key}"} if ref.api_key else {}
 
@@ -109,10 +111,16 @@ class Fleet:
         config: CortexConfig,
         catalogue: Mapping[str, ModelEntry],
         session: aiohttp.ClientSession,
+        client: NeuronClient | None = None,
     ) -> None:
+        """``client``: how neurons are reached (default: HTTP over ``session``, which also
+        polls the upstreams); tests pass an in-memory fake."""
         self.config = config
         self._catalogue = dict(catalogue)
         self._session = session
+        self.client: NeuronClient = client or HttpNeuronClient(
+            session, config.gateway.connect_timeout_s
+        )
         self.neurons = {ref.name: NeuronState(ref) for ref in config.neurons}
         self.upstreams = {ref.name: UpstreamState(ref) for ref in config.upstreams}
         self.usage: dict[tuple[str, str], Usage] = {}
@@ -309,16 +317,9 @@ class Fleet:
     async def _poll(self, state: NeuronState) -> None:
         ref = state.ref
         was = state.health
-        timeout = aiohttp.ClientTimeout(total=max(5.0, self.config.gateway.poll_interval_s * 2))
         try:
-            async with self._session.get(
-                ref.endpoint.rstrip("/") + "/status", headers=neuron_headers(ref), timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"GET /status answered {resp.status}")
-                status = _status_decoder.decode(body)
-        except (aiohttp.ClientError, TimeoutError, RuntimeError, msgspec.DecodeError) as exc:
+            status = await self.client.status(ref, max(5.0, self.config.gateway.poll_interval_s * 2))
+        except (NeuronUnreachable, CortexError) as exc:
             state.failures += 1
             state.error = str(exc) or type(exc).__name__
             if state.health != was:

@@ -30,7 +30,8 @@ from cortex.errors import (
 )
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag
-from cortex.gateway.fleet import Claim, Fleet, neuron_headers
+from cortex.gateway.fleet import Claim, Fleet
+from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.router import Impossible, Load, Route, Wait, allowed_up_nodes, choose
 from cortex.gateway.state import FleetView
 from cortex.protocol.neuron import LoadRequest, UnloadRequest
@@ -227,20 +228,10 @@ class Loader:
             await self.fleet.refresh_now(node)
 
     async def _call(self, node: str, path: str, body: bytes, timeout_s: float) -> None:
-        ref = self.fleet.neurons[node].ref
-        headers = {"content-type": "application/json", **neuron_headers(ref)}
-        timeout = aiohttp.ClientTimeout(
-            total=timeout_s, connect=self.config.gateway.connect_timeout_s
-        )
         try:
-            async with self.session.post(
-                ref.endpoint.rstrip("/") + path, data=body, headers=headers, timeout=timeout
-            ) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise from_body(resp.status, raw)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.fleet.mark_suspect(node, f"{path}: {exc or type(exc).__name__}")
+            await self.fleet.client.post(self.fleet.neurons[node].ref, path, body, timeout_s)
+        except NeuronUnreachable as exc:
+            self.fleet.mark_suspect(node, str(exc))
             raise Unavailable(f"{node} did not answer {path}") from None  # cause: logged
 
     # ------------------------------------------------------------------ pins and defrag

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from cortex import protocol
 from cortex.errors import InvalidRequest, UpstreamError, from_body
-from cortex.gateway.fleet import neuron_headers
+from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.proxy import Exchange, UpstreamResponse
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.service import GATEWAY, Gateway, Resolved
@@ -158,18 +158,9 @@ async def _count(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
         return max(1, len(body) // 4)
     node = await gateway.loader.route(resolved.entry)
     ref = gateway.fleet.neurons[node].ref
-    headers = {"content-type": "application/json", **neuron_headers(ref)}
     try:
-        async with gateway.session.post(
-            ref.endpoint.rstrip("/") + "/v1/tokenize",
-            data=body,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=60),
-        ) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise from_body(resp.status, raw)
-            return _tokenize_decoder.decode(raw).count
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("node %s could not count tokens: %r", node, exc)
+        raw = await gateway.fleet.client.post(ref, "/v1/tokenize", body, TOKENIZE_TIMEOUT_S)
+        return _tokenize_decoder.decode(raw).count
+    except (NeuronUnreachable, msgspec.DecodeError) as exc:
+        log.warning("node %s could not count tokens: %s", node, exc)
         raise UpstreamError(f"node {node} could not count tokens") from None

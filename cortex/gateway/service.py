@@ -19,7 +19,8 @@ from aiohttp import web
 from cortex.config import CortexConfig, ModelEntry
 from cortex.errors import CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
-from cortex.gateway.fleet import Fleet, neuron_headers, upstream_base, upstream_headers
+from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
+from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.loads import Loader
 from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick

@@ -5,6 +5,7 @@ elsewhere once the node is marked down; down nodes are probed often."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
+from cortex.errors import ModelNotLoaded
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import DOWN_PROBE_S, Fleet, probe_delay
 from cortex.gateway.loads import Loader
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.service import Gateway
-from cortex.protocol.neuron import ModelStatus
+from cortex.protocol.neuron import LoadRequest, ModelStatus
 from tests.gateway.test_loads import GB, FakeNeuron
 
 COMPLETION = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
@@ -29,20 +31,35 @@ COMPLETION = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"t
 
 @dataclass
 class FaultyNeuron(FakeNeuron):
-    """A FakeNeuron whose /status can fail and whose chat can stall forever."""
+    """A FakeNeuron served over HTTP (the chat path needs a real server): its /status can
+    fail and its chat can stall forever."""
 
     failing: bool = False
     stall: bool = False
 
     def app(self) -> web.Application:
-        app = super().app()
+        app = web.Application()
+        app.router.add_get("/status", self.http_status)
+        app.router.add_post("/models/load", self.http_load)
+        app.router.add_post("/models/unload", self.http_unload)
         app.router.add_post("/v1/chat/completions", self.chat)
         return app
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def http_status(self, request: web.Request) -> web.Response:
         if self.failing:
             return web.Response(status=500)
-        return await super().status(request)
+        return web.Response(
+            body=msgspec.json.encode(self.status()), content_type="application/json"
+        )
+
+    async def http_load(self, request: web.Request) -> web.Response:
+        await self.load(msgspec.json.decode(await request.read(), type=LoadRequest))
+        return web.json_response({})
+
+    async def http_unload(self, request: web.Request) -> web.Response:
+        with contextlib.suppress(ModelNotLoaded):
+            self.unload((await request.json())["model"])
+        return web.json_response({})
 
     async def chat(self, request: web.Request) -> web.Response:
         if self.stall:

@@ -1,26 +1,26 @@
-"""The loader's effects against a fake neuron (a test double serving /status, load, unload).
+"""The loader's effects against in-memory fake neurons (a test double of ``NeuronClient``).
 
-Single-flight loads, the bounded queue with its deadline (both answered with Retry-After), and
-a load whose every waiter left being unloaded again.
+Single-flight loads, the bounded queue with its deadline (both answered with Retry-After), a
+load whose every waiter left being unloaded again, pins and defrag moves. No HTTP server: the
+fleet polls and the loader loads through the fake client, which keeps each node's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
-from cortex.errors import Overloaded, Unavailable
+from cortex.errors import ModelNotLoaded, Overloaded, Unavailable
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
+from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.protocol.neuron import DeviceStatus, LoadRequest, ModelStatus, NeuronStatus
 
 GB = 1_000_000_000
@@ -29,35 +29,27 @@ ENTRY = ModelEntry(id="m", source="m", vram_gb=1.0)
 
 @dataclass
 class FakeNeuron:
-    """Serves the neuron admin API; loads take ``load_s``."""
+    """One node's admin API state; loads take ``load_s`` (simulated on the event loop)."""
 
+    name: str = "n1"
     load_s: float = 0.3
     total_bytes: int = 10 * GB
     loads: int = 0
     unloads: int = 0
     models: dict[str, ModelStatus] = field(default_factory=dict)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/status", self.status)
-        app.router.add_post("/models/load", self.load)
-        app.router.add_post("/models/unload", self.unload)
-        return app
-
-    async def status(self, request: web.Request) -> web.Response:
+    def status(self) -> NeuronStatus:
         used = sum(m.bytes for m in self.models.values())
         device = DeviceStatus(
             id="cpu", kind="cpu", index=0, name="cpu", total_bytes=self.total_bytes,
             free_bytes=self.total_bytes - used, used_bytes=used,
         )  # fmt: skip
-        status = NeuronStatus(
-            name="n1", version="t", harnesses=["fake"], devices=[device],
+        return NeuronStatus(
+            name=self.name, version="t", harnesses=["fake"], devices=[device],
             models=list(self.models.values()),
         )  # fmt: skip
-        return web.Response(body=msgspec.json.encode(status), content_type="application/json")
 
-    async def load(self, request: web.Request) -> web.Response:
-        req = msgspec.json.decode(await request.read(), type=LoadRequest)
+    async def load(self, req: LoadRequest) -> None:
         self.loads += 1
         self.models[req.model] = ModelStatus(
             id=req.model, state="loading", harness="fake", device="cpu", source=req.source,
@@ -67,57 +59,79 @@ class FakeNeuron:
         self.models[req.model] = msgspec.structs.replace(
             self.models[req.model], state="loaded", bytes=GB // 2, loaded_at=time.time()
         )
-        return web.json_response({"model": msgspec.to_builtins(self.models[req.model])})
 
-    async def unload(self, request: web.Request) -> web.Response:
-        body = await request.json()
+    def unload(self, model: str) -> None:
+        if self.models.pop(model, None) is None:
+            raise ModelNotLoaded(f"{model} is not on {self.name}")
         self.unloads += 1
-        self.models.pop(body["model"], None)
-        return web.json_response({"model": body["model"]})
+
+
+class FakeNeuronClient:
+    """``NeuronClient`` over in-memory ``FakeNeuron``s, keyed by node name."""
+
+    def __init__(self, neurons: Mapping[str, FakeNeuron]) -> None:
+        self.neurons = neurons
+
+    async def status(self, ref: NeuronRef, timeout_s: float) -> NeuronStatus:
+        return self.neurons[ref.name].status()
+
+    async def post(self, ref: NeuronRef, path: str, body: bytes, timeout_s: float) -> bytes:
+        neuron = self.neurons[ref.name]
+        if path == "/models/load":
+            await neuron.load(msgspec.json.decode(body, type=LoadRequest))
+        elif path == "/models/unload":
+            neuron.unload(msgspec.json.decode(body)["model"])
+        else:
+            raise AssertionError(f"unexpected POST {path}")
+        return b"{}"
+
+
+async def _loader(
+    fakes: Mapping[str, FakeNeuron],
+    catalogue: Mapping[str, ModelEntry] | None = None,
+    **gateway: Any,
+) -> tuple[Loader, Fleet]:
+    config = CortexConfig(
+        gateway=GatewaySection(poll_interval_s=0.1, **gateway),
+        neurons=tuple(NeuronRef(name=n, endpoint=f"http://{n}.invalid") for n in fakes),
+    )
+    session: Any = None  # nothing here reaches the network
+    fleet = Fleet(config, catalogue or {ENTRY.id: ENTRY}, session, FakeNeuronClient(fakes))
+    await fleet.start()
+    return Loader(config, fleet, session), fleet
 
 
 @pytest.fixture
-async def neuron() -> AsyncIterator[tuple[FakeNeuron, str]]:
+async def neuron() -> AsyncIterator[tuple[FakeNeuron, Loader, Fleet]]:
     fake = FakeNeuron()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-async def _loader(url: str, **gateway: float) -> tuple[Loader, Fleet, aiohttp.ClientSession]:
-    config = CortexConfig(
-        gateway=GatewaySection(poll_interval_s=0.1, **gateway),  # type: ignore[arg-type]
-        neurons=(NeuronRef(name="n1", endpoint=url),),
-    )
-    session = aiohttp.ClientSession()
-    fleet = Fleet(config, {ENTRY.id: ENTRY}, session)
-    await fleet.start()
-    return Loader(config, fleet, session), fleet, session
-
-
-async def _close(loader: Loader, fleet: Fleet, session: aiohttp.ClientSession) -> None:
+    loader, fleet = await _loader({"n1": fake})
+    yield fake, loader, fleet
     await loader.stop()
     await fleet.stop()
-    await session.close()
 
 
 async def test_concurrent_requests_for_a_cold_model_load_it_once(
-    neuron: tuple[FakeNeuron, str],
+    neuron: tuple[FakeNeuron, Loader, Fleet],
 ) -> None:
-    fake, url = neuron
-    loader, fleet, session = await _loader(url)
-    try:
-        nodes = await asyncio.gather(*(loader.route(ENTRY) for _ in range(20)))
-        assert nodes == ["n1"] * 20
-        assert fake.loads == 1
-    finally:
-        await _close(loader, fleet, session)
+    fake, loader, _ = neuron
+    nodes = await asyncio.gather(*(loader.route(ENTRY) for _ in range(20)))
+    assert nodes == ["n1"] * 20
+    assert fake.loads == 1
 
 
-async def test_full_queue_is_overloaded_with_retry_after(neuron: tuple[FakeNeuron, str]) -> None:
-    _, url = neuron
-    loader, fleet, session = await _loader(url, queue_depth=2)
+async def _own_loader(**gateway: Any) -> tuple[FakeNeuron, Loader, Fleet]:
+    fake = FakeNeuron()
+    loader, fleet = await _loader({"n1": fake}, **gateway)
+    return fake, loader, fleet
+
+
+async def _close(loader: Loader, fleet: Fleet) -> None:
+    await loader.stop()
+    await fleet.stop()
+
+
+async def test_full_queue_is_overloaded_with_retry_after() -> None:
+    _, loader, fleet = await _own_loader(queue_depth=2)
     try:
         results = await asyncio.gather(
             *(loader.route(ENTRY) for _ in range(3)), return_exceptions=True
@@ -126,57 +140,40 @@ async def test_full_queue_is_overloaded_with_retry_after(neuron: tuple[FakeNeuro
         assert len(rejected) == 1 and rejected[0].retry_after_s is not None
         assert results.count("n1") == 2
     finally:
-        await _close(loader, fleet, session)
+        await _close(loader, fleet)
 
 
-async def test_queue_deadline_is_unavailable_with_retry_after(
-    neuron: tuple[FakeNeuron, str],
-) -> None:
-    fake, url = neuron
+async def test_queue_deadline_is_unavailable_with_retry_after() -> None:
+    fake, loader, fleet = await _own_loader(queue_wait_s=0.2)
     fake.load_s = 1.0
-    loader, fleet, session = await _loader(url, queue_wait_s=0.2)
     try:
         with pytest.raises(Unavailable, match="not ready after") as err:
             await loader.route(ENTRY)
         assert err.value.retry_after_s is not None
     finally:
-        await _close(loader, fleet, session)
+        await _close(loader, fleet)
 
 
 async def test_load_whose_waiters_all_left_is_unloaded_again(
-    neuron: tuple[FakeNeuron, str],
+    neuron: tuple[FakeNeuron, Loader, Fleet],
 ) -> None:
-    fake, url = neuron
-    loader, fleet, session = await _loader(url)
-    try:
-        waiter = asyncio.create_task(loader.route(ENTRY))
-        await asyncio.sleep(0.1)
-        waiter.cancel()
-        for _ in range(50):
-            if fake.unloads:
-                break
-            await asyncio.sleep(0.05)
-        assert (fake.loads, fake.unloads) == (1, 1)
-        assert "m" not in fake.models
-    finally:
-        await _close(loader, fleet, session)
+    fake, loader, _ = neuron
+    waiter = asyncio.create_task(loader.route(ENTRY))
+    await asyncio.sleep(0.1)  # the load has started (it takes load_s = 0.3 s)
+    waiter.cancel()
+    await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))
+    assert (fake.loads, fake.unloads) == (1, 1)
+    assert "m" not in fake.models
 
 
-async def test_pinned_model_loads_at_start_up(neuron: tuple[FakeNeuron, str]) -> None:
-    fake, url = neuron
-    loader, fleet, session = await _loader(url)
+async def test_pinned_model_loads_at_start_up(neuron: tuple[FakeNeuron, Loader, Fleet]) -> None:
+    fake, loader, fleet = neuron
     fleet.pin_overrides[ENTRY.id] = True
-    try:
-        loader.ensure_pinned()
-        for _ in range(50):
-            if fake.models.get("m") is not None and fake.models["m"].state == "loaded":
-                break
-            await asyncio.sleep(0.05)
-        assert fake.loads == 1
-        await asyncio.sleep(0.2)
-        assert fake.unloads == 0, "a pinned load is kept although nobody waits for it"
-    finally:
-        await _close(loader, fleet, session)
+    loader.ensure_pinned()
+    await asyncio.sleep(0)  # the pinned load task starts
+    await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))
+    assert fake.loads == 1 and fake.models["m"].state == "loaded"
+    assert fake.unloads == 0, "a pinned load is kept although nobody waits for it"
 
 
 def _resident(model_id: str, gb: int) -> ModelStatus:
@@ -189,33 +186,21 @@ def _resident(model_id: str, gb: int) -> ModelStatus:
 async def test_defrag_moves_an_idle_model_so_an_unplaceable_one_fits() -> None:
     """x (3 GB) on n1 and y (3 GB) on n2 leave 7 GB free on each 10 GB node: z (8 GB) fits
     nowhere while both are busy. Once they are idle, defrag moves one so that z fits whole."""
-    fakes = {name: FakeNeuron(load_s=0.05) for name in ("n1", "n2")}
+    fakes = {name: FakeNeuron(name=name, load_s=0.05) for name in ("n1", "n2")}
     fakes["n1"].models["x"] = _resident("x", 3)
     fakes["n2"].models["y"] = _resident("y", 3)
-    servers = [TestServer(f.app(), host="127.0.0.1") for f in fakes.values()]
-    for server in servers:
-        await server.start_server()
     catalogue = {m.id: m for m in (
         ModelEntry(id="x", source="x", vram_gb=3.0),
         ModelEntry(id="y", source="y", vram_gb=3.0),
         ModelEntry(id="z", source="z", vram_gb=8.0),
     )}  # fmt: skip
-    config = CortexConfig(
-        gateway=GatewaySection(poll_interval_s=0.1),
-        neurons=tuple(
-            NeuronRef(name=n, endpoint=str(s.make_url("")).rstrip("/"))
-            for n, s in zip(fakes, servers, strict=True)
-        ),
-    )
-    session = aiohttp.ClientSession()
-    fleet = Fleet(config, catalogue, session)
-    await fleet.start()
-    loader = Loader(config, fleet, session)
+    loader, fleet = await _loader(fakes, catalogue)
     try:
-        fleet.counts("x", "n1").in_flight = fleet.counts("y", "n2").in_flight = 1
+        busy = [fleet.claim("x", "n1", "in_flight"), fleet.claim("y", "n2", "in_flight")]
         with pytest.raises(Unavailable):
             await loader.route(catalogue["z"])
-        fleet.counts("x", "n1").in_flight = fleet.counts("y", "n2").in_flight = 0
+        for claim in busy:
+            claim.release()
         await loader.defrag()
         holders = [n for n, f in fakes.items() if sorted(f.models) == ["x", "y"]]
         assert len(holders) == 1, "both small models now share one node"
@@ -224,6 +209,19 @@ async def test_defrag_moves_an_idle_model_so_an_unplaceable_one_fits() -> None:
         assert node != holders[0]
         assert sum(f.unloads for f in fakes.values()) == 1, "z placed without an eviction"
     finally:
-        await _close(loader, fleet, session)
-        for server in servers:
-            await server.close()
+        await _close(loader, fleet)
+
+
+async def test_a_neuron_that_does_not_answer_a_load_is_suspect_and_the_request_told_so(
+    neuron: tuple[FakeNeuron, Loader, Fleet], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, loader, _ = neuron
+
+    async def unreachable(req: LoadRequest) -> None:
+        raise NeuronUnreachable("POST /models/load: connection reset")
+
+    fake.load = unreachable  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="n1 did not answer /models/load"):
+        await loader.route(ENTRY)
+    # Suspect until its next good poll (which the fake answers at once, so read the log).
+    assert "node n1 suspect: POST /models/load: connection reset" in caplog.text
