@@ -30,7 +30,6 @@ from cortex.gateway.neuron_client import (
     HttpNeuronClient,
     NeuronClient,
     NeuronUnreachable,
-    neuron_headers,
 )
 from cortex.gateway.pins import PinStore
 from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
@@ -318,7 +317,9 @@ class Fleet:
         ref = state.ref
         was = state.health
         try:
-            status = await self.client.status(ref, max(5.0, self.config.gateway.poll_interval_s * 2))
+            status = await self.client.status(
+                ref, max(5.0, self.config.gateway.poll_interval_s * 2)
+            )
         except (NeuronUnreachable, CortexError) as exc:
             state.failures += 1
             state.error = str(exc) or type(exc).__name__

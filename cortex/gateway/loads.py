@@ -26,7 +26,6 @@ from cortex.errors import (
     ModelNotFound,
     Overloaded,
     Unavailable,
-    from_body,
 )
 from cortex.gateway import idle
 from cortex.gateway.defrag import plan_defrag

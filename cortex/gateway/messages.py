@@ -13,12 +13,11 @@ import logging
 import re
 from collections import OrderedDict
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import InvalidRequest, UpstreamError, from_body
+from cortex.errors import InvalidRequest, UpstreamError
 from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.proxy import Exchange, UpstreamResponse
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
@@ -34,6 +33,7 @@ from cortex.protocol import anthropic, openai
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
 log = logging.getLogger("cortex.gateway")
+TOKENIZE_TIMEOUT_S = 60.0  # counting a long prompt may wait behind a busy tokenizer
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 # A context error's numbers: the context and the prompt's own size, in cortex's (and OpenAI's)

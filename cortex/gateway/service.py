@@ -20,8 +20,8 @@ from cortex.config import CortexConfig, ModelEntry
 from cortex.errors import CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
-from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.loads import Loader
+from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick
 
