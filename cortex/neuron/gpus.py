@@ -41,10 +41,6 @@ class Devices:
             log.info("NVML found no GPU; offering the cpu device only")
             self.close()
 
-    @property
-    def has_gpus(self) -> bool:
-        return bool(self._handles)
-
     def snapshot(self, cpu_committed_bytes: int) -> list[DeviceStatus]:
         """Every device with its memory now; ``cpu_committed_bytes`` is what models hold on cpu."""
         if not self._handles:

@@ -74,5 +74,4 @@ class ActionResult(msgspec.Struct, kw_only=True):
     model: str
     action: str
     node: str | None = None
-    ok: bool = True
     detail: str = ""

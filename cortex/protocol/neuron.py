@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -129,4 +129,3 @@ class TokenizeResponse(msgspec.Struct, kw_only=True):
 class Health(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
     name: str = ""
-    extra: dict[str, Any] | None = None
