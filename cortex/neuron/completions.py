@@ -30,6 +30,7 @@ from cortex.neuron import chunks, prompt
 from cortex.neuron.harness import LoadedModel, SamplingParams
 from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.metrics import METRICS
+from cortex.neuron.outcome import Outcome
 from cortex.neuron.slot import Lease
 from cortex.neuron.stops import StopMatcher
 from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parser
@@ -38,36 +39,6 @@ from cortex.protocol import decode, openai
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.comment(b"queued")  # clients and the gateway's relay skip comments
-
-
-class Outcome:
-    """How a request went: ``handle`` stamps admission and status, ``texts`` the generation.
-
-    Times are perf_counter stamps; metrics.py reads them once the request is done.
-    """
-
-    __slots__ = (
-        "admitted",
-        "cached_tokens",
-        "completion_tokens",
-        "finish_reason",
-        "first_token",
-        "prompt_tokens",
-        "started",
-        "status",
-        "stop_string",
-    )
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.admitted: float | None = None
-        self.first_token: float | None = None
-        self.status = 200
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cached_tokens = 0  # prompt tokens the harness took from its prefix cache
-        self.finish_reason: openai.FinishReason = "stop"
-        self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
 
 
 class Plan:

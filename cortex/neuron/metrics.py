@@ -8,7 +8,7 @@ Each application owns a ``CollectorRegistry``. Requests are recorded once each b
 the gateway); loads through ``ModelManager.on_load``; in-flight, queued, resident models and
 device memory are read from the ModelManager at scrape time (an NVML read, microseconds).
 
-Times, from the request's perf_counter stamps (``completions.Outcome``): duration from the body
+Times, from the request's perf_counter stamps (``outcome.Outcome``): duration from the body
 decoded to the response done; queue wait until admission (``max_concurrency``); TTFT until the
 harness produced the first token (stream or not: the neuron sees generation itself); time per
 output token = (done - first token) / (completion tokens - 1).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -34,9 +33,7 @@ from cortex.buckets import (
     TTFT_BUCKETS,
 )
 from cortex.neuron.lifecycle import ModelManager
-
-if TYPE_CHECKING:
-    from cortex.neuron.completions import Outcome
+from cortex.neuron.outcome import Outcome
 
 NO_MODEL = "-"  # a request that was never admitted (unknown model): client text is no label
 

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from cortex.config import ModelsConfig, NeuronConfig, NeuronSection
 from cortex.neuron.app import make_app
-from cortex.neuron.completions import Outcome
 from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.outcome import Outcome
 from tests.neuron.fakes import FakeHarness
 from tests.prometheus_samples import samples, value
 

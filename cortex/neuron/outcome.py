@@ -1,0 +1,41 @@
+"""How one chat completion went, as the neuron's handler saw it.
+
+Its own module so that completions.py (which fills it) and metrics.py (which records it) both
+depend on it instead of on each other.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cortex.protocol import openai
+
+
+class Outcome:
+    """How a request went: ``handle`` stamps admission and status, ``texts`` the generation.
+
+    Times are perf_counter stamps; metrics.py reads them once the request is done.
+    """
+
+    __slots__ = (
+        "admitted",
+        "cached_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "first_token",
+        "prompt_tokens",
+        "started",
+        "status",
+        "stop_string",
+    )
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.admitted: float | None = None
+        self.first_token: float | None = None
+        self.status = 200
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the harness took from its prefix cache
+        self.finish_reason: openai.FinishReason = "stop"
+        self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
