@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -96,7 +97,7 @@ async def _answer(
                 return web.Response(body=chunks.encode(completion), content_type="application/json")
             enc = chunks.ChunkEncoder(ident, created, body.model)
             response = await _open_stream(request, enc)
-            await manager.admit(lease, _heartbeat(response))
+            await manager.admit(lease, functools.partial(response.write, HEARTBEAT))
             outcome.admitted = time.perf_counter()
             return await _stream(response, enc, body, lease, plan, outcome)
     except CortexError as exc:
@@ -117,13 +118,6 @@ async def _open_stream(request: web.Request, enc: chunks.ChunkEncoder) -> web.St
     await response.prepare(request)
     await response.write(enc.delta(openai.Delta(role="assistant", content="")))
     return response
-
-
-def _heartbeat(response: web.StreamResponse) -> Callable[[], Awaitable[None]]:
-    async def beat() -> None:
-        await response.write(HEARTBEAT)
-
-    return beat
 
 
 async def _plan(
