@@ -27,9 +27,9 @@ from aiohttp import web
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, UpstreamRef
 from cortex.gateway.app import make_app
+from cortex.gateway.core import GATEWAY
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.proxy import Exchange
-from cortex.gateway.service import GATEWAY
 
 ROUTE = "/v1/chat/completions"
 USAGE = {"prompt_tokens": 812, "completion_tokens": 230, "total_tokens": 1042}

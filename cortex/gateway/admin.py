@@ -11,7 +11,7 @@ from aiohttp import web
 from cortex import __version__, protocol
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.gateway import idle
-from cortex.gateway.service import GATEWAY, Gateway
+from cortex.gateway.core import GATEWAY, Gateway
 from cortex.protocol import anthropic
 from cortex.protocol.admin import (
     ActionResult,

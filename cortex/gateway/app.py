@@ -36,12 +36,12 @@ from cortex.errors import (
 )
 from cortex.gateway import admin, chat, messages, reload, responses, ui
 from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.core import GATEWAY, Gateway
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
 from cortex.gateway.pins import PinStore
 from cortex.gateway.proxy import Exchange
-from cortex.gateway.service import GATEWAY, Gateway
 
 log = logging.getLogger("cortex.gateway")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
 from cortex.config import ModelEntry
-from cortex.gateway.state import FleetView, Resident
+from cortex.gateway.snapshot import FleetView, Resident
 from cortex.protocol.openai import CortexModelInfo, ModelCard
 
 __all__ = ["Catalogue", "CortexModelInfo"]

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cortex import protocol
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.gateway.core import Gateway
 from cortex.gateway.proxy import (
     Exchange,
     UpstreamResponse,
@@ -23,7 +24,6 @@ from cortex.gateway.proxy import (
     sse_error,
     sse_events,
 )
-from cortex.gateway.service import Gateway
 from cortex.gateway.sessions import session_key
 from cortex.protocol import openai
 

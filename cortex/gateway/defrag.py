@@ -19,7 +19,7 @@ import msgspec
 
 from cortex.config import GB, ModelEntry
 from cortex.gateway.router import allowed_up_nodes
-from cortex.gateway.state import Device, FleetView, Node, Resident
+from cortex.gateway.snapshot import Device, FleetView, NodeView, Resident
 
 
 class Move(msgspec.Struct, frozen=True):
@@ -75,7 +75,7 @@ def _best_target(
 
 
 def _clear(
-    fleet: FleetView, node: Node, device: Device, need: int, now: float, min_resident_s: float
+    fleet: FleetView, node: NodeView, device: Device, need: int, now: float, min_resident_s: float
 ) -> tuple[int, Placement] | None:
     """Fewest moves, then fewest bytes, that free ``need`` on ``device``: (bytes, placement)."""
     free = node.free_bytes(device)

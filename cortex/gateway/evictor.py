@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from cortex.gateway.state import Device, Node, Resident
+from cortex.gateway.snapshot import Device, NodeView, Resident
 
 Strategy = Literal["lru", "priority"]
 
@@ -25,7 +25,7 @@ def eviction_order(candidates: list[Resident], strategy: Strategy) -> list[Resid
 
 
 def plan_eviction(
-    node: Node,
+    node: NodeView,
     device: Device,
     needed_bytes: int,
     now: float,

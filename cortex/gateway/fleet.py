@@ -32,7 +32,7 @@ from cortex.gateway.neuron_client import (
     NeuronUnreachable,
 )
 from cortex.gateway.pins import PinStore
-from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
+from cortex.gateway.snapshot import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import NeuronStatus
 from cortex.protocol.openai import ModelList
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cortex.config import ModelEntry
-from cortex.gateway.state import FleetView, Resident
+from cortex.gateway.snapshot import FleetView, Resident
 
 
 def ttl_of(entry: ModelEntry | None, default_ttl_s: float) -> float:

@@ -32,7 +32,7 @@ from cortex.gateway.defrag import plan_defrag
 from cortex.gateway.fleet import Claim, Fleet
 from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.router import Impossible, Load, Route, Wait, allowed_up_nodes, choose
-from cortex.gateway.state import FleetView
+from cortex.gateway.snapshot import FleetView
 from cortex.protocol.neuron import LoadRequest, UnloadRequest
 
 log = logging.getLogger("cortex.gateway.loads")

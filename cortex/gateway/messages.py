@@ -18,10 +18,10 @@ from aiohttp import web
 
 from cortex import protocol
 from cortex.errors import InvalidRequest, UpstreamError
+from cortex.gateway.core import GATEWAY, Gateway, Resolved
 from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.proxy import Exchange, UpstreamResponse
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
-from cortex.gateway.service import GATEWAY, Gateway, Resolved
 from cortex.gateway.sessions import session_key
 from cortex.gateway.translate import (
     AnthropicStreamTranslator,

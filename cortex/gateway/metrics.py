@@ -42,10 +42,10 @@ from cortex.buckets import (
     TPOT_BUCKETS,
     TTFT_BUCKETS,
 )
+from cortex.gateway.core import ExchangeObserver, Gateway
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import LoadObserver
 from cortex.gateway.proxy import Exchange
-from cortex.gateway.service import ExchangeObserver, Gateway
 
 log = logging.getLogger("cortex.gateway.metrics")
 

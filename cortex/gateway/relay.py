@@ -17,8 +17,8 @@ from aiohttp import web
 
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway.chat import SSE_HEADERS
+from cortex.gateway.core import Gateway, Resolved
 from cortex.gateway.proxy import Exchange, UpstreamResponse, decode_chunks, read_json, sse_events
-from cortex.gateway.service import Gateway, Resolved
 from cortex.protocol import openai
 
 _completion_decoder = msgspec.json.Decoder(openai.ChatCompletion)

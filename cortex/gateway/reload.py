@@ -20,7 +20,7 @@ from aiohttp import web
 from cortex import config as cfg
 from cortex.errors import ConfigError
 from cortex.gateway.catalogue import Catalogue
-from cortex.gateway.service import GATEWAY, Gateway
+from cortex.gateway.core import GATEWAY, Gateway
 from cortex.sighup import reload_on_sighup
 
 log = logging.getLogger("cortex.gateway.reload")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from cortex.gateway.core import Gateway
 from cortex.gateway.proxy import Exchange
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.responses_stream import ResponsesStreamTranslator
-from cortex.gateway.service import Gateway
 from cortex.gateway.sessions import session_key
 from cortex.gateway.translate_responses import (
     openai_to_response,

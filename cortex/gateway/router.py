@@ -28,7 +28,7 @@ import msgspec
 
 from cortex.config import GB, ModelEntry
 from cortex.gateway.evictor import Strategy, plan_eviction
-from cortex.gateway.state import Device, FleetView, Node, Resident
+from cortex.gateway.snapshot import Device, FleetView, NodeView, Resident
 
 # Until a neuron returns (it is polled every 2 s while down) a short Retry-After is honest.
 RETRY_NODE_DOWN_S = 5.0
@@ -80,7 +80,7 @@ def choose(
     )
 
 
-def allowed_up_nodes(fleet: FleetView, model: ModelEntry) -> list[Node]:
+def allowed_up_nodes(fleet: FleetView, model: ModelEntry) -> list[NodeView]:
     """Nodes where a new copy of ``model`` may be loaded (``nodes`` empty: any up node)."""
     return [
         n for n in fleet.nodes if n.health == "up" and (not model.nodes or n.name in model.nodes)
@@ -154,7 +154,7 @@ def _place(
 
 
 def _cheapest_eviction(
-    nodes: list[Node], need: int, now: float, strategy: Strategy, min_resident_s: float
+    nodes: list[NodeView], need: int, now: float, strategy: Strategy, min_resident_s: float
 ) -> Load | None:
     """The device where making room frees fewest bytes, then unloads fewest models."""
     best: tuple[tuple[bool, int, int, str, str], Load] | None = None
@@ -169,13 +169,13 @@ def _cheapest_eviction(
     return None if best is None else best[1]
 
 
-def _devices(nodes: list[Node]) -> Iterator[tuple[Node, Device]]:
+def _devices(nodes: list[NodeView]) -> Iterator[tuple[NodeView, Device]]:
     for node in nodes:
         for device in node.devices:
             yield node, device
 
 
-def _fit_key(node: Node, device: Device, need: int, known: bool) -> tuple[bool, int, str, str]:
+def _fit_key(node: NodeView, device: Device, need: int, known: bool) -> tuple[bool, int, str, str]:
     """GPUs first; best fit for a known size, most free memory for an unknown one."""
     left = node.free_bytes(device) - need
     return (device.kind != "cuda", left if known else -left, node.name, device.id)
@@ -187,7 +187,7 @@ def _no_live_node(fleet: FleetView, model: ModelEntry) -> str:
     return f"no live neuron may serve {model.id} (allowed: {allowed}; up: {up})"
 
 
-def _no_room(model: ModelEntry, nodes: list[Node], need: int) -> str:
+def _no_room(model: ModelEntry, nodes: list[NodeView], need: int) -> str:
     needs = f"{model.id} needs {_gb(need)}" if model.vram_gb else f"{model.id} (vram_gb unset)"
     devices = list(_devices(nodes))
     if not devices:

@@ -15,7 +15,7 @@ from cortex.neuron.node import NODE
 from cortex.neuron.prompt import template_messages, template_tools
 from cortex.protocol import decode, openai
 from cortex.protocol.neuron import (
-    Health,
+    HealthResponse,
     LoadRequest,
     TokenizeRequest,
     TokenizeResponse,
@@ -30,7 +30,7 @@ def _json(value: msgspec.Struct, status: int = 200) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json(Health(name=request.app[NODE].config.neuron.name))
+    return _json(HealthResponse(name=request.app[NODE].config.neuron.name))
 
 
 async def status(request: web.Request) -> web.Response:

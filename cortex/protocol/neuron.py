@@ -126,6 +126,6 @@ class TokenizeResponse(msgspec.Struct, kw_only=True):
     max_model_len: int = 0
 
 
-class Health(msgspec.Struct, kw_only=True):
+class HealthResponse(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
     name: str = ""

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from cortex.config import GB, ModelEntry
-from cortex.gateway.state import Device, FleetView, Health, Node, Resident
+from cortex.gateway.snapshot import Device, FleetView, NodeHealth, NodeView, Resident
 from cortex.protocol.neuron import ModelState
 
 NOW = 100_000.0
@@ -60,9 +60,9 @@ def node(
     gpus: tuple[float, ...] = (24.0,),
     cpu_gb: float | None = None,
     foreign_gb: float = 0.0,
-    health: Health = "up",
+    health: NodeHealth = "up",
     in_flight: int = 0,
-) -> Node:
+) -> NodeView:
     """A node with GPUs cuda:0.. of the given sizes (each ``foreign_gb`` used by others)."""
     devices = [
         Device(id=f"cuda:{i}", kind="cuda", total_bytes=gb(g), foreign_bytes=gb(foreign_gb))
@@ -70,7 +70,7 @@ def node(
     ]
     if cpu_gb is not None:
         devices.append(Device(id="cpu", kind="cpu", total_bytes=gb(cpu_gb)))
-    return Node(
+    return NodeView(
         name=name,
         health=health,
         in_flight=in_flight,
@@ -79,7 +79,7 @@ def node(
     )
 
 
-def fleet(*nodes: Node) -> FleetView:
+def fleet(*nodes: NodeView) -> FleetView:
     return FleetView(nodes=tuple(sorted(nodes, key=lambda n: n.name)))
 
 

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from cortex.gateway.catalogue import Catalogue, CortexModelInfo
-from cortex.gateway.state import FleetView
+from cortex.gateway.snapshot import FleetView
 from cortex.protocol.openai import ModelCard, ModelList
 from tests.gateway.fleets import entry, fleet, model, node
 

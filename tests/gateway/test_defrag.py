@@ -6,7 +6,7 @@ import pytest
 
 from cortex.config import ModelEntry
 from cortex.gateway.defrag import Move, plan_defrag
-from cortex.gateway.state import FleetView
+from cortex.gateway.snapshot import FleetView
 from tests.gateway.fleets import MIN_RESIDENT_S, NOW, entry, fleet, model, node
 
 BIG = entry("big", 20)

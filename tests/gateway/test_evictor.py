@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cortex.gateway.evictor import Strategy, plan_eviction
-from cortex.gateway.state import Resident
+from cortex.gateway.snapshot import Resident
 from tests.gateway.fleets import MIN_RESIDENT_S, NOW, gb, model, node
 
 

@@ -6,12 +6,12 @@ import pytest
 
 from cortex.config import ModelEntry
 from cortex.gateway.idle import expired, ttl_left, ttl_of
-from cortex.gateway.state import Node, Resident
+from cortex.gateway.snapshot import NodeView, Resident
 from tests.gateway.fleets import NOW, entry, fleet, model, node
 
 
 def _expired_ids(
-    view_nodes: list[Node], catalogue: dict[str, ModelEntry], default: float = 0.0
+    view_nodes: list[NodeView], catalogue: dict[str, ModelEntry], default: float = 0.0
 ) -> list[tuple[str, str]]:
     return [(c.model_id, c.node) for c in expired(fleet(*view_nodes), catalogue, default, NOW)]
 

@@ -18,7 +18,7 @@ from cortex.gateway.router import (
     Wait,
     choose,
 )
-from cortex.gateway.state import FleetView, Usage, fleet_from_statuses
+from cortex.gateway.snapshot import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NeuronStatus
 from tests.gateway.fleets import MIN_RESIDENT_S, NOW, entry, fleet, gb, model, node
 

@@ -25,7 +25,7 @@ import msgspec
 from cortex.config import GB, ModelEntry
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NeuronStatus
 
-Health = Literal["up", "suspect", "down"]
+NodeHealth = Literal["up", "suspect", "down"]
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Resident(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True):
-    """One accelerator (or the CPU) of a node; its residents live on the ``Node``."""
+    """One accelerator (or the CPU) of a node; its residents live on the ``NodeView``."""
 
     id: str
     kind: Literal["cuda", "cpu"]
@@ -101,9 +101,9 @@ class Device(msgspec.Struct, frozen=True, kw_only=True):
         return self.total_bytes - self.foreign_bytes
 
 
-class Node(msgspec.Struct, frozen=True, kw_only=True):
+class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    health: Health
+    health: NodeHealth
     in_flight: int = 0
     devices: tuple[Device, ...] = ()
     models: tuple[Resident, ...] = ()
@@ -126,12 +126,12 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
 class FleetView(msgspec.Struct, frozen=True, kw_only=True):
     """Every configured neuron, sorted by name so that every policy is deterministic."""
 
-    nodes: tuple[Node, ...] = ()
+    nodes: tuple[NodeView, ...] = ()
 
-    def node(self, name: str) -> Node | None:
+    def node(self, name: str) -> NodeView | None:
         return next((n for n in self.nodes if n.name == name), None)
 
-    def holders(self, model_id: str) -> Iterator[tuple[Node, Resident]]:
+    def holders(self, model_id: str) -> Iterator[tuple[NodeView, Resident]]:
         """(node, copy) for each non-down node where ``model_id`` is loading or loaded."""
         for node in self.nodes:
             copy = node.holds(model_id) if node.health != "down" else None
@@ -156,14 +156,14 @@ def fleet_from_statuses(
     for name in sorted(statuses):
         status = statuses[name]
         if status is None:
-            nodes.append(Node(name=name, health="down"))
+            nodes.append(NodeView(name=name, health="down"))
             continue
         usage = {model: u for (model, node), u in gateway_usage.items() if node == name}
         models = _residents(name, status, catalogue, usage)
-        health: Health = "suspect" if name in suspect else "up"
+        health: NodeHealth = "suspect" if name in suspect else "up"
         devices = tuple(_device(d, status.models) for d in status.devices)
         nodes.append(
-            Node(
+            NodeView(
                 name=name,
                 health=health,
                 in_flight=status.in_flight,

@@ -1,8 +1,8 @@
-"""The gateway's request core, shared by both dialects: resolve, route, open upstream, account.
+"""The gateway's request core, shared by every dialect: resolve, route, open upstream, account.
 
 ``Gateway`` owns nothing but wiring: the fleet (state), the loader (effects) and the catalogue
-(pure). Dialect modules (chat.py, messages.py) decode their request, call ``open`` for an
-upstream answer whose status arrived, and relay it in their own shape.
+(pure). Dialect modules (chat.py, messages.py, responses.py) decode their request, call
+``open`` for an upstream answer whose status arrived, and relay it in their own shape.
 """
 
 from __future__ import annotations
