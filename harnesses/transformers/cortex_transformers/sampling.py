@@ -27,6 +27,8 @@ MIN_TEMPERATURE = 1e-4
 """Below this a temperature is greedy: dividing logits by a subnormal (1e-39) overflows to inf
 and the probabilities to NaN (issue 11)."""
 
+_MAX_ROUNDS = 64  # top-p rejection rounds before a row falls back to its most likely token
+
 
 class Sampler:
     """Sampling parameters and random stream of one sequence."""
@@ -83,9 +85,6 @@ def _sample(logits: torch.Tensor, samplers: list[Sampler]) -> list[int]:
         tokens = torch.where(above > top_p, probs.argmax(-1), tokens)
     chosen: list[int] = tokens.tolist()
     return chosen
-
-
-_MAX_ROUNDS = 64
 
 
 def _kth_scores(scores: torch.Tensor, top_k: list[int]) -> torch.Tensor:
