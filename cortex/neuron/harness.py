@@ -32,6 +32,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     top_p: float = 1.0
     top_k: int = 0  # 0 means off
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating past EOS tokens, up to max_new_tokens
 
 
 class TokenEvent(msgspec.Struct, kw_only=True):

@@ -107,6 +107,7 @@ def sampling_params(request: openai.ChatCompletionRequest, max_new_tokens: int) 
         top_p=1.0 if request.top_p is None else request.top_p,
         top_k=request.top_k or 0,
         seed=request.seed,
+        ignore_eos=request.ignore_eos,
     )
 
 

@@ -146,6 +146,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     max_completion_tokens: MaxTokens | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     seed: Seed | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens past EOS (benchmarks, tests)
     stop: StopStr | Annotated[list[StopStr], msgspec.Meta(max_length=16)] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None

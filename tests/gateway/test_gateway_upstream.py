@@ -15,7 +15,6 @@ import anthropic
 import msgspec
 import openai
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, UpstreamRef
@@ -299,7 +298,3 @@ async def test_admin_status_shows_upstream(gateway: GatewayFactory) -> None:
     async with aiohttp.ClientSession() as session, session.get(base + "cortex/status") as resp:
         status = await resp.json()
     assert status["upstreams"][0]["models"] == MODELS
-
-
-def test_mock_upstream_is_a_web_app() -> None:
-    assert isinstance(make_mock_upstream(MockState()), web.Application)

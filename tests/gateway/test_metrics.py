@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, NeuronRef, UpstreamRef
@@ -181,7 +180,6 @@ async def test_requests_through_a_gateway_reach_its_own_metrics_port(upstream_ur
     )
     assert value(found, "cortex_time_to_first_token_seconds_count", model="mock-gpt") == 1
     assert value(found, "cortex_requests_in_flight", model="mock-gpt") == 0
-    assert isinstance(app[METRICS], GatewayMetrics)
 
 
 def test_each_app_has_its_own_registry() -> None:
@@ -190,4 +188,3 @@ def test_each_app_has_its_own_registry() -> None:
         make_app(CortexConfig(), ModelsConfig()),
     )
     assert first[METRICS].registry is not second[METRICS].registry
-    assert isinstance(first, web.Application)

@@ -44,7 +44,7 @@ class Generation:
         self.cancelled = False
         self.finished = False
         self._max_new = params.max_new_tokens
-        self._eos_ids = eos_ids
+        self._eos_ids = frozenset() if params.ignore_eos else eos_ids
         self._context_length = context_length
         self._detok = IncrementalDetokenizer(decode)
         self._generated = 0
