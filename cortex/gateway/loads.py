@@ -227,8 +227,11 @@ class Loader:
             await self.fleet.refresh_now(node)
 
     async def _call(self, node: str, path: str, body: bytes, timeout_s: float) -> None:
+        state = self.fleet.neurons.get(node)
+        if state is None:  # removed from cortex.toml by a reload meanwhile
+            raise Unavailable(f"{node} is no longer configured")
         try:
-            await self.fleet.client.post(self.fleet.neurons[node].ref, path, body, timeout_s)
+            await self.fleet.client.post(state.ref, path, body, timeout_s)
         except NeuronUnreachable as exc:
             self.fleet.mark_suspect(node, str(exc))
             raise Unavailable(f"{node} did not answer {path}") from None  # cause: logged
