@@ -10,12 +10,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+class Holdback:
+    """How much of a text's tail to hold back because the next token may complete a marker
+    (a stop string, a tool-call tag): the longest suffix that is a proper prefix of one."""
+
+    def __init__(self, markers: Sequence[str]) -> None:
+        self._markers = tuple(m for m in markers if m)
+        self._firsts = frozenset(m[0] for m in self._markers)
+        self._longest = max((len(m) for m in self._markers), default=1) - 1
+
+    def length(self, text: str) -> int:
+        for n in range(min(self._longest, len(text)), 0, -1):
+            tail = text[-n:]
+            if tail[0] in self._firsts and any(m.startswith(tail) for m in self._markers):
+                return n
+        return 0
+
+
 class StopMatcher:
     """One per sequence; not thread-safe. With no stop strings it passes text straight through."""
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(s for s in stops if s)
-        self._firsts = frozenset(s[0] for s in self._stops)
+        self._holdback = Holdback(self._stops)
         self._held = ""
         self.matched: str | None = None  # the stop string that ended the text, once one did
 
@@ -32,7 +49,7 @@ class StopMatcher:
             cut, stop = min(found)
             self._held, self.matched = "", stop
             return buf[:cut]
-        keep = self._partial_len(buf)
+        keep = self._holdback.length(buf)
         self._held = buf[len(buf) - keep :]
         return buf[: len(buf) - keep]
 
@@ -40,12 +57,3 @@ class StopMatcher:
         """End of generation without a match: release what was held back."""
         held, self._held = self._held, ""
         return held
-
-    def _partial_len(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of a stop string."""
-        longest = max(len(s) for s in self._stops) - 1
-        for n in range(min(longest, len(buf)), 0, -1):
-            tail = buf[-n:]
-            if tail[0] in self._firsts and any(s.startswith(tail) for s in self._stops):
-                return n
-        return 0

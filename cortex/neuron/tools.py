@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import msgspec
 
 from cortex.errors import InvalidRequest
+from cortex.neuron.stops import Holdback
 from cortex.protocol import openai
 
 
@@ -106,16 +107,9 @@ class _HermesCall(msgspec.Struct):
 
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+_OPEN_HOLDBACK = Holdback([_OPEN])  # text that may be the start of a tool call waits
 _call_decoder = msgspec.json.Decoder(_HermesCall)
 _encoder = msgspec.json.Encoder()
-
-
-def _tag_prefix_len(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 def _new_call_id() -> str:
@@ -178,7 +172,7 @@ class HermesParser(ToolParser):
             self._emit_text(text, events)
             self._gap = text[len(text.rstrip()) :]
             return True
-        held = _tag_prefix_len(self._buf, _OPEN)
+        held = _OPEN_HOLDBACK.length(self._buf)
         ready = len(self._buf[: len(self._buf) - held].rstrip())
         self._emit_text(self._buf[:ready], events)
         self._buf = self._buf[ready:]

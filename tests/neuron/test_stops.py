@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cortex.neuron.stops import StopMatcher
+from cortex.neuron.stops import Holdback, StopMatcher
 
 
 def run(chunks: list[str], stops: list[str]) -> tuple[str, bool]:
@@ -55,3 +55,11 @@ def test_nothing_after_a_match() -> None:
     matcher = StopMatcher(["."])
     assert matcher.feed("a.b") == "a"
     assert matcher.feed("more") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [("abc<tool", 5), ("abc<tool_call", 10), ("abc<tool_call>", 0), ("abc", 0), ("<", 1), ("", 0)],
+)
+def test_holdback_is_the_longest_tail_that_may_still_become_a_marker(text: str, held: int) -> None:
+    assert Holdback(["<tool_call>", "<|im_end|>"]).length(text) == held
