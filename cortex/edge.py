@@ -1,5 +1,6 @@
-"""The HTTP edge both roles share: reading a body within a deadline, safe request ids, key
-bytes, telling a client hang-up from a failure, and the aiohttp server's own timeouts.
+"""The HTTP edge both roles share: the error middleware, key comparison, reading a body within a
+deadline, safe request ids, telling a client hang-up from a failure, and the aiohttp server's
+own timeouts.
 
 Phases and who bounds them (docs/operations.md lists the defaults):
 - request head: aiohttp's keep-alive timer runs from the connection's start and from the end of
@@ -14,13 +15,16 @@ Phases and who bounds them (docs/operations.md lists the defaults):
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
-from cortex.errors import InvalidRequest, RequestTimeout
+from cortex.errors import CortexError, InternalError, InvalidRequest, RequestTimeout
 
 LINGER_S = 1.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -73,3 +77,69 @@ def unsent() -> web.Response:
     """What a middleware returns after a hang-up: aiohttp finds the transport closed and drops
     it quietly, where a raised ConnectionError would make it log a traceback and try a 500."""
     return web.Response(status=499)
+
+
+def key_matches(given: str | None, keys: Iterable[str]) -> bool:
+    """Whether ``given`` is one of ``keys``, compared in constant time against every key (so
+    timing says nothing about which one is close); non-UTF-8 input simply does not match."""
+    if given is None:
+        return False
+    raw = header_bytes(given)
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(raw, key.encode())
+    return ok
+
+
+Render = Callable[[web.Request, CortexError], web.Response]
+FromHttp = Callable[[web.Request, web.HTTPException], CortexError]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def errors_middleware(
+    render: Render, from_http: FromHttp, logger: logging.Logger, internal: str
+) -> Middleware:
+    """The one place a role's errors become responses (``render`` picks the envelope): a
+    CortexError as itself, aiohttp's HTTP errors through ``from_http``, a recursion in a chat
+    template as a 400, anything else as a 500 saying ``internal`` with the traceback in the log.
+    A client hang-up is one INFO line, and nothing is sent after it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CortexError as err:
+            return render(request, err)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return render(request, from_http(request, exc))
+        except asyncio.CancelledError:
+            if client_gone(request):
+                log_hang_up(request, logger)
+            raise
+        except RecursionError:  # a chat template recursing into a deep value
+            return render(request, InvalidRequest("request nests too deeply to render"))
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and client_gone(request):
+                log_hang_up(request, logger)
+                return unsent()
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            return render(request, InternalError(internal))
+
+    return middleware
+
+
+def error_response(err: CortexError, body: bytes, status: int) -> web.Response:
+    """``err`` rendered as ``body``/``status`` (the envelope is the caller's), with
+    Retry-After when it has one; a body timeout also closes the connection, since the rest of a
+    trickled body may still be coming."""
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    response = web.Response(
+        body=body, status=status, content_type="application/json", headers=headers
+    )
+    if isinstance(err, RequestTimeout):
+        response.force_close()
+    return response

@@ -8,7 +8,6 @@ a ``request-id`` header, so a client never gets a body it cannot parse.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import secrets
@@ -24,11 +23,9 @@ from cortex import edge
 from cortex.errors import (
     CortexError,
     Forbidden,
-    InternalError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    RequestTimeout,
     Unauthorized,
     anthropic_body,
     anthropic_status,
@@ -56,19 +53,9 @@ def _is_anthropic(request: web.Request) -> bool:
 
 
 def _error_response(request: web.Request, err: CortexError) -> web.Response:
-    headers = {}
-    if err.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
     if _is_anthropic(request):
-        body, status = anthropic_body(err), anthropic_status(err)
-    else:
-        body, status = openai_body(err), err.status
-    response = web.Response(
-        body=body, status=status, content_type="application/json", headers=headers
-    )
-    if isinstance(err, RequestTimeout):
-        response.force_close()  # the rest of a trickled body may still be coming
-    return response
+        return edge.error_response(err, anthropic_body(err), anthropic_status(err))
+    return edge.error_response(err, openai_body(err), err.status)
 
 
 _CLIENT_ROUTES = ("/chat/completions", "/messages", "/messages/count_tokens", "/responses")
@@ -95,30 +82,18 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
     return InvalidRequest(exc.text or exc.reason)
 
 
+errors_middleware = edge.errors_middleware(
+    _error_response, _from_http, log, "internal error; see the gateway log"
+)
+
+
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer carries a ``request-id`` (the client's own when it sent a safe one), which
+    the request log line repeats."""
     request_id = edge.request_id(request) or "req_" + secrets.token_hex(12)
     request[REQUEST_ID] = request_id
-    try:
-        response = await handler(request)
-    except CortexError as err:
-        response = _error_response(request, err)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _error_response(request, _from_http(request, exc))
-    except asyncio.CancelledError:
-        if edge.client_gone(request):
-            edge.log_hang_up(request, log)
-        raise
-    except RecursionError:
-        response = _error_response(request, InvalidRequest("request nests too deeply"))
-    except Exception as exc:
-        if isinstance(exc, ConnectionError) and edge.client_gone(request):
-            edge.log_hang_up(request, log)
-            return edge.unsent()
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        response = _error_response(request, InternalError("internal error; see the gateway log"))
+    response = await handler(request)
     if not response.prepared:
         response.headers["request-id"] = request_id
     return response
@@ -129,16 +104,6 @@ def _key_of(request: web.Request) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return request.headers.get("x-api-key")
-
-
-def _key_ok(given: str | None, keys: tuple[str, ...]) -> bool:
-    """Constant-time against every key, so timing says nothing about which one is close."""
-    if given is None:
-        return False
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(edge.header_bytes(given), key.encode())
-    return ok
 
 
 def _loopback(request: web.Request) -> bool:
@@ -162,12 +127,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if path.startswith("/v1/") and section.api_keys:
         given = _key_of(request)
-        if not _key_ok(given, section.api_keys + section.admin_keys):
+        if not edge.key_matches(given, section.api_keys + section.admin_keys):
             raise _refuse(given, "API")
     if path.startswith("/cortex/"):
         if section.admin_keys:
             given = _key_of(request)
-            if not _key_ok(given, section.admin_keys):
+            if not edge.key_matches(given, section.admin_keys):
                 raise _refuse(given, "admin")
         elif not _loopback(request):
             raise Forbidden("the admin API is loopback-only while admin_keys is empty")
@@ -235,7 +200,12 @@ def make_app(
     max_body = int(config.gateway.max_body_mb * 1_000_000)
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[errors_middleware, auth_middleware, body_middleware(config)],
+        middlewares=[
+            request_id_middleware,
+            errors_middleware,
+            auth_middleware,
+            body_middleware(config),
+        ],
     )
     catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()

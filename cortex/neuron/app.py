@@ -8,9 +8,7 @@ meanwhile); teardown cancels those, unloads every model and closes NVML.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from cortex import edge
 from cortex.config import (
     GB,
     ModelsConfig,
@@ -28,14 +27,12 @@ from cortex.config import (
     resolve_relative,
     split_listen,
 )
-from cortex.edge import LINGER_S, client_gone, header_bytes, log_hang_up, read_body, unsent
+from cortex.edge import LINGER_S, read_body
 from cortex.errors import (
     CortexError,
-    InternalError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    RequestTimeout,
     Unauthorized,
     openai_body,
 )
@@ -127,63 +124,32 @@ def _lifespan(
     return lifespan
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place errors become responses: always an OpenAI envelope, never HTML. A client
-    hang-up is one INFO line, and nothing is sent after it."""
-    try:
-        return await handler(request)
-    except asyncio.CancelledError:
-        if client_gone(request):
-            log_hang_up(request, log)
-        raise
-    except RecursionError:  # a chat template recursing into a deep value
-        return _error_response(InvalidRequest("request nests too deeply to render"))
-    except CortexError as exc:
-        return _error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        err: CortexError
-        if exc.status == 413:
-            err = PayloadTooLarge(f"Request body exceeds {MAX_BODY_BYTES} bytes.")
-        elif exc.status == 404:
-            err = NotFound(f"No route {request.method} {request.path}.")
-        else:
-            err = InvalidRequest(exc.reason)
-        return _error_response(err, exc.status)
-    except Exception as exc:
-        if isinstance(exc, ConnectionError) and client_gone(request):
-            log_hang_up(request, log)
-            return unsent()
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error_response(InternalError("Internal error; see the neuron's log."))
+def _error_response(request: web.Request, err: CortexError) -> web.Response:
+    return edge.error_response(err, openai_body(err), err.status)
 
 
-def _error_response(err: CortexError, status: int | None = None) -> web.Response:
-    headers = {}
-    if err.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
-    response = web.Response(
-        body=openai_body(err),
-        status=status or err.status,
-        content_type="application/json",
-        headers=headers,
-    )
-    if isinstance(err, RequestTimeout):
-        response.force_close()  # the rest of a trickled body may still be coming
-    return response
+def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
+    if exc.status == 413:
+        return PayloadTooLarge(f"Request body exceeds {MAX_BODY_BYTES} bytes.")
+    if exc.status == 404:
+        return NotFound(f"No route {request.method} {request.path}.")
+    return InvalidRequest(exc.reason)
+
+
+# Always an OpenAI envelope: only the gateway (and operators' curl) talk to a neuron.
+_errors = edge.errors_middleware(
+    _error_response, _from_http, log, "Internal error; see the neuron's log."
+)
 
 
 def _auth(token: str) -> Middleware:
-    expected = f"Bearer {token}".encode()
+    expected = (f"Bearer {token}",)
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path not in _PUBLIC:
-            given = header_bytes(request.headers.get("Authorization", ""))
-            if not hmac.compare_digest(given, expected):
-                raise Unauthorized("Missing or incorrect bearer token.")
+        given = request.headers.get("Authorization", "")
+        if token and request.path not in _PUBLIC and not edge.key_matches(given, expected):
+            raise Unauthorized("Missing or incorrect bearer token.")
         return await handler(request)
 
     return auth
