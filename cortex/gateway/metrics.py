@@ -29,23 +29,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import Counter, Histogram
 from prometheus_client.registry import Collector
 
-from cortex.buckets import (
-    DURATION_BUCKETS,
-    LOAD_BUCKETS,
-    OVERHEAD_BUCKETS,
-    QUEUE_BUCKETS,
-    TPOT_BUCKETS,
-    TTFT_BUCKETS,
-)
+from cortex import metric_families as families
 from cortex.gateway.core import ExchangeObserver, Gateway
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import LoadObserver
 from cortex.gateway.proxy import Exchange
+from cortex.metric_families import OVERHEAD_BUCKETS
 
 log = logging.getLogger("cortex.gateway.metrics")
 
@@ -81,39 +75,11 @@ class RequestMetrics(ExchangeObserver):
     """Per-request counters and histograms, recorded once per finished exchange."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "cortex_requests",
-            "Requests finished, by model, node, route and HTTP status.",
-            ("model", "node", "route", "status"),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "cortex_request_duration_seconds",
-            "Request duration as the client saw it (queue wait included).",
-            ("model", "route"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "cortex_time_to_first_token_seconds",
-            "Time from request arrival to the first generated token relayed (streams only).",
-            ("model",),
-            buckets=TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.tpot = Histogram(
-            "cortex_time_per_output_token_seconds",
-            "Mean time between output tokens after the first (streams only).",
-            ("model",),
-            buckets=TPOT_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "cortex_tokens",
-            "Tokens by model and kind (prompt or completion), as reported in usage.",
-            ("model", "kind"),
-            registry=registry,
-        )
+        self.requests = families.requests(registry, ("model", "node", "route", "status"))
+        self.duration = families.duration(registry, ("model", "route"))
+        self.ttft = families.ttft(registry)  # streams only: the first relayed token
+        self.tpot = families.tpot(registry)  # streams only
+        self.tokens = families.tokens(registry)
         self.overhead = Histogram(
             "cortex_gateway_overhead_seconds",
             "Time spent in the gateway itself, upstream and queue wait excluded.",
@@ -121,12 +87,8 @@ class RequestMetrics(ExchangeObserver):
             buckets=OVERHEAD_BUCKETS,
             registry=registry,
         )
-        self.queue_wait = Histogram(
-            "cortex_queue_wait_seconds",
-            "Time a routed request waited for its model (loads and evictions included).",
-            ("model",),
-            buckets=QUEUE_BUCKETS,
-            registry=registry,
+        self.queue_wait = families.queue_wait(
+            registry, ("model",), "its model (loads and evictions included)"
         )
         self._children: dict[tuple[str, str, str, int], _Children] = {}
 
@@ -161,19 +123,8 @@ class LoadMetrics(LoadObserver):
     """Model loads (with their duration) and evictions, per model and node."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.load_seconds = Histogram(
-            "cortex_model_load_seconds",
-            "Duration of successful model loads, as the gateway waited for them.",
-            ("model", "node"),
-            buckets=LOAD_BUCKETS,
-            registry=registry,
-        )
-        self.loads = Counter(
-            "cortex_model_loads",
-            "Model loads the gateway asked for, by result (ok or failed).",
-            ("model", "node", "result"),
-            registry=registry,
-        )
+        self.load_seconds = families.load_seconds(registry, ("model", "node"))
+        self.loads = families.loads(registry, ("model", "node", "result"))
         self.evictions = Counter(
             "cortex_evictions",
             "Models unloaded to make room for another.",
@@ -281,9 +232,7 @@ def metrics_handler(
     """GET /metrics in the Prometheus text format."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics.exposition(), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
+        return families.exposition(metrics.registry)
 
     return handler
 

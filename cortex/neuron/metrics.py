@@ -20,18 +20,12 @@ import time
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.metrics import Counter, Histogram
+from prometheus_client.metrics import Counter
 from prometheus_client.registry import Collector
 
-from cortex.buckets import (
-    DURATION_BUCKETS,
-    LOAD_BUCKETS,
-    QUEUE_BUCKETS,
-    TPOT_BUCKETS,
-    TTFT_BUCKETS,
-)
+from cortex import metric_families as families
 from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.outcome import Outcome
 
@@ -68,65 +62,20 @@ class _Children:
 class NeuronMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(
-            "cortex_requests",
-            "Chat completions finished, by model and HTTP status.",
-            ("model", "status"),
-            registry=r,
-        )
-        self.duration = Histogram(
-            "cortex_request_duration_seconds",
-            "Chat completion duration on the neuron (queue wait included).",
-            ("model",),
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "cortex_queue_wait_seconds",
-            "Time a request waited for a max_concurrency place.",
-            ("model",),
-            buckets=QUEUE_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "cortex_time_to_first_token_seconds",
-            "Time from request arrival to the first generated token.",
-            ("model",),
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        self.tpot = Histogram(
-            "cortex_time_per_output_token_seconds",
-            "Mean time between output tokens after the first.",
-            ("model",),
-            buckets=TPOT_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "cortex_tokens",
-            "Tokens by model and kind (prompt or completion), as reported in usage.",
-            ("model", "kind"),
-            registry=r,
-        )
+        self.requests = families.requests(r, ("model", "status"))
+        self.duration = families.duration(r, ("model",))
+        self.queue_wait = families.queue_wait(r, ("model",), "a max_concurrency place")
+        self.ttft = families.ttft(r)
+        self.tpot = families.tpot(r)
+        self.tokens = families.tokens(r)
         self.prefix_cache = Counter(
             "cortex_prefix_cache_tokens",
             "Prompt tokens by whether their KV came from the prefix cache (hit) or was computed.",
             ("model", "result"),
             registry=r,
         )
-        self.load_seconds = Histogram(
-            "cortex_model_load_seconds",
-            "Duration of successful model loads.",
-            ("model",),
-            buckets=LOAD_BUCKETS,
-            registry=r,
-        )
-        self.loads = Counter(
-            "cortex_model_loads",
-            "Model loads by result (ok or failed).",
-            ("model", "result"),
-            registry=r,
-        )
+        self.load_seconds = families.load_seconds(r, ("model",))
+        self.loads = families.loads(r, ("model", "result"))
         self._children: dict[tuple[str, int], _Children] = {}
 
     def attach(self, manager: ModelManager) -> None:
@@ -207,5 +156,4 @@ METRICS: web.AppKey[NeuronMetrics] = web.AppKey("cortex.neuron.metrics", NeuronM
 
 async def handler(request: web.Request) -> web.Response:
     """GET /metrics in the Prometheus text format."""
-    body = request.app[METRICS].exposition()
-    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+    return families.exposition(request.app[METRICS].registry)
