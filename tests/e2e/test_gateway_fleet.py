@@ -2,7 +2,8 @@
 
 Node memory is made scarce on purpose (cpu_memory_budget_gb with declared vram_gb), so the tiny
 model behaves like a big one: n1 has room for one model (the pinned one), n2 for two.
-Tests run in file order and the last ones kill a neuron.
+Each test sets up the residency it needs (``_cold``) and none stops the shared processes, so
+the tests pass in any order; the one that kills a neuron starts its own pair.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def gateway(
     gw.stop()
 
 
+def _cold(gw: GatewayProcess, *models: str) -> None:
+    """Unload ``models`` wherever they are resident, so a test starts from a known fleet."""
+    for model in models:
+        status, body = gw.call("POST", f"/cortex/models/{model}/unload")
+        assert status in (200, 404), body
+    gw.wait_for(lambda p: all(not p[m] for m in models))
+
+
 def _chat(gw: GatewayProcess, model: str, **extra: Any) -> dict[str, Any]:
     status, body = gw.call(
         "POST",
@@ -73,12 +82,14 @@ def _chat(gw: GatewayProcess, model: str, **extra: Any) -> dict[str, Any]:
 def test_pinned_model_loads_at_start_and_catalogue_merges(gateway: GatewayProcess) -> None:
     placements = gateway.wait_for(lambda p: p.get("pin") == ["n1"])
     assert set(placements) == {"pin", "a", "b", "c"}
+    _cold(gateway, "a", "b", "c")
     _, listing = gateway.call("GET", "/v1/models")
     states = {m["id"]: m["cortex"]["state"] for m in listing["data"]}
     assert states == {"pin": "resident", "a": "available", "b": "available", "c": "available"}
 
 
 def test_cold_model_loads_on_first_request_and_lru_evicts(gateway: GatewayProcess) -> None:
+    _cold(gateway, "a", "b", "c")
     assert _chat(gateway, "a")["usage"]["completion_tokens"] >= 1
     _chat(gateway, "b")
     assert gateway.wait_for(lambda p: p["a"] == ["n2"] and p["b"] == ["n2"])
@@ -93,6 +104,14 @@ def test_cold_model_loads_on_first_request_and_lru_evicts(gateway: GatewayProces
 def test_twenty_concurrent_requests_for_a_cold_model_load_it_once(
     gateway: GatewayProcess, neurons: dict[str, NeuronProcess]
 ) -> None:
+    _cold(gateway, "b")
+
+    def loads_of_b() -> int:
+        logs = neurons["n1"].log_text() + neurons["n2"].log_text()
+        return len(re.findall(r"loading b from", logs))
+
+    before = loads_of_b()
+
     async def burst() -> list[int]:
         async with aiohttp.ClientSession() as session:
 
@@ -109,8 +128,7 @@ def test_twenty_concurrent_requests_for_a_cold_model_load_it_once(
             return await asyncio.gather(*(one() for _ in range(20)))
 
     assert asyncio.run(burst()) == [200] * 20
-    logs = neurons["n1"].log_text() + neurons["n2"].log_text()
-    assert len(re.findall(r"loading b from", logs)) == 2, "one load before, exactly one now"
+    assert loads_of_b() == before + 1, "twenty requests, one load"
 
 
 def test_openai_sdk_streams_through_the_gateway(gateway: GatewayProcess) -> None:
@@ -176,8 +194,9 @@ def _cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_status_load_unload_and_pin(gateway: GatewayProcess) -> None:
-    before = gateway.placements()
-    resident = next(m for m in ("a", "b", "c") if before[m] == ["n2"])
+    resident = "a"
+    _chat(gateway, resident)
+    gateway.wait_for(lambda p: p[resident] == ["n2"])
     done = _cli(gateway, "unload", resident)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{resident}: unloaded on n2"
@@ -201,8 +220,7 @@ def test_priority_strategy_evicts_lowest_priority(
     gateway: GatewayProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    gateway.proc.send_signal(2)  # this gateway steps aside; the neurons keep their models
-    gateway.proc.wait(15)
+    # A second gateway with the priority strategy; the shared one stays up but idle.
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-priority"),
         neurons=neurons,
@@ -210,28 +228,36 @@ def test_priority_strategy_evicts_lowest_priority(
         eviction={"strategy": "priority"},
     )
     try:
-        placements = gw.wait_for(lambda p: len(p["pin"]) == 1)
-        resident = {m for m in ("a", "b", "c") if placements[m] == ["n2"]}
-        missing = ({"a", "b", "c"} - resident).pop()
-        low = min(resident, key=lambda m: {"a": 1, "b": 3, "c": 5}[m])
-        _chat(gw, low)  # most recently used, but still the lowest priority
-        _chat(gw, missing)
-        after = gw.wait_for(lambda p: p[missing] == ["n2"])
-        assert after[low] == [], f"priority evicts {low} (lowest) even though it was used last"
+        gw.wait_for(lambda p: len(p["pin"]) == 1)
+        _cold(gw, "a", "b", "c")
+        _chat(gw, "b")
+        _chat(gw, "a")  # a (priority 1) and b (3) resident; a used last
+        gw.wait_for(lambda p: p["a"] == ["n2"] and p["b"] == ["n2"])
+        _chat(gw, "c")
+        after = gw.wait_for(lambda p: p["c"] == ["n2"])
+        assert after["a"] == [], "priority evicts a (lowest) even though it was used last"
+        assert after["b"] == ["n2"]
     finally:
         gw.stop()
 
 
 def test_killed_neuron_fails_over_before_first_byte_and_errors_mid_stream(
-    neurons: dict[str, NeuronProcess], tmp_path_factory: pytest.TempPathFactory
+    start_neuron: Callable[..., NeuronProcess],
+    model_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    neurons = {  # its own pair: this test kills one
+        "n1": start_neuron(name="n1", model_roots=[model_root], cpu_memory_budget_gb=1.0),
+        "n2": start_neuron(name="n2", model_roots=[model_root], cpu_memory_budget_gb=1.3),
+    }
     unpinned = [{**m, "pinned": False} for m in MODELS]  # so n1 may make room
     gw = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-kill"), neurons=neurons, models=unpinned, poll_interval_s=30.0
     )
     try:
-        placements = gw.wait_for(lambda p: p["pin"] == ["n1"])
-        on_n2 = next(m for m in ("a", "b", "c") if placements[m] == ["n2"])
+        on_n2 = "a"
+        status, _ = gw.call("POST", f"/cortex/models/{on_n2}/load", {"node": "n2"})
+        assert status == 200
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
         stream = client.chat.completions.create(
             model=on_n2,
