@@ -138,14 +138,15 @@ def completed(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     ]
 
 
-def logged_sessions(gateway: GatewayProcess, model: str) -> list[tuple[str, int]]:
-    """(session, status) of each Responses request for ``model`` in the gateway's request log."""
+def logged_statuses(gateway: GatewayProcess, model: str, session: str) -> list[int]:
+    """Statuses of the Responses requests for ``model`` that the gateway logged under
+    ``session`` (other tests share the gateway: their requests carry other sessions)."""
     records = [
         json.loads(line)
         for line in gateway.log_text().splitlines()
         if line.startswith("{") and '"dialect":"responses"' in line
     ]
-    return [(r["session"], r["status"]) for r in records if r["model"] == model]
+    return [r["status"] for r in records if r["model"] == model and r["session"] == session]
 
 
 def session_of(events: list[dict[str, Any]]) -> str:
@@ -162,7 +163,7 @@ def test_codex_exec_completes_a_turn_on_the_demo_model(
     assert len(messages) == 1 and messages[0].strip()
     usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
     assert usage["input_tokens"] > 10_000 and usage["output_tokens"] > 0
-    assert logged_sessions(gateway, "demo") == [(session_of(events), 200)]
+    assert logged_statuses(gateway, "demo", session_of(events)) == [200]
 
 
 def test_codex_runs_a_tool_and_answers_from_its_output(
@@ -180,8 +181,7 @@ def test_codex_runs_a_tool_and_answers_from_its_output(
     [command] = completed(events, "command_execution")
     assert command["exit_code"] == 0 and command["aggregated_output"] == "user: say:Done."
     assert [i["text"] for i in completed(events, "agent_message")] == ["Done."]
-    session = session_of(events)
-    assert logged_sessions(gateway, "coder") == [(session, 200), (session, 200)]
+    assert logged_statuses(gateway, "coder", session_of(events)) == [200, 200]
 
 
 def test_a_repeated_codex_prompt_reports_cached_tokens(gateway: GatewayProcess) -> None:
