@@ -11,6 +11,7 @@ import msgspec
 
 from cortex import protocol
 from cortex.errors import CortexError, UpstreamError
+from cortex.gateway import deltas
 from cortex.gateway.translate_responses import finished_response, incomplete, new_id
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
@@ -48,13 +49,8 @@ class ResponsesStreamTranslator:
             return b""
         events = self._start()
         self._usage = chunk.usage or self._usage
-        for choice in chunk.choices:
-            if choice.delta.content:
-                events += self._text_delta(choice.delta.content)
-            for call in choice.delta.tool_calls or []:
-                events += self._call_delta(call)
-            self._finish = choice.finish_reason or self._finish
-        return protocol.encode_events(events)
+        more, self._finish = deltas.walk(chunk, self._text_delta, self._call_delta, self._finish)
+        return protocol.encode_events(events + more)
 
     def finish(self, matched_stop: str | None = None) -> bytes:
         """Close the response (Responses has no stop sequences: ``matched_stop`` is unused)."""

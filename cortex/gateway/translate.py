@@ -42,6 +42,7 @@ import msgspec
 
 from cortex import protocol
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.gateway import deltas
 from cortex.protocol import anthropic as an
 from cortex.protocol import openai as oa
 
@@ -349,13 +350,8 @@ class AnthropicStreamTranslator:
             self._cached_tokens = _cached(chunk.usage)
             self._input_tokens = chunk.usage.prompt_tokens - self._cached_tokens
             self._output_tokens = chunk.usage.completion_tokens
-        for choice in chunk.choices:
-            if choice.delta.content:
-                events += self._text(choice.delta.content)
-            for call in choice.delta.tool_calls or []:
-                events += self._tool_call(call)
-            self._finish = choice.finish_reason or self._finish
-        return protocol.encode_events(events)
+        more, self._finish = deltas.walk(chunk, self._text, self._tool_call, self._finish)
+        return protocol.encode_events(events + more)
 
     def finish(self, matched_stop: str | None = None) -> bytes:
         """Close the message; ``matched_stop``: the stop sequence the output ended on, if any."""
