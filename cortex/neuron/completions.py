@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -99,7 +99,8 @@ async def _answer(
             response = await _open_stream(request, enc)
             await manager.admit(lease, functools.partial(response.write, HEARTBEAT))
             outcome.admitted = time.perf_counter()
-            return await _stream(response, enc, body, lease, plan, outcome)
+            ping = functools.partial(response.write, HEARTBEAT)
+            return await _stream(response, enc, body, lease, plan, outcome, ping, manager)
     except CortexError as exc:
         if response is None:
             raise
@@ -190,15 +191,19 @@ async def _stream(
     lease: Lease,
     plan: Plan,
     outcome: Outcome,
+    ping: Callable[[], Awaitable[None]],
+    manager: ModelManager,
 ) -> web.StreamResponse:
-    """Errors after the headers went out become an SSE error event before ``[DONE]``."""
+    """Errors after the headers went out become an SSE error event before ``[DONE]``. Until
+    the first text (a long prompt's prefill can take minutes on a CPU), a heartbeat comment
+    goes out every ``heartbeat_s`` so the stream stays visibly alive."""
     write = response.write
     parser = plan.parser() if plan.parser is not None else None
     try:
         for piece in parser.feed(plan.prefix) if parser is not None else ():
             await write(_piece(enc, piece))
         async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
-            async for text in stream:
+            async for text in _paced(stream, manager.heartbeat_s, ping):
                 if parser is None:
                     await write(enc.content(text))
                 else:
@@ -225,6 +230,37 @@ async def _stream(
     await write(chunks.DONE)
     await response.write_eof()
     return response
+
+
+async def _paced(
+    stream: AsyncIterator[str], every_s: float, ping: Callable[[], Awaitable[None]]
+) -> AsyncGenerator[str, None]:
+    """``stream``'s items; until the first arrives (a long prompt's prefill), ``ping`` every
+    ``every_s``. After it, tokens flow and items pass straight through (no task per token).
+
+    The first item is awaited in a task that a ping never cancels (cancelling it would cancel
+    the generation); a cancellation of this generator (client hang-up) cancels that task too.
+    """
+    first = asyncio.ensure_future(_next_or_end(stream))
+    try:
+        while not (await asyncio.wait({first}, timeout=every_s))[0]:
+            await ping()
+    except BaseException:
+        first.cancel()
+        raise
+    more, item = first.result()
+    if not more:
+        return
+    yield item
+    async for item in stream:
+        yield item
+
+
+async def _next_or_end(stream: AsyncIterator[str]) -> tuple[bool, str]:
+    try:
+        return True, await anext(stream)
+    except StopAsyncIteration:
+        return False, ""
 
 
 def _piece(enc: chunks.ChunkEncoder, piece: ParsedEvent) -> bytes:

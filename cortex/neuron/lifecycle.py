@@ -55,6 +55,7 @@ class ModelManager:
         self, config: NeuronSection, harnesses: Mapping[str, Harness], devices: Devices
     ) -> None:
         self._config = config
+        self.heartbeat_s = config.heartbeat_s  # SSE keep-alive cadence while a stream is silent
         self._harnesses = harnesses
         self._devices = devices
         self._slots: dict[str, Slot] = {}

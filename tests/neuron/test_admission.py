@@ -20,7 +20,16 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Client:
+def harness() -> FakeHarness:
+    fake = FakeHarness()
+    fake.step_s = 0.01
+    return fake
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, harness: FakeHarness
+) -> Client:
     """One place, one queued request at most, a heartbeat every 20 ms; the model loaded."""
 
     def no_nvml() -> None:
@@ -37,8 +46,6 @@ async def client(aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.Monkey
         queue_depth=1,
         heartbeat_s=0.02,
     )
-    harness = FakeHarness()
-    harness.step_s = 0.01
     app = make_app(NeuronConfig(neuron=section), ModelsConfig(), {"fake": harness})
     client: Client = await aiohttp_client(app, headers=AUTH)
     resp = await client.post("/models/load", json={"model": "m", "source": "m", "harness": "fake"})
@@ -92,3 +99,17 @@ async def test_a_burst_is_bounded_before_anyone_is_admitted(client: Client) -> N
         *(client.post("/v1/chat/completions", json=_chat(5, False)) for _ in range(5))
     )
     assert sorted(resp.status for resp in answers) == [200, 200, 429, 429, 429]
+
+
+async def test_a_slow_first_token_is_bridged_by_heartbeats(
+    client: Client, harness: FakeHarness
+) -> None:
+    """Admitted at once (nothing else runs), but the model takes 0.2 s to its first token, as a
+    long prefill would: heartbeats keep the stream visibly alive until the text comes."""
+    [model] = harness.models
+    model.step_s = 0.2
+    resp = await client.post("/v1/chat/completions", json=_chat(1, True))
+    body = await resp.read()
+    head, _, tail = body.partition(b'"content":"ab"')
+    assert head.count(b": queued") >= 3, head
+    assert tail.endswith(b"data: [DONE]\n\n")
