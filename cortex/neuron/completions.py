@@ -247,6 +247,7 @@ async def _paced(
             await ping()
     except BaseException:
         first.cancel()
+        await asyncio.wait({first})  # the generator must stop running before it is closed
         raise
     more, item = first.result()
     if not more:

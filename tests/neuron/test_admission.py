@@ -113,3 +113,19 @@ async def test_a_slow_first_token_is_bridged_by_heartbeats(
     head, _, tail = body.partition(b'"content":"ab"')
     assert head.count(b": queued") >= 3, head
     assert tail.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_hang_up_before_the_first_token_cancels_the_generation(
+    client: Client, harness: FakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    [model] = harness.models
+    model.step_s = 0.5
+    resp = await client.post("/v1/chat/completions", json=_chat(3, True))
+    early = b""
+    while b": queued" not in early:
+        early += await resp.content.readany()
+    resp.close()  # the client leaves while the model is still "prefilling"
+    async with asyncio.timeout(5):
+        while model.cancelled == 0:
+            await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
