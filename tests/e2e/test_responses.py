@@ -276,6 +276,7 @@ def test_client_hang_up_cancels_generation_on_the_neuron(
     gateway: GatewayProcess, neuron: NeuronProcess
 ) -> None:
     hung_up = _metric(neuron.url, neuron.token, status="499")
+    gateway_hung_up = _metric(gateway.metrics_url, route="/v1/responses", status="499")
     body = {"model": "coder", "input": "stream until cancelled", "stream": True}
 
     async def hang_up() -> int:
@@ -293,8 +294,8 @@ def test_client_hang_up_cancels_generation_on_the_neuron(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
         _metric(neuron.url, neuron.token, status="499") == hung_up
-        or _metric(gateway.metrics_url, route="/v1/responses", status="499") == 0
+        or _metric(gateway.metrics_url, route="/v1/responses", status="499") == gateway_hung_up
     ):
         time.sleep(0.05)
     assert _metric(neuron.url, neuron.token, status="499") == hung_up + 1
-    assert _metric(gateway.metrics_url, route="/v1/responses", status="499") == 1
+    assert _metric(gateway.metrics_url, route="/v1/responses", status="499") == gateway_hung_up + 1
