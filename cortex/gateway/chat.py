@@ -8,30 +8,22 @@ always known. The usage-only chunk is removed again when the client did not ask 
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 from aiohttp import web
 
 from cortex import protocol
-from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.errors import CortexError, InvalidRequest
 from cortex.gateway.core import Gateway
 from cortex.gateway.proxy import (
     Exchange,
-    UpstreamResponse,
     read_json,
     relay_events,
     sse_error,
-    sse_events,
 )
+from cortex.gateway.relay import relay
 from cortex.gateway.sessions import session_key
 from cortex.protocol import openai
 
-SSE_HEADERS = {
-    "content-type": "text/event-stream",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-}
 _encoder = msgspec.json.Encoder()
 _FORCED_USAGE = openai.StreamOptions(include_usage=True)
 
@@ -74,32 +66,23 @@ async def chat_completions(
         if not req.stream:
             data = await read_json(upstream, ex)
             return web.Response(body=data, content_type="application/json")
-        return await _relay_stream(gateway, request, upstream, ex, req.wants_usage_chunk)
+        return await relay(gateway, request, upstream, ex, _BytesRelay(ex, req.wants_usage_chunk))
     finally:
         upstream.close()
 
 
-async def _relay_stream(
-    gateway: Gateway,
-    request: web.Request,
-    upstream: UpstreamResponse,
-    ex: Exchange,
-    keep_usage: bool,
-) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
-    await response.prepare(request)
-    try:
-        async for batch in sse_events(upstream):
-            out = relay_events(batch, ex, keep_usage)
-            if out:
-                await response.write(out)
-        ex.upstream_done = time.perf_counter()
-    except UpstreamError as err:
-        gateway.fleet.mark_suspect(ex.node, err.message)
-        ex.status, ex.error = err.status, err.message
-        await response.write(sse_error(err))
-    except CortexError as err:  # pragma: no cover - defensive: typed errors mid-stream
-        ex.status, ex.error = err.status, err.message
-        await response.write(sse_error(err))
-    await response.write_eof()
-    return response
+class _BytesRelay:
+    """OpenAI clients get the upstream's bytes as they are (usage noted, the usage-only chunk
+    dropped when they did not ask for it)."""
+
+    def __init__(self, ex: Exchange, keep_usage: bool) -> None:
+        self._ex, self._keep_usage = ex, keep_usage
+
+    def batch(self, raw: bytes) -> bytes:
+        return relay_events(raw, self._ex, self._keep_usage)
+
+    def finish(self) -> bytes:
+        return b""  # the upstream's own [DONE] was relayed
+
+    def error(self, err: CortexError) -> bytes:
+        return sse_error(err)

@@ -16,12 +16,16 @@ import msgspec
 from aiohttp import web
 
 from cortex.errors import CortexError, UpstreamError
-from cortex.gateway.chat import SSE_HEADERS
 from cortex.gateway.core import Gateway, Resolved
 from cortex.gateway.proxy import Exchange, UpstreamResponse, decode_chunks, read_json, sse_events
 from cortex.protocol import openai
 
 _completion_decoder = msgspec.json.Decoder(openai.ChatCompletion)
+SSE_HEADERS = {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
 
 
 class StreamTranslator(Protocol):
@@ -48,6 +52,75 @@ async def read_completion(upstream: UpstreamResponse, ex: Exchange) -> openai.Ch
     return _completion_decoder.decode(await read_json(upstream, ex))
 
 
+class BatchRelay(Protocol):
+    """What one stream does with the upstream's SSE batches: relay them as they are (OpenAI
+    clients) or translate them (``TranslatedRelay``)."""
+
+    def batch(self, raw: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    def error(self, err: CortexError) -> bytes: ...
+
+
+async def relay(
+    gateway: Gateway,
+    request: web.Request,
+    upstream: UpstreamResponse,
+    ex: Exchange,
+    through: BatchRelay,
+) -> web.StreamResponse:
+    """The one streaming loop: headers, every batch through ``through``, its closing events or,
+    once headers are out, its error events (the HTTP status stays 200)."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
+    await response.prepare(request)
+    try:
+        async for raw in sse_events(upstream):
+            if out := through.batch(raw):
+                await response.write(out)
+        ex.upstream_done = time.perf_counter()
+        if tail := through.finish():
+            await response.write(tail)
+    except UpstreamError as err:
+        gateway.fleet.mark_suspect(ex.node, err.message)
+        ex.status, ex.error = err.status, err.message
+        await response.write(through.error(err))
+    except CortexError as err:
+        ex.status, ex.error = err.status, err.message
+        await response.write(through.error(err))
+    await response.write_eof()
+    return response
+
+
+class TranslatedRelay:
+    """Decodes each batch's chunks, keeps the exchange's accounting (first token, usage, the
+    stop string that ended it) and hands the chunks to a dialect's ``StreamTranslator``."""
+
+    def __init__(self, ex: Exchange, translator: StreamTranslator) -> None:
+        self._ex, self._translator = ex, translator
+        self._matched: str | None = None
+
+    def batch(self, raw: bytes) -> bytes:
+        out = []
+        for chunk in decode_chunks(raw):
+            if self._ex.first_token is None and any(
+                c.delta.content or c.delta.tool_calls for c in chunk.choices
+            ):
+                self._ex.first_token = time.perf_counter()
+            self._ex.take_usage(chunk.usage)
+            self._matched = next(
+                (c.stop_reason for c in chunk.choices if c.stop_reason), self._matched
+            )
+            out.append(self._translator.feed(chunk))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        return self._translator.finish(self._matched)
+
+    def error(self, err: CortexError) -> bytes:
+        return self._translator.error(err)
+
+
 async def relay_stream(
     gateway: Gateway,
     request: web.Request,
@@ -56,30 +129,4 @@ async def relay_stream(
     translator: StreamTranslator,
 ) -> web.StreamResponse:
     """Stream the upstream's answer to the client through ``translator``."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
-    await response.prepare(request)
-    matched: str | None = None
-    try:
-        async for batch in sse_events(upstream):
-            out = []
-            for chunk in decode_chunks(batch):
-                if ex.first_token is None and any(
-                    c.delta.content or c.delta.tool_calls for c in chunk.choices
-                ):
-                    ex.first_token = time.perf_counter()
-                ex.take_usage(chunk.usage)
-                matched = next((c.stop_reason for c in chunk.choices if c.stop_reason), matched)
-                out.append(translator.feed(chunk))
-            if out:
-                await response.write(b"".join(out))
-        ex.upstream_done = time.perf_counter()
-        await response.write(translator.finish(matched))
-    except UpstreamError as err:
-        gateway.fleet.mark_suspect(ex.node, err.message)
-        ex.status, ex.error = err.status, err.message
-        await response.write(translator.error(err))
-    except CortexError as err:
-        ex.status, ex.error = err.status, err.message
-        await response.write(translator.error(err))
-    await response.write_eof()
-    return response
+    return await relay(gateway, request, upstream, ex, TranslatedRelay(ex, translator))
