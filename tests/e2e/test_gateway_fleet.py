@@ -69,6 +69,22 @@ def _cold(gw: GatewayProcess, *models: str) -> None:
     gw.wait_for(lambda p: all(not p[m] for m in models))
 
 
+def _idle(gw: GatewayProcess, *models: str, timeout: float = 10.0) -> None:
+    """Wait until the gateway sees nothing in flight or queued for ``models``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, status = gw.call("GET", "/cortex/status")
+        busy = [
+            m["id"]
+            for m in status["models"]
+            if m["id"] in models and any(p["in_flight"] or p["queued"] for p in m["placements"])
+        ]
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"still busy: {busy}"
+        time.sleep(0.05)
+
+
 def _chat(gw: GatewayProcess, model: str, **extra: Any) -> dict[str, Any]:
     status, body = gw.call(
         "POST",
@@ -94,6 +110,7 @@ def test_cold_model_loads_on_first_request_and_lru_evicts(gateway: GatewayProces
     _chat(gateway, "b")
     assert gateway.wait_for(lambda p: p["a"] == ["n2"] and p["b"] == ["n2"])
     _chat(gateway, "a")  # b is now the least recently used
+    _idle(gateway, "a", "b")  # a stale poll would still count one of them busy
     _chat(gateway, "c")
     placements = gateway.wait_for(lambda p: p["c"] == ["n2"])
     assert placements["b"] == [], "lru evicts the least recently used"
@@ -233,6 +250,7 @@ def test_priority_strategy_evicts_lowest_priority(
         _chat(gw, "b")
         _chat(gw, "a")  # a (priority 1) and b (3) resident; a used last
         gw.wait_for(lambda p: p["a"] == ["n2"] and p["b"] == ["n2"])
+        _idle(gw, "a", "b")  # until a poll shows them done, both count as busy (not evictable)
         _chat(gw, "c")
         after = gw.wait_for(lambda p: p["c"] == ["n2"])
         assert after["a"] == [], "priority evicts a (lowest) even though it was used last"
