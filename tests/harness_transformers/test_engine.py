@@ -143,7 +143,8 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(sampling.Sampler, "uniform", uniform)
     prompts = [_prompt(demo, f"victim {i}") for i in range(3)]
-    long = SamplingParams(max_new_tokens=40, temperature=0)
+    # Long and EOS-proof, so the healthy rows are surely still decoding when the poison fails.
+    long = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
     sequential = [await _collect(demo, p, long) for p in prompts]
     healthy = [asyncio.create_task(_collect(demo, p, long)) for p in prompts]
     await asyncio.sleep(0.05)  # the healthy rows are decoding when the poisoned one joins
