@@ -6,6 +6,7 @@ load that evicts the first. Token counters must equal the usage the clients were
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,7 +75,11 @@ def test_metrics_match_what_clients_were_told(fleet: tuple[GatewayProcess, Neuro
     with pytest.raises(openai.NotFoundError):
         oa.chat.completions.create(model="nope", messages=messages)
 
-    g = _scrape(gw.metrics_url)
+    # A stream is recorded when its handler returns, a moment after the client read its end.
+    deadline = time.monotonic() + 5
+    while total(g := _scrape(gw.metrics_url), "cortex_requests_total", status="200") < 4:
+        assert time.monotonic() < deadline, "the gateway never recorded four finished requests"
+        time.sleep(0.05)
     assert total(g, "cortex_requests_total", status="200") == 4
     assert total(g, "cortex_requests_total", model="a", route="/v1/chat/completions") == 2
     assert total(g, "cortex_requests_total", model="b", route="/v1/messages") == 2
@@ -89,7 +94,10 @@ def test_metrics_match_what_clients_were_told(fleet: tuple[GatewayProcess, Neuro
     assert total(g, "cortex_gpu_memory_bytes", node="n1", device="cpu", state="total") == 1e9
     assert total(g, "cortex_requests_in_flight") == 0
 
-    n = _scrape(neuron.url, neuron.token)
+    deadline = time.monotonic() + 5
+    while total(n := _scrape(neuron.url, neuron.token), "cortex_requests_total", status="200") < 4:
+        assert time.monotonic() < deadline, "the neuron never recorded four finished requests"
+        time.sleep(0.05)
     assert total(n, "cortex_requests_total", status="200") == 4
     assert total(n, "cortex_tokens_total", kind="prompt") == prompt
     assert total(n, "cortex_tokens_total", kind="completion") == completion
