@@ -39,11 +39,15 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 
 def _check_listen(**addresses: str) -> None:
-    """Each ``key=value`` must be HOST:PORT, caught at load (and --check), not at bind time."""
+    """Each ``key=value`` must be what ``split_listen`` accepts, caught at load (and --check)
+    with the key named, not at bind time."""
     for key, value in addresses.items():
-        _, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{key}: expected HOST:PORT such as 127.0.0.1:31313, got {value!r}")
+        try:
+            split_listen(value)
+        except ConfigError:
+            raise ValueError(
+                f"{key}: expected HOST:PORT such as 127.0.0.1:31313, got {value!r}"
+            ) from None
 
 
 class GatewaySection(_Strict, frozen=True):
