@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from cortex_transformers import sampling
+from cortex_transformers.block_manager import BlockManager
+from cortex_transformers.generation import Generation
 from cortex_transformers.harness import TransformersModel
-from cortex_transformers.kvcache import bytes_per_token
+from cortex_transformers.kvcache import KVPool, bytes_per_token
+from cortex_transformers.runner import ModelRunner
+from cortex_transformers.scheduler import Scheduler
 
 from cortex.errors import InternalError
 from cortex.neuron.harness import LoadOptions, SamplingParams
@@ -154,3 +160,109 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
     assert await asyncio.gather(*healthy) == sequential
     assert len(draws) == 4  # two tokens, then the batched step and its retry alone
     await _wait_idle(demo)
+
+
+def _runner(model: TransformersModel) -> tuple[ModelRunner, BlockManager]:
+    """A runner with a pool of its own over ``model``'s weights (the model's worker keeps its)."""
+    assert model._model is not None
+    blocks = BlockManager(64)
+    pool = KVPool(model._model, 64 * blocks.block_size, torch.device("cpu"))
+    return ModelRunner(model._model, pool, blocks, torch.device("cpu")), blocks
+
+
+def _chunk(blocks: BlockManager, tokens: list[int]) -> tuple[Generation, int]:
+    """A sequence admitted into ``blocks`` (its cached prefix mapped) and the rest to prefill."""
+    seq = Generation(
+        tokens,
+        GREEDY,
+        eos_ids=frozenset(),
+        context_length=4096,
+        decode=lambda ids: "",
+        loop=asyncio.get_running_loop(),
+    )
+    seq.computed = blocks.allocate(seq.table, tokens)
+    return seq, len(tokens) - seq.computed
+
+
+async def test_a_packed_prefill_gives_each_sequence_its_own_logits(demo) -> None:
+    prompts = [_prompt(demo, f"{i} " + "word " * n + "end") for i, n in enumerate((3, 11, 7))]
+    reuse = prompts[1][:32] + _prompt(demo, "a different tail")  # 32 tokens of it cached
+    with torch.inference_mode():
+        alone, blocks = _runner(demo)
+        expected = [alone.prefill([_chunk(blocks, p)])[0] for p in (*prompts, reuse)]
+
+        packed, blocks = _runner(demo)
+        assert packed.packs
+        got = list(packed.prefill([_chunk(blocks, p) for p in prompts]))
+        seq, count = _chunk(blocks, reuse)
+        assert seq.computed == 32
+        got += packed.prefill([(seq, count), _chunk(blocks, _prompt(demo, "unrelated"))])[:1]
+    for want, have in zip(expected, got, strict=True):
+        torch.testing.assert_close(have, want, atol=1e-4, rtol=1e-4)
+
+
+@asynccontextmanager
+async def _arriving_together(scheduler: Scheduler, count: int) -> AsyncIterator[None]:
+    """Test double on the scheduler's entry: submissions made in the block are held back until
+    ``count`` of them arrived, then handed to the worker at once, so one iteration sees them all."""
+    held: list[Generation] = []
+    scheduler.submit = held.append  # type: ignore[method-assign]
+    try:
+        yield
+        for _ in range(500):
+            if len(held) >= count:
+                break
+            await asyncio.sleep(0.01)
+        assert len(held) == count
+    finally:
+        del scheduler.submit
+        with scheduler._lock:
+            scheduler._waiting.extend(held)
+        scheduler._wake.set()
+
+
+async def test_short_prompts_arriving_together_share_prefill_passes(demo) -> None:
+    """Test spy on the runner: counts forward passes and the chunks in each."""
+    scheduler = demo._scheduler
+    assert scheduler is not None
+    await _wait_idle(demo)
+    prompts = [_prompt(demo, f"question number {i} about {'x' * i}") for i in range(8)]
+    sequential = [await _collect(demo, p, GREEDY) for p in prompts]
+    passes: list[int] = []
+    real = scheduler._runner.prefill
+
+    def counting(chunks):  # type: ignore[no-untyped-def]
+        passes.append(len(chunks))
+        return real(chunks)
+
+    scheduler._runner.prefill = counting  # type: ignore[method-assign]
+    try:
+        async with _arriving_together(scheduler, len(prompts)):
+            tasks = [asyncio.create_task(_collect(demo, p, GREEDY)) for p in prompts]
+        together = await asyncio.gather(*tasks)
+    finally:
+        del scheduler._runner.prefill
+    assert together == sequential
+    assert sum(passes) == 8 and len(passes) <= 2, passes
+
+
+async def test_sessions_arriving_together_compute_their_shared_prefix_once(demo) -> None:
+    scheduler = demo._scheduler
+    assert scheduler is not None
+    await _wait_idle(demo)
+    system = {"role": "system", "content": "Shared agent instructions, tools and rules. " * 8}
+    prompts = [
+        demo.encode_chat([system, {"role": "user", "content": f"session {i} asks"}], None)
+        for i in range(4)
+    ]
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts[:2], strict=False)) if a != b)
+    assert shared >= 64
+    async with _arriving_together(scheduler, len(prompts)):
+        tasks = [
+            asyncio.create_task(_events(demo, p, SamplingParams(max_new_tokens=2, seed=i)))
+            for i, p in enumerate(prompts)
+        ]
+    cached = [events[-1].cached_tokens for events in await asyncio.gather(*tasks)]
+    block = _blocks(demo).block_size
+    # The first computes the shared blocks (or finds them from an earlier test); the rest reuse.
+    assert all(c >= shared // block * block for c in cached[1:]), cached

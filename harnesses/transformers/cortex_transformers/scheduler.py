@@ -23,16 +23,19 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from cortex.errors import CortexError, InternalError, Unavailable
 from cortex_transformers.block_manager import BlockManager
 from cortex_transformers.generation import Generation, Item, deliver
-from cortex_transformers.runner import ModelRunner
+from cortex_transformers.runner import Chunk, ModelRunner
 from cortex_transformers.sampling import next_tokens
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Scheduler:
@@ -145,40 +148,67 @@ class Scheduler:
                 self._pending.appendleft(victim)
 
     def _prefill(self, budget: int) -> list[tuple[Generation, Item]]:
-        """Admit and prefill pending sequences within ``budget`` tokens; those whose prompt is
-        done sample their first token together and join the running rows."""
+        """Admit and prefill pending sequences within ``budget`` tokens, short chunks of several
+        sequences in one forward pass; those whose prompt is done sample their first token
+        together and join the running rows."""
         done: list[tuple[Generation, torch.Tensor]] = []
         events: list[tuple[Generation, Item]] = []
-        while budget > 0 and self._pending and len(self._running) + len(done) < self._max_batch:
+        group: list[Chunk] = []
+        while (
+            budget > 0
+            and self._pending
+            and len(self._running) + len(done) + len(group) < self._max_batch
+        ):
             seq = self._pending[0]
-            if not seq.table.blocks and not self._allocate(seq):
-                if self._running or done:
+            if _needs_a_chunk_of(seq, group, self.blocks.block_size):
+                self._run_prefill(group, done, events)  # then seq finds those blocks cached
+            spare = len(self._running) + len(done) + len(group)
+            if not seq.table.blocks and not self._allocate(seq, spare):
+                if spare:
                     break  # wait for running rows to free blocks
                 self._pending.popleft()
                 events.append((seq, Unavailable("the prompt does not fit in the KV cache")))
                 continue
-            count = min(budget, len(seq.tokens) - seq.computed)
-            try:
-                logits = self._runner.prefill(seq, count)
-            except Exception as exc:
-                log.exception("prefill failed")
-                self._pending.popleft()
-                self._release(seq)
-                events.append((seq, _as_error(exc, "prefill failed")))
-                continue
-            budget -= count
-            if seq.computed < len(seq.tokens):
-                break  # the rest of this prompt goes in the next iterations
             self._pending.popleft()
-            done.append((seq, logits))
-            budget -= 1  # its first decode token
+            count = min(budget, len(seq.tokens) - seq.computed)
+            if group and not self._runner.joins(group, (seq, count)):
+                self._run_prefill(group, done, events)
+            group.append((seq, count))
+            budget -= count + 1  # its chunk, and its first decode token
+            if seq.computed + count < len(seq.tokens):
+                break  # the rest of this prompt goes in the next iterations
+        self._run_prefill(group, done, events)
         if done:
             events += self._sample_first(done)
         return events
 
-    def _allocate(self, seq: Generation) -> bool:
-        # Keep a block per running row spare, or the next decode step would preempt at once.
-        if not self.blocks.can_allocate(seq.tokens, spare=len(self._running)):
+    def _run_prefill(
+        self,
+        group: list[Chunk],
+        done: list[tuple[Generation, torch.Tensor]],
+        events: list[tuple[Generation, Item]],
+    ) -> None:
+        """One forward pass for ``group`` (emptied); finished prompts go to ``done``, one still
+        partway back to the head of the queue, failed ones (alone) to ``events``."""
+        if not group:
+            return
+        chunks = list(group)
+        group.clear()
+        results = _per_row(
+            lambda rows: list(self._runner.prefill([chunks[i] for i in rows])), len(chunks)
+        )
+        for (seq, _), result in zip(chunks, results, strict=True):
+            if isinstance(result, Exception):
+                self._release(seq)
+                events.append((seq, _as_error(result, "prefill failed")))
+            elif seq.computed < len(seq.tokens):
+                self._pending.appendleft(seq)
+            else:
+                done.append((seq, result))
+
+    def _allocate(self, seq: Generation, spare: int) -> bool:
+        # Keep a block spare per row about to decode, or the next step would preempt at once.
+        if not self.blocks.can_allocate(seq.tokens, spare=spare):
             return False
         seq.computed = self.blocks.allocate(seq.table, seq.tokens)
         if seq.cached_tokens is None:  # the first admission, not a recompute after preemption
@@ -229,11 +259,11 @@ class Scheduler:
         seq.computed = 0
 
 
-def _per_row(step: Callable[[list[int]], list[int]], count: int) -> list[int | Exception]:
-    """``step(rows)`` gives the next token of each of those rows; if it fails for all ``count``
-    rows at once, each row is retried alone and only the rows that fail alone get the error
-    (one poisoned request must not end the batch: issue 11). The retried forward passes rewrite
-    the same KV slots with the same tokens, so a retry is safe."""
+def _per_row(step: Callable[[list[int]], list[T]], count: int) -> list[T | Exception]:
+    """``step(rows)`` gives the result (a next token, a prefill's logits) of each of those rows;
+    if it fails for all ``count`` rows at once, each row is retried alone and only the rows that
+    fail alone get the error (one poisoned request must not end the batch: issue 11). The
+    retried forward passes rewrite the same KV slots with the same tokens, so a retry is safe."""
     try:
         return list(step(list(range(count))))
     except Exception as exc:
@@ -241,7 +271,7 @@ def _per_row(step: Callable[[list[int]], list[int]], count: int) -> list[int | E
             log.exception("generation step failed")
             return [exc]
         log.exception("generation step failed; retrying its %d rows one by one", count)
-    results: list[int | Exception] = []
+    results: list[T | Exception] = []
     for row in range(count):
         try:
             results += step([row])
@@ -249,6 +279,22 @@ def _per_row(step: Callable[[list[int]], list[int]], count: int) -> list[int | E
             log.exception("generation step failed for one sequence")
             results.append(exc)
     return results
+
+
+def _needs_a_chunk_of(seq: Generation, group: list[Chunk], block_size: int) -> bool:
+    """Whether a chunk in ``group`` completes a block that ``seq`` (not yet admitted) would
+    reuse: its prompt starts with that chunk's tokens through the block's end. Running the group
+    first turns those blocks into cache hits instead of computing them twice (agent sessions
+    sharing a system prompt arrive together)."""
+    if seq.table.blocks:
+        return False
+    for other, count in group:
+        block_end = (other.computed // block_size + 1) * block_size  # the first it completes
+        if block_end <= min(other.computed + count, len(seq.tokens) - 1) and (
+            seq.tokens[:block_end] == other.tokens[:block_end]
+        ):
+            return True
+    return False
 
 
 def _as_error(exc: Exception, what: str) -> CortexError:
