@@ -41,6 +41,11 @@ class StreamTranslator(Protocol):
         """The events ending a failed stream."""
         ...
 
+    def keepalive(self) -> bytes:
+        """What tells the client the stream is alive while the upstream is silent (a long
+        prompt's prefill); b"" after finish or error."""
+        ...
+
 
 def accepts_images(resolved: Resolved) -> bool:
     """models.toml's ``vision``; a plain upstream decides for itself."""
@@ -101,8 +106,11 @@ class TranslatedRelay:
         self._matched: str | None = None
 
     def batch(self, raw: bytes) -> bytes:
+        chunks = decode_chunks(raw)
+        if not chunks:  # the neuron's heartbeat comments, sent until the first token
+            return self._translator.keepalive() if _holds_comment(raw) else b""
         out = []
-        for chunk in decode_chunks(raw):
+        for chunk in chunks:
             if self._ex.first_token is None and any(
                 c.delta.content or c.delta.tool_calls for c in chunk.choices
             ):
@@ -119,6 +127,11 @@ class TranslatedRelay:
 
     def error(self, err: CortexError) -> bytes:
         return self._translator.error(err)
+
+
+def _holds_comment(raw: bytes) -> bool:
+    """Whether an SSE batch holds a comment event (a line starting with a colon)."""
+    return raw.startswith(b":") or b"\n:" in raw
 
 
 async def relay_stream(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import msgspec
 
-from cortex import protocol
+from cortex import protocol, sse
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway import deltas
 from cortex.gateway.translate_responses import finished_response, incomplete, new_id
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
+
+KEEPALIVE = sse.comment(b"keep-alive")
 
 
 class ResponsesStreamTranslator:
@@ -78,6 +80,11 @@ class ResponsesStreamTranslator:
         )
         events.append(rs.ResponseFailed(sequence_number=self._next(), response=response))
         return protocol.encode_events(events)
+
+    def keepalive(self) -> bytes:
+        """An SSE comment: the Responses stream has no keep-alive event, and SSE clients skip
+        comments (Codex's parser among them)."""
+        return b"" if self._done else KEEPALIVE
 
     def _next(self) -> int:
         self._seq += 1

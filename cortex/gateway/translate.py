@@ -378,6 +378,12 @@ class AnthropicStreamTranslator:
         error = an.ErrorEvent(an.ErrorDetail(err.anthropic_type, err.message))
         return protocol.encode_events([error])
 
+    def keepalive(self) -> bytes:
+        """A ``ping`` (Anthropic's own keep-alive event) while the upstream is silent."""
+        if self._done:
+            return b""
+        return protocol.encode_events(self._start() or [an.Ping()])
+
     def _start(self) -> list[an.StreamEvent]:
         if self._started:
             return []
