@@ -170,9 +170,8 @@ def _runner(model: TransformersModel) -> tuple[ModelRunner, BlockManager]:
     return ModelRunner(model._model, pool, blocks, torch.device("cpu")), blocks
 
 
-def _chunk(blocks: BlockManager, tokens: list[int]) -> tuple[Generation, int]:
-    """A sequence admitted into ``blocks`` (its cached prefix mapped) and the rest to prefill."""
-    seq = Generation(
+def _sequence(tokens: list[int]) -> Generation:
+    return Generation(
         tokens,
         GREEDY,
         eos_ids=frozenset(),
@@ -180,6 +179,11 @@ def _chunk(blocks: BlockManager, tokens: list[int]) -> tuple[Generation, int]:
         decode=lambda ids: "",
         loop=asyncio.get_running_loop(),
     )
+
+
+def _chunk(blocks: BlockManager, tokens: list[int]) -> tuple[Generation, int]:
+    """A sequence admitted into ``blocks`` (its cached prefix mapped) and the rest to prefill."""
+    seq = _sequence(tokens)
     seq.computed = blocks.allocate(seq.table, tokens)
     return seq, len(tokens) - seq.computed
 
@@ -266,3 +270,22 @@ async def test_sessions_arriving_together_compute_their_shared_prefix_once(demo)
     block = _blocks(demo).block_size
     # The first computes the shared blocks (or finds them from an earlier test); the rest reuse.
     assert all(c >= shared // block * block for c in cached[1:]), cached
+
+
+async def test_only_chunks_that_waste_little_attention_share_a_pass(demo) -> None:
+    runner, _ = _runner(demo)
+
+    def chunk(cached: int, new: int) -> tuple[Generation, int]:
+        seq = _sequence(list(range(cached + new)))
+        seq.computed = cached  # as if a cached prefix of that length had been mapped
+        return seq, new
+
+    short = [chunk(0, 20) for _ in range(9)]
+    assert all(runner.joins(short[:i], short[i]) for i in range(1, 8))  # 8 x 20: 22k wasted
+    assert not runner.joins(short[:9], chunk(0, 20))  # 10 x 20: 36k
+    agents = [chunk(2400, 150), chunk(2400, 150)]  # two agent turns over a cached prompt
+    assert not runner.joins(agents[:1], agents[1])
+    assert not runner.joins([chunk(0, 200)], chunk(0, 200))  # 80k
+    assert runner.joins([chunk(0, 2)], chunk(0, 2000))  # a tiny prompt rides along: 8k
+    runner.packs = False  # a model whose attention ignores prepared masks
+    assert not runner.joins(short[:1], short[1])

@@ -27,9 +27,10 @@ Chunk = tuple[Generation, int]
 """A sequence and how many of its next tokens to prefill (its table already holds them)."""
 
 WASTE_FREE = 32 * 1024
-"""Query-key pairs a packed pass may score beyond the useful ones at no charge: 16 prompts of
-~11 tokens, 8 of ~22 (on one CPU core ~25 ms for the 64M demo model, what one extra forward
-pass of a short prompt costs in weight reads)."""
+"""Query-key pairs a packed pass may score for nothing: 8 prompts of ~22 tokens (on one CPU core
+~20 ms for the 64M demo model, what one more forward pass of a short prompt costs in weight
+reads). Long chunks are compute-bound and gain nothing from sharing a pass, so the bound is
+absolute: two 150-token chunks over 2.5k cached tokens each would score 750k pairs for nothing."""
 
 
 class ModelRunner:
@@ -45,14 +46,14 @@ class ModelRunner:
 
     def joins(self, group: list[Chunk], chunk: Chunk) -> bool:
         """Whether ``chunk`` may share ``group``'s forward pass: the query-key pairs the pass
-        would score for nothing stay within the useful ones plus WASTE_FREE."""
+        would score for nothing stay within WASTE_FREE."""
         if not self.packs:
             return False
         queries = keys = useful = 0
         for seq, count in (*group, chunk):
             end = seq.computed + count
             queries, keys, useful = queries + count, keys + end, useful + count * end
-        return queries * keys - useful <= max(useful, WASTE_FREE)
+        return queries * keys - useful <= WASTE_FREE
 
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
         """Compute the KV of each chunk's tokens in one forward pass; returns the logits after
