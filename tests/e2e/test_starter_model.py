@@ -227,3 +227,22 @@ def test_a_bad_source_is_400_after_exactly_one_load_attempt(
         found = samples(resp.read())
     loads = value(found, "cortex_model_loads_total", model="broken", node="smol", result="failed")
     assert loads == 1
+
+
+def test_the_next_turn_reuses_the_reply_the_model_generated(claude: anthropic.Anthropic) -> None:
+    """An agent resends its conversation with the model's own reply in it: the reply's KV is
+    still in the neuron's prefix cache (a real model's text re-tokenizes to the same ids), so
+    the next turn computes little more than the new user message."""
+    ask = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    asked = {"model": "claude-sonnet-4-5", "max_tokens": 48, "extra_body": {"temperature": 0}}
+    first = claude.messages.create(messages=ask, **asked)  # type: ignore[call-overload]
+    reply = "".join(b.text for b in first.content if b.type == "text")
+    prompt = first.usage.input_tokens + (first.usage.cache_read_input_tokens or 0)
+    assert first.usage.output_tokens >= 40, first.usage  # the reply spans blocks of its own
+    follow_up = [*ask, {"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}]
+    second = claude.messages.create(messages=follow_up, **asked)  # type: ignore[call-overload]
+    held = (prompt + first.usage.output_tokens) // 16 * 16  # full blocks of prompt and reply
+    # All of them but (for a reply cut by max_tokens) the block of its last token, whose text
+    # may re-tokenize differently once the turn is closed.
+    assert held - 16 <= second.usage.cache_read_input_tokens <= held, (prompt, second.usage)
+    assert second.usage.cache_read_input_tokens > prompt // 16 * 16 + 16
