@@ -12,6 +12,12 @@ count, in one run (the machine is shared and noisy: compare the ratios, not the 
 
     .venv/bin/python bench/engine.py --size small
     .venv/bin/python bench/engine.py --size tiny --turns 3   # a quick smoke run
+    .venv/bin/python bench/engine.py --size smollm2 --reply-tokens 96   # the real model
+
+``--size smollm2`` serves SmolLM2-135M-Instruct (the GGUF ``make model-fetch`` caches, saved
+once as float32 safetensors beside it, since ``transformers serve`` cannot read a GGUF) to both
+servers. A real model's replies re-tokenize to the ids it generated, so a server that caches
+the KV it decoded can reuse the reply on the next turn; the random demo model's cannot show it.
 
 Needs ``transformers[serving]`` for the peer (skipped with a note when it is missing).
 """
@@ -84,7 +90,7 @@ async def _traces(base: str, model: str, args: argparse.Namespace) -> dict[str, 
         turns=args.turns,
         system_words=args.system_words,
         turn_words=args.turn_words,
-        out_tokens=32,
+        out_tokens=args.reply_tokens,
     )
     one = await run_trace(base, model, trace)
     four = await run_trace(base, model, dataclasses.replace(trace, sessions=4))
@@ -106,6 +112,28 @@ async def _throughput(base: str, model: str, tokens: int) -> dict[str, float]:
         "greedy_16_tok_s": round(await _fanout(url, model, 16, tokens, GREEDY), 1),
         "sampled_16_tok_s": round(await _fanout(url, model, 16, tokens, SAMPLED), 1),
     }
+
+
+def _model_dir(work: Path, size: str) -> Path:
+    """A model directory both servers can load: a demo model, or SmolLM2 as safetensors."""
+    if size != "smollm2":
+        from cortex_transformers.demo import write_demo_model
+
+        return write_demo_model(work / "models" / "demo", size=size)  # type: ignore[arg-type]
+    from cortex import starter
+
+    gguf = starter.fetch()
+    saved = gguf.parent.parent / "smollm2-float32"
+    if not (saved / "config.json").exists():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
+        del model.config.quantization_config
+        model.save_pretrained(saved)
+        tokenizer.save_pretrained(saved)
+    return saved
 
 
 @asynccontextmanager
@@ -178,7 +206,8 @@ def _report(results: dict[str, dict[str, Any]], *, traces: bool) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "smollm2"], default="small")
+    parser.add_argument("--reply-tokens", type=int, default=32, help="agent trace reply length")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=6)
     # The issue's shape on the small demo tokenizer: a ~2.2k-token system prompt, ~150 new
@@ -190,10 +219,8 @@ async def main() -> None:
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-traces", action="store_true")
     args = parser.parse_args()
-    from cortex_transformers.demo import write_demo_model
-
     work = Path(tempfile.mkdtemp(prefix="cortex-engine-bench-"))
-    model_dir = write_demo_model(work / "models" / "demo", size=args.size)
+    model_dir = _model_dir(work, args.size)
     async with AsyncExitStack() as stack:
         # Both servers stay up for the whole run, one measured at a time, so machine noise
         # hits both alike; throughput rounds alternate between them.
@@ -217,8 +244,8 @@ async def main() -> None:
     for name, runs in rounds.items():
         for key in runs[0]:
             results[name][key] = statistics.median(run[key] for run in runs)
-    print(f"\n{args.size} demo model, {args.threads} torch thread(s), {args.turns} turns, "
-          f"throughput: median of {args.rounds} interleaved rounds")  # fmt: skip
+    print(f"\n{args.size} model, {args.reply_tokens}-token replies, {args.threads} torch "
+          f"thread(s), {args.turns} turns, throughput: median of {args.rounds} rounds")  # fmt: skip
     _report(results, traces=not args.skip_traces)
     shutil.rmtree(work, ignore_errors=True)
 
