@@ -16,6 +16,13 @@ from cortex_transformers.harness import TransformersModel
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+)
 
 from cortex.errors import InternalError
 from cortex.neuron.harness import LoadOptions, SamplingParams
@@ -162,12 +169,14 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
     await _wait_idle(demo)
 
 
-def _runner(model: TransformersModel) -> tuple[ModelRunner, BlockManager]:
-    """A runner with a pool of its own over ``model``'s weights (the model's worker keeps its)."""
-    assert model._model is not None
+def _runner(model: TransformersModel | PreTrainedModel) -> tuple[ModelRunner, BlockManager]:
+    """A runner with a pool of its own over a model's weights (a loaded model's worker keeps
+    its own)."""
+    weights = model._model if isinstance(model, TransformersModel) else model
+    assert weights is not None
     blocks = BlockManager(64)
-    pool = KVPool(model._model, 64 * blocks.block_size, torch.device("cpu"))
-    return ModelRunner(model._model, pool, blocks, torch.device("cpu")), blocks
+    pool = KVPool(weights, 64 * blocks.block_size, torch.device("cpu"))
+    return ModelRunner(weights, pool, blocks, torch.device("cpu")), blocks
 
 
 def _sequence(tokens: list[int]) -> Generation:
@@ -188,15 +197,38 @@ def _chunk(blocks: BlockManager, tokens: list[int]) -> tuple[Generation, int]:
     return seq, len(tokens) - seq.computed
 
 
-async def test_a_packed_prefill_gives_each_sequence_its_own_logits(demo) -> None:
+def _random_model(kind: str, vocab: int) -> PreTrainedModel:
+    """A tiny random-weight model of another architecture (Llama: SmolLM2's; Mistral with a
+    sliding window, which must not be packed)."""
+    shape = {
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "attn_implementation": "sdpa",
+    }
+    torch.manual_seed(0)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**shape)).eval()
+    return MistralForCausalLM(MistralConfig(sliding_window=24, **shape)).eval()
+
+
+@pytest.mark.parametrize(("kind", "packs"), [("qwen3", True), ("llama", True), ("mistral", False)])
+async def test_a_packed_prefill_gives_each_sequence_its_own_logits(
+    demo, kind: str, packs: bool
+) -> None:
+    model = demo if kind == "qwen3" else _random_model(kind, demo._vocab_size)
     prompts = [_prompt(demo, f"{i} " + "word " * n + "end") for i, n in enumerate((3, 11, 7))]
     reuse = prompts[1][:32] + _prompt(demo, "a different tail")  # 32 tokens of it cached
     with torch.inference_mode():
-        alone, blocks = _runner(demo)
+        alone, blocks = _runner(model)
         expected = [alone.prefill([_chunk(blocks, p)])[0] for p in (*prompts, reuse)]
 
-        packed, blocks = _runner(demo)
-        assert packed.packs
+        packed, blocks = _runner(model)
+        assert packed.packs is packs
         got = list(packed.prefill([_chunk(blocks, p) for p in prompts]))
         seq, count = _chunk(blocks, reuse)
         assert seq.computed == 32

@@ -57,9 +57,10 @@ class ModelRunner:
 
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
         """Compute the KV of each chunk's tokens in one forward pass; returns the logits after
-        each chunk's last token [P, V]."""
-        if len(chunks) == 1:
-            return self._prefill_one(*chunks[0])[None]
+        each chunk's last token [P, V]. A model whose attention ignores prepared masks runs
+        them one pass each."""
+        if len(chunks) == 1 or not self.packs:
+            return torch.stack([self._prefill_one(seq, count) for seq, count in chunks])
         ids: list[int] = []
         write, read, query_seq, query_pos, key_seq, key_pos, last = [], [], [], [], [], [], []
         for i, (seq, count) in enumerate(chunks):
