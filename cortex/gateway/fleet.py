@@ -58,6 +58,7 @@ class Claim:
         self.held = False
         if self.kind == "in_flight":
             self.usage.in_flight -= 1
+            self.usage.finished += 1
             self.usage.last_used = time.time()
         else:
             self.usage.queued -= 1
@@ -316,6 +317,8 @@ class Fleet:
     async def _poll(self, state: NeuronState) -> None:
         ref = state.ref
         was = state.health
+        # What had ended when the poll left: the status counts none of those as in flight.
+        ended = {key: u.finished for key, u in self.usage.items() if key[1] == ref.name}
         try:
             status = await self.client.status(
                 ref, max(5.0, self.config.gateway.poll_interval_s * 2)
@@ -331,6 +334,9 @@ class Fleet:
             self._notify()
             return
         state.status = status
+        for key, count in ended.items():
+            if (usage := self.usage.get(key)) is not None:
+                usage.finished_at_poll = count
         state.failures = 0
         state.suspect = False
         state.error = None

@@ -41,6 +41,14 @@ class Usage:
     in_flight: int = 0
     queued: int = 0
     loading_on: str | None = None
+    finished: int = 0  # in-flight requests released so far
+    finished_at_poll: int = 0  # ``finished`` when the node's last status poll was sent
+
+    def neuron_in_flight(self, reported: int) -> int:
+        """The node's reported in-flight count less the gateway's requests that ended since
+        that poll was sent: a model whose last request just ended is not busy until the next
+        poll (it would block its eviction for a poll interval)."""
+        return max(0, reported - (self.finished - self.finished_at_poll))
 
 
 class Resident(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,8 +221,8 @@ def _resident(
 ) -> Resident:
     """Merge the neuron's report, the catalogue entry and the gateway's own counts.
 
-    Both sides count the same requests, the gateway earlier: take the larger count and the
-    later last_used.
+    Both sides count the same requests, the gateway earlier: take the larger count (the node's
+    less what ended since its poll) and the later last_used.
     """
     last_used = max((t for t in (status.last_used, usage.last_used) if t is not None), default=None)
     return Resident(
@@ -227,7 +235,7 @@ def _resident(
         context_length=(entry.context_length if entry else 0) or status.context_length,
         loaded_at=status.loaded_at,
         last_used=last_used,
-        in_flight=max(status.in_flight, usage.in_flight),
+        in_flight=max(usage.neuron_in_flight(status.in_flight), usage.in_flight),
         queued=max(status.queued, usage.queued),
         pinned=entry.pinned if entry else False,
         priority=entry.priority if entry else 0,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from cortex.config import CortexConfig
+import msgspec
+
+from cortex.config import CortexConfig, NeuronRef
 from cortex.gateway.fleet import Fleet
+from cortex.protocol.neuron import ModelStatus, NeuronStatus
+from tests.gateway.test_loads import FakeNeuron, FakeNeuronClient
 
 
 def _fleet() -> Fleet:
@@ -34,3 +39,52 @@ def test_in_flight_and_queued_are_counted_apart() -> None:
         claim.release()
     waiting.release()
     assert (usage.in_flight, usage.queued) == (0, 0)
+
+
+class SlowStatusClient(FakeNeuronClient):
+    """Test double: a neuron whose status answer is taken when the poll arrives but reaches the
+    gateway only when ``answer`` is set, and which reports ``in_flight`` requests on model m."""
+
+    def __init__(self, neuron: FakeNeuron) -> None:
+        super().__init__({"n1": neuron})
+        self.answer = asyncio.Event()
+        self.in_flight = 0
+
+    async def status(self, ref: NeuronRef, timeout_s: float) -> NeuronStatus:
+        status = await super().status(ref, timeout_s)
+        loaded = ModelStatus(
+            id="m", state="loaded", harness="fake", device="cpu", source="m",
+            quantization="none", in_flight=self.in_flight,
+        )  # fmt: skip
+        await self.answer.wait()
+        return msgspec.structs.replace(status, models=[loaded])
+
+
+def _in_flight(fleet: Fleet) -> int:
+    [node] = fleet.view().nodes
+    [model] = node.models
+    return model.in_flight
+
+
+async def test_a_request_that_ended_after_the_poll_left_is_not_counted_busy() -> None:
+    config = CortexConfig(neurons=(NeuronRef(name="n1", endpoint="http://n1.invalid"),))
+    client = SlowStatusClient(FakeNeuron())
+    session: Any = None
+    fleet = Fleet(config, {}, session, client)
+    state = fleet.neurons["n1"]
+    claim = fleet.claim("m", "n1", "in_flight")
+    client.in_flight = 1  # the neuron still runs it when the poll arrives
+    poll = asyncio.create_task(fleet._poll(state))
+    await asyncio.sleep(0)
+    claim.release()  # the answer's last byte reached the client meanwhile
+    client.answer.set()
+    await poll
+    assert _in_flight(fleet) == 0  # evictable now, not one poll interval later
+
+    client.in_flight = 2  # two requests from elsewhere (another gateway, a direct client)
+    await fleet._poll(state)
+    assert _in_flight(fleet) == 2
+    mine = fleet.claim("m", "n1", "in_flight")
+    assert _in_flight(fleet) == 2  # ours may be among them: the larger count holds
+    mine.release()
+    assert _in_flight(fleet) == 1  # the node's count less the one that ended since its poll
