@@ -105,6 +105,18 @@ async def _traces(base: str, model: str, args: argparse.Namespace) -> dict[str, 
     }
 
 
+def _kit_trace(script: Path, url: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The shared kit's replay (one session), its summary line."""
+    cmd = [
+        sys.executable, str(script), "--url", url, "--model", model, "--turns", str(args.turns),
+        "--system-words", str(args.system_words), "--turn-words", str(args.turn_words),
+        "--out-tokens", str(args.reply_tokens),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return summary
+
+
 async def _throughput(base: str, model: str, tokens: int) -> dict[str, float]:
     url = base + "/chat/completions"
     return {
@@ -190,14 +202,15 @@ _CHECK_ROWS = [
 ]
 
 
-def _report(results: dict[str, dict[str, Any]], *, traces: bool) -> None:
+def _report(results: dict[str, dict[str, Any]], *, traces: bool, throughput: bool) -> None:
     print("\n| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     lines = [
         (label, [r[key][field] for r in results.values()]) for label, key, field in _TRACE_ROWS
     ]
     lines = lines if traces else []
-    lines += [(label, [r[field] for r in results.values()]) for label, field in _ROWS]
+    if throughput:
+        lines += [(label, [r[field] for r in results.values()]) for label, field in _ROWS]
     if traces:
         lines += [(label, [r[field] for r in results.values()]) for label, field in _CHECK_ROWS]
     for label, values in lines:
@@ -216,6 +229,12 @@ async def main() -> None:
     parser.add_argument("--turn-words", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both servers")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds, interleaved")
+    parser.add_argument(
+        "--kit-trace",
+        type=Path,
+        help="also run the shared bench kit's agent_trace.py (issue 15's own measure: time to "
+        "the first content chunk, no probe) against each server",
+    )
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-traces", action="store_true")
     args = parser.parse_args()
@@ -233,6 +252,9 @@ async def main() -> None:
             )
         results: dict[str, dict[str, Any]] = {name: {} for name in servers}
         for name, (url, model) in servers.items():
+            if args.kit_trace is not None:
+                results[name]["kit_trace"] = _kit_trace(args.kit_trace, url, model, args)
+                print(json.dumps({name: results[name]["kit_trace"]}), flush=True)
             if not args.skip_traces:
                 results[name].update(await _traces(url, model, args))
                 print(json.dumps({name: results[name]}), flush=True)
@@ -242,11 +264,11 @@ async def main() -> None:
                 rounds[name].append(await _throughput(url, model, args.tokens))
                 print(json.dumps({name: rounds[name][-1]}), flush=True)
     for name, runs in rounds.items():
-        for key in runs[0]:
+        for key in runs[0] if runs else ():
             results[name][key] = statistics.median(run[key] for run in runs)
     print(f"\n{args.size} model, {args.reply_tokens}-token replies, {args.threads} torch "
           f"thread(s), {args.turns} turns, throughput: median of {args.rounds} rounds")  # fmt: skip
-    _report(results, traces=not args.skip_traces)
+    _report(results, traces=not args.skip_traces, throughput=args.rounds > 0)
     shutil.rmtree(work, ignore_errors=True)
 
 
