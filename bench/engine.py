@@ -112,8 +112,9 @@ def _kit_trace(script: Path, url: str, model: str, args: argparse.Namespace) -> 
         "--system-words", str(args.system_words), "--turn-words", str(args.turn_words),
         "--out-tokens", str(args.reply_tokens),
     ]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+    summary: dict[str, Any] = json.loads(lines[-1].removeprefix("SUMMARY "))
+    summary["ttft_s"] = [round(json.loads(line)["ttft_s"], 3) for line in lines[:-1]]
     return summary
 
 
@@ -190,6 +191,9 @@ _TRACE_ROWS = [  # (label, trace key, field)
     ("4 sessions, later-turn TTFT s", "trace_4", "ttft_later_median_s"),
     ("4 sessions, later / turn 1", "trace_4", "later_over_turn1"),
     ("4 sessions wall s", "trace_4", "wall_s"),
+    ("kit trace, turn-1 first content s", "kit_trace", "ttft_turn1_median_s"),
+    ("kit trace, later-turn first content s (median)", "kit_trace", "ttft_later_median_s"),
+    ("kit trace wall s", "kit_trace", "wall_s"),
 ]
 _ROWS = [  # (label, field)
     ("8-way greedy tok/s", "greedy_8_tok_s"),
@@ -205,10 +209,10 @@ _CHECK_ROWS = [
 def _report(results: dict[str, dict[str, Any]], *, traces: bool, throughput: bool) -> None:
     print("\n| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
-    lines = [
-        (label, [r[key][field] for r in results.values()]) for label, key, field in _TRACE_ROWS
-    ]
-    lines = lines if traces else []
+    rows = [row for row in _TRACE_ROWS if traces or row[1] == "kit_trace"]
+    if not all("kit_trace" in r for r in results.values()):
+        rows = [row for row in rows if row[1] != "kit_trace"]
+    lines = [(label, [r[key][field] for r in results.values()]) for label, key, field in rows]
     if throughput:
         lines += [(label, [r[field] for r in results.values()]) for label, field in _ROWS]
     if traces:
