@@ -30,6 +30,7 @@ from cortex.neuron.harness import (
 from cortex.neuron.prompt import prompt_too_long
 from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__
+from cortex_transformers.attention import use_cortex_sdpa
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.generation import Generation
@@ -59,6 +60,8 @@ class TransformersModel(LoadedModel):
         self.model_id = request.model
         self.device = device
         self.context_length = request.context_length or _config_context(model)
+        if device == "cpu":
+            use_cortex_sdpa(model)
         weights: int = model.get_memory_footprint()  # type: ignore[no-untyped-call]
         blocks = BlockManager(_pool_blocks(options, weights, model, self.context_length))
         pool = KVPool(model, blocks.num_blocks * blocks.block_size, torch.device(device))

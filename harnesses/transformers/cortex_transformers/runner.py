@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from cortex_transformers import attention
 from cortex_transformers.block_manager import BlockManager, BlockTable
 from cortex_transformers.generation import Generation
 from cortex_transformers.kvcache import KVPool
@@ -142,11 +143,11 @@ class ModelRunner:
 
 
 def _honours_prepared_masks(model: PreTrainedModel) -> bool:
-    """Whether a prepared 4-D boolean mask reaches every attention layer as given: SDPA reads it
-    as is (eager wants an additive float mask, flash-attention ignores it), and a model with
-    sliding-window layers would need a second mask for them."""
+    """Whether a prepared 4-D boolean mask reaches every attention layer as given: SDPA (ours
+    included) reads it as is (eager wants an additive float mask, flash-attention ignores it),
+    and a model with sliding-window layers would need a second mask for them."""
     config = model.config.get_text_config()
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", attention.NAME):
         return False
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
