@@ -36,11 +36,9 @@ def cortex_sdpa(
     """query: [B, H, Q, D]; key, value: [B, H_kv, K, D]; returns [B, Q, H, D]."""
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-    if not (query.device.type == "cpu" and grouped and plain and attention_mask is not None):
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
-            module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs
-        )
-    if query.shape[2] == 1:  # decode: transformers folds the groups into the query, no copy
+    # A decode step (one query) needs no copy either: transformers folds the groups into it.
+    chunk = attention_mask is not None and query.shape[2] > 1
+    if not (query.device.type == "cpu" and grouped and plain and chunk):
         return sdpa_attention_forward(  # type: ignore[no-any-return]
             module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs
         )
