@@ -4,13 +4,14 @@ Each iteration, under one token budget (``max_batch_tokens``): drop cancelled se
 every running row room for its next token, preempting the newest rows (their blocks freed, their
 tokens kept for recompute) when the pool is full; prefill waiting sequences, first-come first
 served, chunk by chunk with what the budget leaves after one token per running row (a waiting
-sequence is admitted once the pool holds its prompt, its cached prefix counted as held); then one
-batched decode step. A 30k-token prompt therefore delays running streams by one budget's worth
-of prefill at a time, and a prefix already in the pool is not computed again.
+sequence is admitted once the pool holds its prompt, its cached prefix counted as held; short
+chunks of several sequences share a forward pass, runner.py); then one batched decode step. A
+30k-token prompt therefore delays running streams by one budget's worth of prefill at a time,
+and a prefix already in the pool is not computed again.
 
-A failed decode step fails only the rows that cause it: the batch is re-run row by row and only
-the rows that fail alone get the error (issue 11). The KV writes of a step are idempotent, so
-re-running is safe.
+A failed decode step or packed prefill fails only the rows that cause it: the batch is re-run
+row by row and only the rows that fail alone get the error (issue 11). The KV writes of a step
+are idempotent, so re-running is safe.
 
 The thread owns every sequence's state and the block manager; the event loop only appends to
 ``_waiting`` (under the lock) and sets ``Generation.cancelled``. Events go back through ``deliver``
