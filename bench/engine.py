@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,16 @@ from typing import Any
 import aiohttp
 from agent_trace import Trace
 from agent_trace import run as run_trace
-from neuron_throughput import PROMPTS, _free_port, _neuron_ready, _start_neuron, _stop, _wait
+from neuron_throughput import (
+    PROMPTS,
+    SERVE_MISSING,
+    _free_port,
+    _neuron_ready,
+    _start_neuron,
+    _start_serve,
+    _stop,
+    _wait,
+)
 
 SAMPLED = {"temperature": 1.0, "top_p": 0.95}
 GREEDY = {"temperature": 0}
@@ -162,17 +170,10 @@ async def _cortex(work: Path, model_dir: Path, threads: int) -> AsyncIterator[tu
 
 @asynccontextmanager
 async def _peer(model_dir: Path, threads: int) -> AsyncIterator[tuple[str, str]]:
-    exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
-    if exe is None:
-        raise FileNotFoundError("transformers CLI not found: pip install 'transformers[serving]'")
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(
-        [exe, "serve", str(model_dir), "--device", "cpu", "--port", str(port),
-         "--continuous-batching", "--cb-num-blocks", "256", "--cb-block-size", "64",
-         "--cb-max-batch-tokens", "1024"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _start_serve(model_dir, port, threads, num_blocks=256)
+    if proc is None:
+        raise FileNotFoundError(SERVE_MISSING)
     try:
         await _wait(f"http://127.0.0.1:{port}/v1/models", proc)
         yield f"http://127.0.0.1:{port}/v1", str(model_dir)

@@ -100,6 +100,26 @@ def _start_neuron(work: Path, model_dir: Path, port: int, threads: int) -> subpr
     return subprocess.Popen([*cmd, "--config", str(work / "neuron.toml")])
 
 
+SERVE_MISSING = "transformers CLI not found: pip install 'transformers[serving]'"
+
+
+def _start_serve(
+    model_dir: Path, port: int, threads: int, *, num_blocks: int
+) -> subprocess.Popen[bytes] | None:
+    """``transformers serve --continuous-batching`` on ``model_dir`` (64-token blocks, 1024
+    batch tokens); None when its CLI is not installed."""
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
+    if exe is None:
+        return None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+    return subprocess.Popen(
+        [exe, "serve", str(model_dir), "--device", "cpu", "--port", str(port),
+         "--continuous-batching", "--cb-num-blocks", str(num_blocks), "--cb-block-size", "64",
+         "--cb-max-batch-tokens", "1024"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def _neuron_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     await _wait(url + "/health", proc)
     async with aiohttp.ClientSession() as session:
@@ -133,7 +153,6 @@ async def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
     model_dir = write_demo_model(work / "models" / "demo", size=args.size)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     results: dict[str, list[dict[str, float]]] = {"cortex neuron": [], "transformers serve": []}
     for _ in range(args.rounds):
         port = _free_port()
@@ -146,17 +165,11 @@ async def main() -> None:
             )
         finally:
             _stop(neuron)
-        peer = shutil.which("transformers", path=str(Path(sys.executable).parent))
-        if peer is None:
-            print("transformers CLI not found: pip install 'transformers[serving]'")
-            continue
         port = _free_port()
-        serve = subprocess.Popen(
-            [peer, "serve", str(model_dir), "--device", "cpu", "--port", str(port),
-             "--continuous-batching", "--cb-num-blocks", "64", "--cb-block-size", "64",
-             "--cb-max-batch-tokens", "1024"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        serve = _start_serve(model_dir, port, args.threads, num_blocks=64)
+        if serve is None:
+            print(SERVE_MISSING)
+            continue
         try:
             await _wait(f"http://127.0.0.1:{port}/v1/models", serve)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
