@@ -155,3 +155,22 @@ async def test_hang_up_mid_stream_frees_the_slot(
     assert neuron.api("GET", "/status")[1]["in_flight"] == 1
     await stream.close()
     neuron.wait_for(lambda s: s["in_flight"] == 0 and s["models"][0]["in_flight"] == 0, timeout=1)
+
+
+async def test_concurrent_greedy_requests_equal_their_sequential_answers(
+    client: openai.AsyncOpenAI,
+) -> None:
+    """Short prompts arriving together share prefill passes (packed under one mask); over real
+    HTTP each must still get exactly the answer it gets alone."""
+
+    async def answer(i: int) -> str | None:
+        completion = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": f"question {i}: {'why ' * i}"}],
+            max_tokens=10,
+            temperature=0,
+        )
+        return completion.choices[0].message.content
+
+    alone = [await answer(i) for i in range(8)]
+    assert await asyncio.gather(*(answer(i) for i in range(8))) == alone

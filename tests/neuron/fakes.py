@@ -3,7 +3,8 @@
 Prompt ids are one per character of ``role: content`` lines. The reply is scripted by the last
 user message: ``say:TEXT`` streams TEXT (a literal ``\\n`` in it becomes a newline) two
 characters per token then stops (EOS); ``boom``
-fails at the second step; anything else streams ``"ab"`` until max_new_tokens. Every step
+fails at the second step; ``wait:SECONDS`` is silent that long first, as a long prompt's prefill
+is, then streams like anything else: ``"ab"`` until max_new_tokens. Every step
 sleeps ``step_s`` so tests can hang up or unload mid-generation.
 """
 
@@ -60,6 +61,8 @@ class FakeModel(LoadedModel):
         self.running += 1
         done = False
         try:
+            if last_user.startswith("wait:"):
+                await asyncio.sleep(float(last_user[5:]))
             for n in range(1, params.max_new_tokens + 1):
                 await asyncio.sleep(self.step_s)
                 if script is not None and n > len(pieces):
