@@ -174,3 +174,41 @@ async def test_concurrent_greedy_requests_equal_their_sequential_answers(
 
     alone = [await answer(i) for i in range(8)]
     assert await asyncio.gather(*(answer(i) for i in range(8))) == alone
+
+
+async def test_a_short_request_is_answered_during_long_prefills(
+    start_neuron: Callable[..., NeuronProcess], model_root: Path
+) -> None:
+    """With 32 prefill tokens an iteration, three ~3.5k-token prompts take ~330 iterations; a
+    short request sent once they are in flight jumps the queue (admission.py) and completes
+    while they still prefill. First come, first served, it would wait for all three."""
+    neuron = start_neuron(
+        model_roots=[model_root],
+        models=[{"id": "tiny", "source": "tiny", "harness": "transformers"}],
+        preload=["tiny"],
+        harnesses=["transformers"],
+        cpu_memory_budget_gb=2.0,
+        max_batch_tokens=32,
+    )
+    neuron.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=60)
+    client = openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key=neuron.token, max_retries=0)
+    short = [{"role": "user", "content": "hi"}]
+    count = neuron.api("POST", "/v1/tokenize", {"model": "tiny", "messages": short})[1]["count"]
+    assert count < 16  # within the express lane: half the budget
+
+    async def ask(text: str) -> str | None:
+        completion = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": text}],
+            max_tokens=1,
+            temperature=0,
+        )
+        return completion.choices[0].finish_reason
+
+    first_turns = [
+        asyncio.create_task(ask(n + " ".join(f"line{i}" for i in range(700)))) for n in "abc"
+    ]
+    await asyncio.to_thread(neuron.wait_for, lambda s: s["in_flight"] == 3, 10)
+    assert await ask("hi") == "length"
+    assert not all(turn.done() for turn in first_turns)
+    assert await asyncio.gather(*first_turns) == ["length"] * 3

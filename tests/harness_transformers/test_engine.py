@@ -321,3 +321,43 @@ async def test_only_chunks_that_waste_little_attention_share_a_pass(demo) -> Non
     assert runner.joins([chunk(0, 2)], chunk(0, 2000))  # a tiny prompt rides along: 8k
     runner.packs = False  # a model whose attention ignores prepared masks
     assert not runner.joins(short[:1], short[1])
+
+
+async def test_a_short_prompt_does_not_wait_behind_a_long_prefill(demo_dir: Path) -> None:
+    """A 2k-token prompt prefills 64 tokens an iteration; a short one sent once that has begun
+    gets its first token first, and both answers equal their runs alone."""
+    model = load(demo_dir, LoadOptions(max_batch_tokens=64))
+    try:
+        scheduler = model._scheduler
+        assert scheduler is not None
+        long = _prompt(model, "read this file: " + " ".join(f"line{i}" for i in range(600)))
+        short = _prompt(model, "and a quick question")
+        assert len(long) > 30 * 64 and len(short) < 32
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+        real = scheduler._runner.prefill
+
+        def spying(chunks):  # type: ignore[no-untyped-def]  # test spy: the long one has begun
+            loop.call_soon_threadsafe(started.set)
+            return real(chunks)
+
+        scheduler._runner.prefill = spying  # type: ignore[method-assign]
+        firsts: list[str] = []
+
+        async def recorded(name: str, prompt: list[int]) -> list:
+            events = []
+            async for event in model.generate(prompt, GREEDY):
+                if not events:
+                    firsts.append(name)
+                events.append(_plain(event))
+            return events
+
+        long_task = asyncio.create_task(recorded("long", long))
+        await started.wait()
+        together = await asyncio.gather(long_task, recorded("short", short))
+        del scheduler._runner.prefill
+        alone = [await _collect(model, p, GREEDY) for p in (long, short)]  # cache hits now
+    finally:
+        model.unload()
+    assert firsts == ["short", "long"]
+    assert together == alone
