@@ -8,7 +8,10 @@ count, in one run (the machine is shared and noisy: compare the ratios, not the 
 2. 16 concurrent requests x ``--tokens`` tokens, greedy, then sampled (temperature 1, top_p
    0.95): aggregate tok/s from the usage each server returns;
 3. whether sampling really samples: two identical unseeded sampled requests should differ, two
-   with the same seed should repeat.
+   with the same seed should repeat;
+4. head-of-line blocking: an agent's later turn (a few hundred new tokens over a cached
+   prefix), alone and then sent while another session's long first turn (``--long-words``) is
+   prefilling.
 
     .venv/bin/python bench/engine.py --size small
     .venv/bin/python bench/engine.py --size tiny --turns 3   # a quick smoke run
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from agent_trace import Trace
+from agent_trace import Trace, _text
 from agent_trace import run as run_trace
 from neuron_throughput import (
     PROMPTS,
@@ -110,6 +113,47 @@ async def _traces(base: str, model: str, args: argparse.Namespace) -> dict[str, 
         ],
         "trace_4": {k: v for k, v in four.items() if k != "rows"},
         **await _sampling_is_real(base + "/chat/completions", model),
+    }
+
+
+async def _probe(http: aiohttp.ClientSession, url: str, model: str, messages: list) -> float:
+    """Seconds to a one-token completion: the time to first token, prefill included."""
+    started = time.perf_counter()
+    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0}
+    async with http.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {await resp.text()}")
+        await resp.read()
+    return time.perf_counter() - started
+
+
+async def _behind_a_long_prompt(base: str, model: str, args: argparse.Namespace) -> dict:
+    """A later agent turn's time to first token alone, then while a long first turn of another
+    session prefills (sent 0.5 s after it)."""
+    url = base + "/chat/completions"
+    turn = [{"role": "system", "content": _text(args.system_words, 7)}]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as http:
+        for index in range(3):
+            if index:
+                turn.append({"role": "assistant", "content": _text(args.turn_words // 2, index)})
+            turn.append({"role": "user", "content": _text(args.turn_words, 100 + index)})
+            took = await _probe(http, url, model, turn)  # turn 0 fills the prefix cache
+        # Two different long prompts: the second must not find the first's blocks cached.
+        long = [[{"role": "user", "content": _text(args.long_words, seed)}] for seed in (98, 99)]
+        alone_long = await _probe(http, url, model, long[0])
+        first_turn = asyncio.create_task(_probe(http, url, model, long[1]))
+        await asyncio.sleep(0.5)
+        turn += [
+            {"role": "assistant", "content": _text(args.turn_words // 2, 9)},
+            {"role": "user", "content": _text(args.turn_words, 109)},
+        ]
+        behind = await _probe(http, url, model, turn)
+        long_s = await first_turn
+    return {
+        "later_turn_alone_s": round(took, 3),
+        "later_turn_behind_long_s": round(behind, 3),
+        "long_first_turn_s": round(long_s, 3),
+        "long_first_turn_alone_s": round(alone_long, 3),
     }
 
 
@@ -196,6 +240,12 @@ _TRACE_ROWS = [  # (label, trace key, field)
     ("kit trace, later-turn first content s (median)", "kit_trace", "ttft_later_median_s"),
     ("kit trace wall s", "kit_trace", "wall_s"),
 ]
+_BEHIND_ROWS = [  # (label, field)
+    ("later turn alone, TTFT s", "later_turn_alone_s"),
+    ("later turn sent 0.5 s into a long first turn's prefill, TTFT s", "later_turn_behind_long_s"),
+    ("that long first turn, TTFT s", "long_first_turn_s"),
+    ("a long first turn alone, TTFT s", "long_first_turn_alone_s"),
+]
 _ROWS = [  # (label, field)
     ("8-way greedy tok/s", "greedy_8_tok_s"),
     ("16-way greedy tok/s", "greedy_16_tok_s"),
@@ -207,7 +257,9 @@ _CHECK_ROWS = [
 ]
 
 
-def _report(results: dict[str, dict[str, Any]], *, traces: bool, throughput: bool) -> None:
+def _report(
+    results: dict[str, dict[str, Any]], *, traces: bool, throughput: bool, behind: bool
+) -> None:
     print("\n| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     rows = [row for row in _TRACE_ROWS if traces or row[1] == "kit_trace"]
@@ -218,6 +270,8 @@ def _report(results: dict[str, dict[str, Any]], *, traces: bool, throughput: boo
         lines += [(label, [r[field] for r in results.values()]) for label, field in _ROWS]
     if traces:
         lines += [(label, [r[field] for r in results.values()]) for label, field in _CHECK_ROWS]
+    if behind:
+        lines += [(label, [r[field] for r in results.values()]) for label, field in _BEHIND_ROWS]
     for label, values in lines:
         print(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
 
@@ -239,6 +293,13 @@ async def main() -> None:
         type=Path,
         help="also run the shared bench kit's agent_trace.py (issue 15's own measure: time to "
         "the first content chunk, no probe) against each server",
+    )
+    parser.add_argument(
+        "--long-words",
+        type=int,
+        default=1000,
+        help="the long first turn of the head-of-line measure (0 skips it; ~3.7k demo tokens, "
+        "within the demo model's 4096-token context)",
     )
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-traces", action="store_true")
@@ -263,6 +324,9 @@ async def main() -> None:
             if not args.skip_traces:
                 results[name].update(await _traces(url, model, args))
                 print(json.dumps({name: results[name]}), flush=True)
+            if args.long_words:
+                results[name].update(await _behind_a_long_prompt(url, model, args))
+                print(json.dumps({name: results[name]}), flush=True)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for _ in range(args.rounds):
             for name, (url, model) in servers.items():
@@ -273,7 +337,12 @@ async def main() -> None:
             results[name][key] = statistics.median(run[key] for run in runs)
     print(f"\n{args.size} model, {args.reply_tokens}-token replies, {args.threads} torch "
           f"thread(s), {args.turns} turns, throughput: median of {args.rounds} rounds")  # fmt: skip
-    _report(results, traces=not args.skip_traces, throughput=args.rounds > 0)
+    _report(
+        results,
+        traces=not args.skip_traces,
+        throughput=args.rounds > 0,
+        behind=args.long_words > 0,
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
