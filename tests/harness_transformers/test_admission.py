@@ -14,9 +14,10 @@ from cortex_transformers.admission import prefill_order
         ([50_000, 300], 2048, [1, 0], 1),  # a later agent turn jumps a first turn's prefill
         ([50_000, 300, 40_000, 20], 2048, [1, 3, 0, 2], 2),  # long ones keep arrival order
         ([10, 20, 30], 2048, [0, 1, 2], 3),  # all short: arrival order
-        ([1023, 5], 2048, [0, 1], 1),  # 1023 + its first token fills the lane exactly
+        ([50_000, 1023], 2048, [1, 0], 1),  # 1023 + its first token fills the lane exactly
         ([50_000, 1024], 2048, [0, 1], 0),  # half the budget is not express
-        ([50_000, 600, 500, 300], 2048, [1, 3, 0, 2], 2),  # the lane holds 600 and 300
+        ([50_000, 600, 500, 300], 2048, [2, 3, 0, 1], 2),  # smallest first: 300 and 500 fit
+        ([950, 100], 2048, [1, 0], 1),  # a long prompt's last chunk does not hold a short one
         ([50_000, 3], 4, [0, 1], 0),  # a lane of 2 tokens holds nothing of 3 + 1
         ([50_000, 1], 6, [1, 0], 1),  # a fully cached prompt computes only its last token
     ],
