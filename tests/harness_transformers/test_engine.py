@@ -323,16 +323,21 @@ async def test_only_chunks_that_waste_little_attention_share_a_pass(demo) -> Non
     assert not runner.joins(short[:1], short[1])
 
 
-async def test_a_short_prompt_does_not_wait_behind_a_long_prefill(demo_dir: Path) -> None:
-    """A 2k-token prompt prefills 64 tokens an iteration; a short one sent once that has begun
-    gets its first token first, and both answers equal their runs alone."""
+async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path) -> None:
+    """A 2k-token prompt prefills 64 tokens an iteration. A short prompt and a medium one (more
+    than the 32-token express lane: chunked over iterations) sent once it has begun get their
+    first tokens before it, shortest first, and every answer equals its run alone."""
     model = load(demo_dir, LoadOptions(max_batch_tokens=64))
     try:
         scheduler = model._scheduler
         assert scheduler is not None
-        long = _prompt(model, "read this file: " + " ".join(f"line{i}" for i in range(600)))
-        short = _prompt(model, "and a quick question")
-        assert len(long) > 30 * 64 and len(short) < 32
+        prompts = {
+            "long": _prompt(model, "read this file: " + " ".join(f"line{i}" for i in range(600))),
+            "short": _prompt(model, "and a quick question"),
+            "medium": _prompt(model, "then this: " + " ".join(f"word{i}" for i in range(30))),
+        }
+        assert len(prompts["long"]) > 30 * 64 and len(prompts["short"]) < 31
+        assert 64 < len(prompts["medium"]) < 200
         loop = asyncio.get_running_loop()
         started = asyncio.Event()
         real = scheduler._runner.prefill
@@ -344,20 +349,20 @@ async def test_a_short_prompt_does_not_wait_behind_a_long_prefill(demo_dir: Path
         scheduler._runner.prefill = spying  # type: ignore[method-assign]
         firsts: list[str] = []
 
-        async def recorded(name: str, prompt: list[int]) -> list:
+        async def recorded(name: str) -> list:
             events = []
-            async for event in model.generate(prompt, GREEDY):
+            async for event in model.generate(prompts[name], GREEDY):
                 if not events:
                     firsts.append(name)
                 events.append(_plain(event))
             return events
 
-        long_task = asyncio.create_task(recorded("long", long))
+        long_task = asyncio.create_task(recorded("long"))
         await started.wait()
-        together = await asyncio.gather(long_task, recorded("short", short))
+        together = await asyncio.gather(long_task, recorded("medium"), recorded("short"))
         del scheduler._runner.prefill
-        alone = [await _collect(model, p, GREEDY) for p in (long, short)]  # cache hits now
+        alone = [await _collect(model, prompts[name], GREEDY) for name in prompts]  # cache hits
     finally:
         model.unload()
-    assert firsts == ["short", "long"]
-    assert together == alone
+    assert firsts == ["short", "medium", "long"]
+    assert together == [alone[0], alone[2], alone[1]]

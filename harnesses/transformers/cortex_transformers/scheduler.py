@@ -2,8 +2,8 @@
 
 Each iteration, under one token budget (``max_batch_tokens``): drop cancelled sequences; give
 every running row room for its next token, preempting the newest rows (their blocks freed, their
-tokens kept for recompute) when the pool is full; prefill waiting sequences, short prefills first
-(admission.py) then first-come first served, chunk by chunk with what the budget leaves after one
+tokens kept for recompute) when the pool is full; prefill waiting sequences, shorter ones beside
+the head of the queue (admission.py) then first-come first served, chunk by chunk with what the budget leaves after one
 token per running row (a waiting sequence is admitted once the pool holds its prompt, its cached
 prefix counted as held; short chunks of several sequences share a forward pass, runner.py); then
 one batched decode step. A 30k-token prompt therefore delays running streams by one budget's
@@ -31,7 +31,7 @@ from typing import TypeVar
 import torch
 
 from cortex.errors import CortexError, InternalError, Unavailable
-from cortex_transformers.admission import prefill_order
+from cortex_transformers.admission import express_budget, prefill_order
 from cortex_transformers.block_manager import BlockManager
 from cortex_transformers.generation import Generation, Item, deliver
 from cortex_transformers.runner import Chunk, ModelRunner
@@ -152,16 +152,17 @@ class Scheduler:
                 self._pending.appendleft(victim)
 
     def _prefill(self, budget: int) -> list[tuple[Generation, Item]]:
-        """Admit and prefill pending sequences within ``budget`` tokens, short ones first
-        (admission.py); those whose prompt is done sample their first token and join the
-        running rows. The short ones' first tokens go out before a long prefill chunk runs in
-        the same iteration, so they do not wait for it."""
+        """Admit and prefill pending sequences within ``budget`` tokens, short ones beside a
+        long one (admission.py); those whose prompt is done sample their first token and join
+        the running rows. The express lane's first tokens go out before the long prompt's chunk
+        runs in the same iteration, so they do not wait for it."""
         order, express = self._prefill_order(budget)
-        if not express or express == len(order):  # no long prefill to go ahead of
+        if not express:
             return self._prefill_in_order(order, budget, express=False)[0]
-        events, budget = self._prefill_in_order(order[:express], budget, express=True)
+        lane = express_budget(budget)
+        events, left = self._prefill_in_order(order[:express], lane, express=True)
         deliver(events)
-        return self._prefill_in_order(order[express:], budget, express=False)[0]
+        return self._prefill_in_order(order[express:], budget - lane + left, express=False)[0]
 
     def _prefill_in_order(
         self, order: list[Generation], budget: int, *, express: bool
@@ -201,8 +202,8 @@ class Scheduler:
         return events, budget
 
     def _prefill_order(self, budget: int) -> tuple[list[Generation], int]:
-        """The pending sequences this iteration may reach, short prefills first, and how many
-        of those lead the order (admission.py). Only as many as could join are looked at: a
+        """The pending sequences this iteration may reach, the express lane first, and how
+        many of them form it (admission.py). Only as many as could join are looked at: a
         cached-prefix lookup hashes the prompt (~1.5 ms for 50k tokens)."""
         room = self._max_batch - len(self._running)
         candidates = list(itertools.islice(self._pending, max(room, 0)))
