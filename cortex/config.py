@@ -151,7 +151,8 @@ class NeuronSection(_Strict, frozen=True):
     harnesses: tuple[Name, ...] = ()
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 16
     torch_threads: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
-    max_batch_tokens: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] = 2048
+    # 0: the harness picks by device (the transformers harness: 2048 on a GPU, 512 on the CPU)
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 0
     kv_cache_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     unload_drain_s: Seconds = 10.0
     queue_depth: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 64
@@ -163,6 +164,11 @@ class NeuronSection(_Strict, frozen=True):
 
     def __post_init__(self) -> None:
         _check_listen(listen=self.listen)
+        if 0 < self.max_batch_tokens < 16:
+            raise msgspec.ValidationError(
+                f"expected 0 (by device) or at least 16, got {self.max_batch_tokens}"
+                " - at `$.neuron.max_batch_tokens`"
+            )
 
 
 class NeuronConfig(_Strict, frozen=True):

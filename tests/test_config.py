@@ -96,6 +96,21 @@ def test_neuron_listen_is_checked_at_load(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("value", ["1", "15"])
+def test_a_step_of_fewer_than_16_tokens_is_refused_but_0_means_by_device(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load_neuron(
+            _write(tmp_path, "neuron.toml", f"[neuron]\nmax_batch_tokens = {value}\n")
+        )
+    assert str(err.value) == (
+        f"neuron.toml: neuron.max_batch_tokens: expected 0 (by device) or at least 16, got {value}"
+    )
+    by_device = _write(tmp_path, "ok.toml", "[neuron]\nmax_batch_tokens = 0\n")
+    assert config.load_neuron(by_device).neuron.max_batch_tokens == 0
+
+
 def test_bad_model_entry_names_its_index(tmp_path: Path) -> None:
     text = (
         '[[models]]\nid = "a"\nsource = "a"\n'

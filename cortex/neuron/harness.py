@@ -67,7 +67,8 @@ class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):
     torch_threads: int = 0  # 0 means the library default
     max_concurrency: int = 16
     memory_budget_bytes: int = 0  # what the device may still give this model; 0 = unknown
-    max_batch_tokens: int = 2048  # tokens one forward step may process (decode + prefill chunks)
+    # Tokens one forward step may process (decode + prefill chunks); 0: the harness's default.
+    max_batch_tokens: int = 0
     kv_cache_share: float = 0.5  # share of the budget left after the weights for the KV cache
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from cortex_transformers import loading
-from cortex_transformers.harness import TransformersHarness
+from cortex_transformers.harness import TransformersHarness, step_tokens
 
 from cortex.errors import InsufficientMemory, InvalidRequest
 from cortex.neuron.harness import LoadOptions, SamplingParams
@@ -49,6 +49,11 @@ def test_load_reports_context_bytes_and_progress(demo_dir: Path) -> None:
         assert [f for f, _ in stages] == sorted(f for f, _ in stages)
     finally:
         model.unload()
+
+
+def test_the_step_budget_defaults_by_device(demo) -> None:
+    assert demo._scheduler._max_tokens == step_tokens("cpu") == 512  # LoadOptions() says 0
+    assert step_tokens("cuda:0") == 2048
 
 
 def test_encode_chat_renders_tools_calls_and_results(demo) -> None:

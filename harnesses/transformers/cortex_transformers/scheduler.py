@@ -3,12 +3,12 @@
 Each iteration, under one token budget (``max_batch_tokens``): drop cancelled sequences; give
 every running row room for its next token, preempting the newest rows (their blocks freed, their
 tokens kept for recompute) when the pool is full; prefill waiting sequences, shorter ones beside
-the head of the queue (admission.py) then first-come first served, chunk by chunk with what the budget leaves after one
-token per running row (a waiting sequence is admitted once the pool holds its prompt, its cached
-prefix counted as held; short chunks of several sequences share a forward pass, runner.py); then
-one batched decode step. A 30k-token prompt therefore delays running streams by one budget's
-worth of prefill at a time, a short request waits at most for the chunk already running, and a
-prefix already in the pool is not computed again.
+the head of the queue (admission.py) then first-come first served, chunk by chunk with what the
+budget leaves after one token per running row (a waiting sequence is admitted once the pool
+holds its prompt, its cached prefix counted as held; short chunks of several sequences share a
+forward pass, runner.py); then one batched decode step. A 30k-token prompt therefore delays
+running streams by one budget's worth of prefill at a time, a short request waits at most for
+the chunk already running, and a prefix already in the pool is not computed again.
 
 A failed decode step or packed prefill fails only the rows that cause it: the batch is re-run
 row by row and only the rows that fail alone get the error (issue 11). The KV writes of a step
