@@ -60,10 +60,11 @@ def test_freed_prefixes_stay_cached_until_the_pool_needs_their_blocks() -> None:
     manager.deallocate(old)
     recent, _ = _run(manager, list(range(200, 205)))
     manager.deallocate(recent)
-    # Two fresh blocks needed: the least recently freed go first (the old prompt's tail).
+    # Two fresh blocks needed: the least recently freed first (the old prompt's second block),
+    # then the empty block right after it (recent's partly filled one), not another cached one.
     _run(manager, [1, 2, 3, 4, 5])
     assert manager.cached_prefix(list(range(200, 205))) != []
-    assert manager.cached_prefix(list(range(100, 109))) == []
+    assert manager.cached_prefix(list(range(100, 109))) == [0]
 
 
 def test_can_allocate_counts_hits_as_held_and_keeps_the_spare() -> None:
@@ -95,3 +96,39 @@ def test_append_takes_a_block_only_at_a_block_boundary() -> None:
     for _ in range(3):
         manager.append(table)
     assert not manager.can_append(table)
+
+
+def _decode(manager: BlockManager, table: BlockTable, tokens: list[int], new: list[int]) -> None:
+    """Append ``new`` tokens one by one as decoding does, publishing full blocks."""
+    for token in new:
+        manager.append(table)
+        tokens.append(token)
+        manager.register(table, tokens, len(tokens))
+
+
+def test_one_growing_session_stays_in_consecutive_blocks_across_turns() -> None:
+    manager = BlockManager(16, BS)
+    turn = list(range(10))
+    first, _ = _run(manager, turn)
+    _decode(manager, first, turn, [50, 51, 52, 53, 54])  # the reply: 15 tokens in 4 blocks
+    manager.deallocate(first)
+    nxt = [*turn, 60, 61, 62, 63, 64, 65]  # the next turn: the whole last one, then more
+    second, cached = _run(manager, nxt)
+    assert cached == 12  # the three full blocks; the partly filled fourth is computed again
+    assert second.blocks == list(range(6)) and second.consecutive == 6
+    assert second.span(BS, len(nxt)) == 0
+    _decode(manager, second, nxt, [70, 71, 72])
+    assert second.blocks == list(range(6)) and second.span(BS, len(nxt)) == 0
+
+
+def test_a_block_after_a_table_that_caches_another_prefix_is_left_alone() -> None:
+    manager = BlockManager(8, BS)
+    a, _ = _run(manager, list(range(8)))  # blocks 0, 1
+    b, _ = _run(manager, list(range(100, 108)))  # blocks 2, 3
+    manager.deallocate(b)
+    manager.deallocate(a)
+    longer, cached = _run(manager, [*range(8), *range(20, 30)])  # 2 hits, 3 fresh
+    assert cached == 8 and longer.blocks == [0, 1, 4, 5, 6]  # not 2: b's head, still cached
+    assert manager.cached_prefix([*range(100, 104), 0]) == [2]
+    assert longer.consecutive == 2
+    assert longer.span(BS, 18) is None and longer.span(BS, 8) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cortex_transformers import sampling
-from cortex_transformers.block_manager import BlockManager
+from cortex_transformers.block_manager import BlockManager, BlockTable
 from cortex_transformers.generation import Generation
 from cortex_transformers.harness import TransformersModel
 from cortex_transformers.kvcache import KVPool, bytes_per_token
@@ -366,3 +366,35 @@ async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path)
         model.unload()
     assert firsts == ["short", "medium", "long"]
     assert together == [alone[0], alone[2], alone[1]]
+
+
+async def test_one_session_reads_its_kv_in_place_and_answers_as_the_gather_does(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turn 2 is turn 1, the reply's own ids (as a real model's re-tokenize) and a new message:
+    its blocks stay consecutive, so every forward pass of both turns reads the pool in place
+    (test spy on KVPool.view), and the answer equals the one read through the gather."""
+    model = load(demo_dir)
+    try:
+        params = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+        turn1 = _conversation(model, 0)
+        reply = _hf_greedy(demo_dir, turn1, 40)
+        turn2 = turn1 + reply + model.encode_chat([{"role": "user", "content": "next"}], None)
+        in_place: list[bool] = []
+        real_view = KVPool.view
+
+        def spying(self, write, read, past, span=None):  # type: ignore[no-untyped-def]
+            in_place.append(span is not None)
+            return real_view(self, write, read, past, span)
+
+        monkeypatch.setattr(KVPool, "view", spying)
+        await _events(model, turn1, params)
+        second = await _events(model, turn2, params)
+        assert len(in_place) == 2 * 40 and all(in_place)
+        assert second[-1].cached_tokens == (len(turn1) + 39) // 16 * 16  # the reply's blocks too
+        monkeypatch.setattr(BlockTable, "span", lambda self, block_size, tokens: None)
+        gathered = await _events(model, turn2, params)
+        assert not any(in_place[80:])
+    finally:
+        model.unload()
+    assert [_plain(e) for e in second] == [_plain(e) for e in gathered]

@@ -7,7 +7,9 @@ return the K/V of every token the rows attend to, gathered from their slots into
 ``[B, kv_heads, W, head_dim]`` in the column order runner.py chose (rows right-aligned; padding
 columns read slot 0, finite and masked). Joining or leaving the batch copies nothing; a step's
 only copy is the gather (``index_select`` on 2-D rows: several times faster on CPU than advanced
-indexing).
+indexing), and a single row whose slots form one range (consecutive blocks, block_manager.py)
+is not even gathered: its K/V are a view of the pool. At 22k tokens of context the gather was
+half of a decode step on the CPU.
 
 Every layer keeps full KV (no sliding-window truncation); sliding-window models still decode
 correctly because their masks come from the model. Models with linear attention layers
@@ -47,15 +49,19 @@ class KVPool:
         self.values = [torch.zeros(shape, dtype=model.dtype, device=device) for _ in range(layers)]
         self.bytes = bytes_per_token(model) * num_slots
 
-    def view(self, write: torch.Tensor, read: torch.Tensor, past: int) -> Cache:
+    def view(
+        self, write: torch.Tensor, read: torch.Tensor, past: int, span: int | None = None
+    ) -> Cache:
         """A cache for one forward pass.
 
         write: [B, Q] slots for the new tokens' K/V; read: [B, W] slots each row attends to, in
         order, the new ones included (W = past + Q); past: columns before the new tokens, which
-        the model adds to its query positions when it builds the causal mask.
+        the model adds to its query positions when it builds the causal mask; span: when B is 1
+        and ``read`` is the range span..span+W, its first slot (the K/V are read in place).
         """
         layers = [
-            PagedLayer(k, v, write, read, past) for k, v in zip(self.keys, self.values, strict=True)
+            PagedLayer(k, v, write, read, past, span)
+            for k, v in zip(self.keys, self.values, strict=True)
         ]
         return Cache(layers=layers)  # type: ignore[arg-type]
 
@@ -70,10 +76,11 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         write: torch.Tensor,
         read: torch.Tensor,
         past: int,
+        span: int | None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._pool_k, self._pool_v = keys, values
-        self._write, self._read, self._past = write, read, past
+        self._write, self._read, self._past, self._span = write, read, past, span
         self.is_initialized = True
         self.device = keys.device
 
@@ -89,9 +96,14 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self._pool_v.index_copy_(0, slots, value_states.transpose(1, 2).reshape(b * q, -1))
         # pool rows [B*W, H*D] -> [B, H, W, D]
         width = self._read.shape[1]
-        read = self._read.reshape(-1)
-        self.keys = self._pool_k.index_select(0, read).view(b, width, h, d).transpose(1, 2)
-        self.values = self._pool_v.index_select(0, read).view(b, width, h, -1).transpose(1, 2)
+        if self._span is not None:  # one row in one slot range: a view, nothing copied
+            keys = self._pool_k[self._span : self._span + width]
+            values = self._pool_v[self._span : self._span + width]
+        else:
+            read = self._read.reshape(-1)
+            keys, values = self._pool_k.index_select(0, read), self._pool_v.index_select(0, read)
+        self.keys = keys.view(b, width, h, d).transpose(1, 2)
+        self.values = values.view(b, width, h, -1).transpose(1, 2)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:

@@ -97,7 +97,8 @@ class ModelRunner:
         """One chunk alone: the model builds its own masks (any attention, sliding windows)."""
         start, end = seq.computed, seq.computed + count
         slots = self._slots(seq.table, end)
-        cache = self._pool.view(slots[None, start:end], slots[None, :end], start)
+        span = seq.table.span(self._blocks.block_size, end)
+        cache = self._pool.view(slots[None, start:end], slots[None, :end], start, span)
         out = self._model(
             input_ids=torch.tensor([seq.tokens[start:end]], device=self._device),  # [1, S]
             position_ids=torch.arange(start, end, device=self._device)[None],  # [1, S]
@@ -119,11 +120,12 @@ class ModelRunner:
         for i, (seq, n) in enumerate(zip(rows, lengths, strict=True)):
             read[i, width - n :] = self._slots(seq.table, n)
             mask[i, width - n :] = 1
+        span = rows[0].table.span(self._blocks.block_size, width) if len(rows) == 1 else None
         out = self._model(
             input_ids=torch.tensor([[seq.tokens[-1]] for seq in rows], device=self._device),
             attention_mask=mask if min(lengths) < width else None,
             position_ids=torch.tensor([[n - 1] for n in lengths], device=self._device),  # [B, 1]
-            cache=self._pool.view(read[:, -1:], read, width - 1),
+            cache=self._pool.view(read[:, -1:], read, width - 1, span),
             use_cache=True,
         )
         for seq, n in zip(rows, lengths, strict=True):
