@@ -80,7 +80,7 @@ def _model(work: Path) -> Path:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[4000, 16000])
-    parser.add_argument("--tokens", type=int, default=64, help="tokens to decode per prompt")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens to decode per prompt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
