@@ -64,6 +64,7 @@ async def _measure(url: str, model: str, size: int, tokens: int) -> dict[str, An
         "prompt_tokens": prompt_tokens,
         "ttft_s": round(first, 2),
         "decode_tok_s": round((generated - 1) / (total - first), 1),
+        "decoded": generated,
     }
 
 
