@@ -127,8 +127,8 @@ class BlockManager:
         previous = self._blocks[table.blocks[table.hashed - 1]].hash if table.hashed else None
         for index in range(table.hashed, full):
             chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
-            block = self._blocks[table.blocks[index]]
             previous = _chain(previous, chunk)
+            block = self._blocks[table.blocks[index]]
             block.hash, block.tokens = previous, chunk
             self._by_hash.setdefault(previous, block.id)
         table.hashed = max(table.hashed, full)
