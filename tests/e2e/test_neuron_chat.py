@@ -194,7 +194,7 @@ async def test_a_short_request_is_answered_during_long_prefills(
     client = openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key=neuron.token, max_retries=0)
     short = [{"role": "user", "content": "hi"}]
     count = neuron.api("POST", "/v1/tokenize", {"model": "tiny", "messages": short})[1]["count"]
-    assert count < 16  # within the express lane: half the budget
+    assert count < 16  # its prefill fits in one step's express lane (half the budget)
 
     async def ask(text: str) -> str | None:
         completion = await client.chat.completions.create(

@@ -4,7 +4,7 @@ head of the queue form an express lane, smallest first; otherwise arrival order 
 from __future__ import annotations
 
 import pytest
-from cortex_transformers.admission import express_budget, prefill_order
+from cortex_transformers.admission import prefill_order
 
 
 @pytest.mark.parametrize(
@@ -26,8 +26,3 @@ def test_shorter_prefills_than_the_head_go_first_when_all_do_not_fit(
     remaining: list[int], budget: int, order: list[int], express: int
 ) -> None:
     assert prefill_order(remaining, budget) == (order, express)
-
-
-def test_the_express_lane_leaves_the_head_half_the_budget() -> None:
-    assert express_budget(2048) == 1024
-    assert express_budget(17) == 8
