@@ -47,6 +47,9 @@ class BlockTable:
     tokens: int = 0  # tokens whose KV is written (or about to be, this step)
     hashed: int = 0  # leading blocks that are full and registered in the prefix cache
     consecutive: int = 0  # leading blocks whose ids follow each other: one slot range
+    # (chained hash, tokens) of the sequence's full blocks so far, computed once: a sequence's
+    # tokens only grow, so they stay valid after deallocate (a preempted sequence comes back).
+    keys: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     def span(self, block_size: int, tokens: int) -> int | None:
         """The first slot of the first ``tokens`` tokens when they lie in one slot range."""
@@ -73,24 +76,27 @@ class BlockManager:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def cached_prefix(self, tokens: list[int]) -> list[int]:
+    def cached_prefix(self, tokens: list[int], table: BlockTable | None = None) -> list[int]:
         """Block ids holding the longest cached prefix of ``tokens``, leaving at least one token
-        to compute (the last token's logits are needed)."""
+        to compute (the last token's logits are needed). ``table``, the tokens' own, keeps
+        their block keys between calls (a waiting agent turn is looked up every step)."""
         found: list[int] = []
-        previous: int | None = None
-        for index in range((len(tokens) - 1) // self.block_size):
-            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
-            previous = _chain(previous, chunk)
-            block_id = self._by_hash.get(previous)
+        count = (len(tokens) - 1) // self.block_size
+        keys = self._keys(tokens, count, table or BlockTable())
+        for index in range(count):
+            key, chunk = keys[index]
+            block_id = self._by_hash.get(key)
             if block_id is None or self._blocks[block_id].tokens != chunk:
                 break
             found.append(block_id)
         return found
 
-    def can_allocate(self, tokens: list[int], spare: int = 0) -> bool:
+    def can_allocate(
+        self, tokens: list[int], spare: int = 0, table: BlockTable | None = None
+    ) -> bool:
         """Whether ``tokens`` fit now with ``spare`` blocks left over, counting their cached
         prefix as already held."""
-        hits = self.cached_prefix(tokens)
+        hits = self.cached_prefix(tokens, table)
         reclaimable = sum(1 for b in hits if self._blocks[b].ref_count == 0)
         fresh = self.blocks_for(len(tokens)) - len(hits)
         return fresh + spare <= self.free_blocks - reclaimable
@@ -98,7 +104,7 @@ class BlockManager:
     def allocate(self, table: BlockTable, tokens: list[int]) -> int:
         """Give an empty ``table`` blocks for ``tokens``; returns how many are cached (their KV is
         already in the pool). Call ``can_allocate`` first."""
-        hits = self.cached_prefix(tokens)
+        hits = self.cached_prefix(tokens, table)
         for block_id in hits:
             self._take(block_id)
         table.blocks, table.consecutive = [], 0
@@ -124,13 +130,11 @@ class BlockManager:
         """Publish ``table``'s blocks that became full to the prefix cache, once the KV of
         ``tokens[:written]`` is in the pool (never earlier: another sequence may reuse them)."""
         full = written // self.block_size
-        previous = self._blocks[table.blocks[table.hashed - 1]].hash if table.hashed else None
+        keys = self._keys(tokens, full, table)
         for index in range(table.hashed, full):
-            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
-            previous = _chain(previous, chunk)
             block = self._blocks[table.blocks[index]]
-            block.hash, block.tokens = previous, chunk
-            self._by_hash.setdefault(previous, block.id)
+            block.hash, block.tokens = keys[index]
+            self._by_hash.setdefault(block.hash, block.id)
         table.hashed = max(table.hashed, full)
 
     def deallocate(self, table: BlockTable) -> None:
@@ -142,6 +146,18 @@ class BlockManager:
             if block.ref_count == 0:
                 self._free[block_id] = None
         table.blocks, table.tokens, table.hashed, table.consecutive = [], 0, 0, 0
+
+    def _keys(
+        self, tokens: list[int], count: int, table: BlockTable
+    ) -> list[tuple[int, tuple[int, ...]]]:
+        """``table.keys`` extended to at least ``count`` full blocks of ``tokens``."""
+        keys = table.keys
+        previous = keys[-1][0] if keys else None
+        for index in range(len(keys), count):
+            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
+            previous = _chain(previous, chunk)
+            keys.append((previous, chunk))
+        return keys
 
     def _take(self, block_id: int) -> None:
         block = self._blocks[block_id]
