@@ -240,7 +240,7 @@ def _response_format(text: rs.TextConfig | None) -> oa.ResponseFormat | None:
         return None
     if fmt.type == "json_object":
         return oa.ResponseFormat(type="json_object")
-    schema = {"name": fmt.name or "response", "schema": fmt.schema or {}, "strict": fmt.strict}
+    schema = oa.JsonSchemaFormat(name=fmt.name or "response", schema=fmt.schema, strict=fmt.strict)
     return oa.ResponseFormat(type="json_schema", json_schema=schema)
 
 

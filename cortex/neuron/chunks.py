@@ -47,8 +47,9 @@ class ChunkEncoder:
         delta: openai.Delta,
         finish: openai.FinishReason | None = None,
         stop_reason: str | None = None,
+        logprobs: openai.ChoiceLogprobs | None = None,
     ) -> bytes:
-        return event(self._encode(delta, finish, stop_reason))
+        return event(self._encode(delta, finish, stop_reason, logprobs))
 
     def usage(self, usage: openai.Usage) -> bytes:
         """The extra chunk ``stream_options.include_usage`` asks for: no choices, only usage."""
@@ -62,8 +63,11 @@ class ChunkEncoder:
         delta: openai.Delta,
         finish: openai.FinishReason | None,
         stop_reason: str | None = None,
+        logprobs: openai.ChoiceLogprobs | None = None,
     ) -> bytes:
-        choice = openai.ChunkChoice(delta=delta, finish_reason=finish, stop_reason=stop_reason)
+        choice = openai.ChunkChoice(
+            delta=delta, finish_reason=finish, stop_reason=stop_reason, logprobs=logprobs
+        )
         chunk = openai.ChatCompletionChunk(
             id=self._id, created=self._created, model=self._model, choices=[choice]
         )

@@ -28,11 +28,14 @@ from aiohttp import web
 from cortex import sse
 from cortex.errors import CortexError, InternalError
 from cortex.neuron import chunks, prompt
+from cortex.neuron.capabilities import refuse_unsupported
+from cortex.neuron.constrain import constraint_for
+from cortex.neuron.constraints import TokenLogprob, ToolCalls
 from cortex.neuron.harness import LoadedModel, SamplingParams
 from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.metrics import METRICS
 from cortex.neuron.outcome import Outcome
-from cortex.neuron.slot import Lease
+from cortex.neuron.slot import Lease, Slot
 from cortex.neuron.stops import StopMatcher
 from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parser
 from cortex.protocol import decode, openai
@@ -45,7 +48,7 @@ HEARTBEAT = sse.comment(b"queued")  # clients and the gateway's relay skip comme
 class Plan:
     """Everything decided before the first token."""
 
-    __slots__ = ("params", "parser", "prefix", "prompt_ids", "stops")
+    __slots__ = ("logprobs", "params", "parser", "prefix", "prompt_ids", "stops")
 
     def __init__(
         self,
@@ -57,6 +60,8 @@ class Plan:
     ) -> None:
         self.prompt_ids, self.params, self.stops, self.parser = prompt_ids, params, stops, parser
         self.prefix = prefix  # forced tool call opening: in the prompt, and fed to the parser
+        # Each generated token's logprobs when asked for; the stream takes them as it goes.
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
 
 
 async def handle(request: web.Request, manager: ModelManager) -> web.StreamResponse:
@@ -88,7 +93,7 @@ async def _answer(
     try:
         async with manager.lease(body.model) as lease:  # 404 / 429 as statuses
             slot = lease.slot
-            plan = await _plan(body, lease.model, slot.vision, slot.request.tool_parser)
+            plan = await _plan(body, lease.model, slot)
             outcome.prompt_tokens = len(plan.prompt_ids)
             if not body.stream:
                 await manager.admit(lease)
@@ -121,17 +126,25 @@ async def _open_stream(request: web.Request, enc: chunks.ChunkEncoder) -> web.St
     return response
 
 
-async def _plan(
-    body: openai.ChatCompletionRequest, model: LoadedModel, vision: bool, tool_parser: str
-) -> Plan:
-    messages = prompt.template_messages(body.messages, vision=vision)
+async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Slot) -> Plan:
+    features = slot.sampling
+    refuse_unsupported(body, features, model.model_id)
+    messages = prompt.template_messages(body.messages, vision=slot.vision)
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = prompt.template_tools(body.tools) if use_tools else None
+    tool_parser = slot.request.tool_parser
     parser = get_parser(tool_parser) if use_tools and tool_parser != "none" else None
-    prefix = prompt.tool_call_prefix(body, parser, model.model_id)
+    constraint = constraint_for(
+        body, parser, supported=features.constraints, model_id=model.model_id
+    )
+    forced_by_grammar = isinstance(constraint, ToolCalls) and constraint.forced
+    prefix = "" if forced_by_grammar else prompt.tool_call_prefix(body, parser, model.model_id)
     ids = await asyncio.to_thread(model.encode_chat, messages, tools, prefix=prefix)
     budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
-    return Plan(ids, prompt.sampling_params(body, budget), body.stop_list, parser, prefix)
+    params = prompt.sampling_params(body, budget, constraint)
+    if constraint is not None or params.logit_bias:
+        await asyncio.to_thread(model.prepare, params)  # compile the grammar: a 400 comes here
+    return Plan(ids, params, body.stop_list, parser, prefix)
 
 
 async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenerator[str, None]:
@@ -142,6 +155,8 @@ async def texts(model: LoadedModel, plan: Plan, outcome: Outcome) -> AsyncGenera
         async for step in events:
             outcome.completion_tokens = step.completion_tokens
             outcome.cached_tokens = step.cached_tokens
+            if plan.logprobs is not None and step.logprobs:
+                plan.logprobs += step.logprobs
             if outcome.first_token is None and step.completion_tokens:
                 outcome.first_token = time.perf_counter()
             if text := matcher.feed(step.text):
@@ -178,7 +193,12 @@ async def _complete(
         created=created,
         model=body.model,
         choices=[
-            openai.Choice(message=message, finish_reason=finish, stop_reason=outcome.stop_string)
+            openai.Choice(
+                message=message,
+                finish_reason=finish,
+                stop_reason=outcome.stop_string,
+                logprobs=_take_logprobs(plan),
+            )
         ],
         usage=_usage(plan, outcome),
     )
@@ -201,19 +221,20 @@ async def _stream(
     parser = plan.parser() if plan.parser is not None else None
     try:
         for piece in parser.feed(plan.prefix) if parser is not None else ():
-            await write(_piece(enc, piece))
+            await write(_piece(enc, piece, plan))
         async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
             async for text in _paced(stream, manager.heartbeat_s, ping):
                 if parser is None:
-                    await write(enc.content(text))
+                    await write(_content(enc, text, plan))
                 else:
                     for piece in parser.feed(text):
-                        await write(_piece(enc, piece))
+                        await write(_piece(enc, piece, plan))
         for piece in parser.finish() if parser is not None else ():
-            await write(_piece(enc, piece))
+            await write(_piece(enc, piece, plan))
         tool_calls = parser is not None and parser.saw_tool_calls
         finish = "tool_calls" if tool_calls else outcome.finish_reason
-        await write(enc.delta(openai.Delta(), finish, outcome.stop_string))
+        logprobs = _take_logprobs(plan)
+        await write(enc.delta(openai.Delta(), finish, outcome.stop_string, logprobs))
         if body.wants_usage_chunk:
             await write(enc.usage(_usage(plan, outcome)))
     except CortexError as exc:
@@ -264,10 +285,38 @@ async def _next_or_end(stream: AsyncIterator[str]) -> tuple[bool, str]:
         return False, ""
 
 
-def _piece(enc: chunks.ChunkEncoder, piece: ParsedEvent) -> bytes:
+def _piece(enc: chunks.ChunkEncoder, piece: ParsedEvent, plan: Plan) -> bytes:
     if isinstance(piece, ContentEvent):
-        return enc.content(piece.text)
-    return enc.delta(openai.Delta(tool_calls=[piece.as_delta()]))
+        return _content(enc, piece.text, plan)
+    delta = openai.Delta(tool_calls=[piece.as_delta()])
+    return enc.delta(delta, logprobs=_take_logprobs(plan))
+
+
+def _content(enc: chunks.ChunkEncoder, text: str, plan: Plan) -> bytes:
+    """A content chunk; with logprobs asked for, it carries those of the tokens generated since
+    the last chunk (text held back by a stop string or a parser goes out later, so a chunk's
+    logprobs cover the tokens that produced it or came before it)."""
+    if plan.logprobs is None:
+        return enc.content(text)
+    return enc.delta(openai.Delta(content=text), logprobs=_take_logprobs(plan))
+
+
+def _take_logprobs(plan: Plan) -> openai.ChoiceLogprobs | None:
+    """The logprobs gathered so far (emptied), in OpenAI's shape; None when not asked for."""
+    if plan.logprobs is None:
+        return None
+    taken, plan.logprobs = plan.logprobs, []
+    return openai.ChoiceLogprobs(content=[_logprob_entry(entry) for entry in taken])
+
+
+def _logprob_entry(entry: TokenLogprob) -> openai.LogprobEntry:
+    top = [
+        openai.TopLogprobEntry(token=alt.token, logprob=alt.logprob, bytes=alt.bytes)
+        for alt in entry.top
+    ]
+    return openai.LogprobEntry(
+        token=entry.token, logprob=entry.logprob, bytes=entry.bytes, top_logprobs=top
+    )
 
 
 def _usage(plan: Plan, outcome: Outcome) -> openai.Usage:

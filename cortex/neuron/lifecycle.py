@@ -197,7 +197,7 @@ class ModelManager:
                 f"model {request.model!r} needs {need / GB:.2f} GB but {device.id} has "
                 f"{max(free, 0) / GB:.2f} GB free"
             )
-        slot = Slot(request, harness.name, device.id, need, info.vision)
+        slot = Slot(request, harness.name, device.id, need, info.vision, info.sampling)
         self._slots[request.model] = slot
         options = LoadOptions(
             allow_hub_download=self._config.allow_hub_download,

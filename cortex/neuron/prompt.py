@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
+from cortex.neuron.constraints import Constraint
 from cortex.neuron.harness import SamplingParams
 from cortex.neuron.tools import ToolParser
 from cortex.protocol import openai
@@ -99,7 +100,11 @@ def prompt_too_long(prompt_tokens: int, context_length: int) -> ContextLengthExc
     )
 
 
-def sampling_params(request: openai.ChatCompletionRequest, max_new_tokens: int) -> SamplingParams:
+def sampling_params(
+    request: openai.ChatCompletionRequest,
+    max_new_tokens: int,
+    constraint: Constraint | None = None,
+) -> SamplingParams:
     """OpenAI defaults: temperature 1.0 and top_p 1.0 when absent; temperature 0 is greedy."""
     return SamplingParams(
         max_new_tokens=max_new_tokens,
@@ -108,6 +113,14 @@ def sampling_params(request: openai.ChatCompletionRequest, max_new_tokens: int) 
         top_k=request.top_k or 0,
         seed=request.seed,
         ignore_eos=request.ignore_eos,
+        constraint=constraint,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        presence_penalty=request.presence_penalty or 0.0,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        logit_bias={int(k): v for k, v in request.logit_bias.items()} or None
+        if request.logit_bias
+        else None,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
 
 

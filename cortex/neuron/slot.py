@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from cortex.errors import Unavailable
+from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import LoadedModel
 from cortex.protocol.neuron import (
     LoadProgress,
@@ -21,6 +22,8 @@ from cortex.protocol.neuron import (
     ModelStatus,
     UnloadResponse,
 )
+
+NO_SAMPLING_FEATURES = SamplingFeatures()
 
 
 class Lease:
@@ -69,11 +72,18 @@ TRANSITIONS: Final[Mapping[ModelState, frozenset[ModelState]]] = {
 
 class Slot:
     def __init__(
-        self, request: LoadRequest, harness: str, device: str, reserved: int, vision: bool
+        self,
+        request: LoadRequest,
+        harness: str,
+        device: str,
+        reserved: int,
+        vision: bool,
+        sampling: SamplingFeatures = NO_SAMPLING_FEATURES,
     ) -> None:
         self.request = request
         self.harness = harness
         self.vision = vision  # the harness takes image parts
+        self.sampling = sampling  # the optional sampling fields the harness honours
         self.device = device
         self.reserved = reserved  # bytes promised to this model before it measured itself
         self.state: ModelState = "loading"

@@ -20,7 +20,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -62,6 +62,10 @@ class ToolParser(ABC):
 
     saw_tool_calls: bool = False
     """True once a tool call was emitted: the finish_reason must then be "tool_calls"."""
+
+    markup: ClassVar[tuple[str, str] | None] = None
+    """The tags around one call whose body is ``{"name": ..., "arguments": {...}}`` (what a
+    grammar can force, constraints.py); None when this markup cannot be constrained."""
 
     @classmethod
     def call_prefix(cls, name: str | None) -> str | None:
@@ -126,6 +130,8 @@ class HermesParser(ToolParser):
     the newlines models put around their blocks. What comes out never depends on how the text
     was chunked.
     """
+
+    markup = (_OPEN, _CLOSE)
 
     @classmethod
     def call_prefix(cls, name: str | None) -> str:

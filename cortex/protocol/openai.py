@@ -1,8 +1,10 @@
 """OpenAI Chat Completions wire shapes (request, response, stream chunk, model list).
 
-Bounds live in the types, so decoding is validation. Fields real clients send that cortex does
-not use (logprobs, presence_penalty, ...) are declared loosely or simply ignored: msgspec drops
-unknown fields by default, which is what a server must do for forward compatibility.
+Bounds live in the types, so decoding is validation. Every field a client sends that changes
+the answer is declared here and honoured by the neuron (or refused there with a 400 naming it,
+when the model's harness lacks it: docs/api.md lists each). Unknown fields are dropped, as a
+server must for forward compatibility; ``user`` and ``metadata`` are accepted and change nothing
+by definition.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 TopK = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 StopStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-SAMPLING_FLOATS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+SAMPLING_FLOATS = (
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+)
 
 
 # --------------------------------------------------------------------------- request parts
@@ -129,9 +137,29 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(msgspec.Struct, kw_only=True):
+    name: Annotated[str, msgspec.Meta(max_length=64)] = "response"
+    description: str | None = None
+    schema: dict[str, Any] | None = None  # None: any JSON object
+    strict: bool | None = None  # cortex always constrains, so strict or not it is honoured
+
+    def __post_init__(self) -> None:
+        check_nesting(self.schema, "response_format.json_schema.schema")
+
+
 class ResponseFormat(msgspec.Struct, kw_only=True):
     type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise msgspec.ValidationError(
+                "type json_schema needs a json_schema object - at `$.response_format.json_schema`"
+            )
+
+
+LogitBias = Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -144,7 +172,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     top_k: TopK | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+    n: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     seed: Seed | None = None
     ignore_eos: bool = False  # vLLM's extension: run to max_tokens past EOS (benchmarks, tests)
     stop: StopStr | Annotated[list[StopStr], msgspec.Meta(max_length=16)] | None = None
@@ -155,15 +183,23 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     response_format: ResponseFormat | None = None
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] | None = None  # vLLM's
+    logit_bias: Annotated[dict[str, LogitBias], msgspec.Meta(max_length=1024)] | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    # vLLM's: extra variables for the chat template (Qwen3's enable_thinking, ...)
+    chat_template_kwargs: Annotated[dict[str, Any], msgspec.Meta(max_length=32)] | None = None
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in SAMPLING_FLOATS:
             check_normal(getattr(self, name), name)
-        if self.logprobs:
-            # No harness returns logprobs: refuse rather than answer without them.
-            refuse("logprobs", "logprobs are not supported; omit the field or send false")
+        if self.top_logprobs is not None and not self.logprobs:
+            refuse("top_logprobs", "top_logprobs needs logprobs: true")
+        for key in self.logit_bias or ():
+            if not key.isdigit():
+                refuse("logit_bias", f"logit_bias keys are token ids; got {key!r}")
         self._check_tool_choice()
 
     def _check_tool_choice(self) -> None:
@@ -221,11 +257,29 @@ class ResponseMessage(msgspec.Struct, kw_only=True, omit_defaults=False):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprobEntry(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class LogprobEntry(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprobEntry] = msgspec.field(default_factory=list)
+
+
+class ChoiceLogprobs(msgspec.Struct, kw_only=True):
+    content: list[LogprobEntry] | None = None
+    refusal: None = None
+
+
 class Choice(msgspec.Struct, kw_only=True):
     index: int = 0
     message: ResponseMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     # vLLM's extension: the stop string that ended generation (None for EOS or length).
     stop_reason: str | None = None
 
@@ -262,7 +316,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     stop_reason: str | None = None  # as in Choice
 
 

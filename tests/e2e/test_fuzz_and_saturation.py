@@ -183,11 +183,31 @@ def _chat_bodies() -> list[tuple[str, bytes]]:
         ("top-p-subnormal", _json({**ok, "top_p": 5e-324})),
         ("max-tokens-negative", _json({**ok, "max_tokens": -1})),
         ("max-tokens-bignum", b'{"model":"tiny","messages":[],"max_tokens":' + b"9" * 5000 + b"}"),
-        ("n-5", _json({**ok, "n": 5})),
+        ("n-9", _json({**ok, "n": 9})),
         ("stop-100", _json({**ok, "stop": ["x"] * 100})),
         ("stream-string", _json({**ok, "stream": "yes"})),
         ("tool-choice-bogus", _json({**ok, "tool_choice": "sometimes"})),
-        ("logprobs", _json({**ok, "logprobs": True})),
+        ("top-logprobs-21", _json({**ok, "logprobs": True, "top_logprobs": 21})),
+        ("top-logprobs-without-logprobs", _json({**ok, "top_logprobs": 2})),
+        ("logit-bias-word-key", _json({**ok, "logit_bias": {"hello": 5}})),
+        ("logit-bias-token-out-of-vocab", _json({**ok, "logit_bias": {"99999999": 5}})),
+        ("logit-bias-200", _json({**ok, "logit_bias": {"1": 200}})),
+        ("repetition-penalty-0", _json({**ok, "repetition_penalty": 0})),
+        ("json-schema-missing", _json({**ok, "response_format": {"type": "json_schema"}})),
+        (
+            "json-schema-bogus-type",
+            _json(
+                {
+                    **ok,
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                    },
+                }
+            ),
+        ),
+        ("chat-template-kwargs-list", _json({**ok, "chat_template_kwargs": [1]})),
+        ("reasoning-effort-bogus", _json({**ok, "reasoning_effort": "extreme"})),
         ("frequency-penalty-9", _json({**ok, "frequency_penalty": 9})),
         (
             "image-non-vision",

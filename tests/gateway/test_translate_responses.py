@@ -110,11 +110,9 @@ def test_settings_map_onto_chat_fields() -> None:
     assert (chat.max_tokens, chat.temperature, chat.parallel_tool_calls) == (50, 0.2, False)
     assert chat.tool_choice == oa.NamedToolChoice(function=oa.ToolChoiceFunction("f"))
     assert chat.response_format is not None and chat.response_format.type == "json_schema"
-    assert chat.response_format.json_schema == {
-        "name": "out",
-        "schema": {"type": "object"},
-        "strict": None,
-    }
+    assert chat.response_format.json_schema == oa.JsonSchemaFormat(
+        name="out", schema={"type": "object"}, strict=None
+    )
 
 
 def test_function_output_images_follow_as_a_user_message() -> None:

@@ -41,7 +41,8 @@ def test_nesting_at_the_limit_passes_and_one_more_level_fails() -> None:
         (_chat(temperature=1.8e-39), openai.ChatCompletionRequest, "temperature"),
         (_chat(top_p=5e-324), openai.ChatCompletionRequest, "top_p"),
         (_chat(presence_penalty=-1e-40), openai.ChatCompletionRequest, "presence_penalty"),
-        (_chat(logprobs=True), openai.ChatCompletionRequest, "logprobs"),
+        (_chat(top_logprobs=2), openai.ChatCompletionRequest, "top_logprobs"),
+        (_chat(logit_bias={"word": 1}), openai.ChatCompletionRequest, "logit_bias"),
         (_messages(temperature=1e-45), anthropic.MessagesRequest, "temperature"),
         (
             _chat(tools=[{"type": "function", "function": {"name": "f", "parameters": _deep(65)}}]),

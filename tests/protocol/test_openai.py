@@ -114,7 +114,7 @@ def _body(**overrides: object) -> bytes:
         ({"top_p": 1.5}, "top_p", ["<= 1.0", "1.5"]),
         ({"max_tokens": 0}, "max_tokens", [">= 1", "got 0"]),
         ({"max_completion_tokens": -5}, "max_completion_tokens", [">= 1", "-5"]),
-        ({"n": 3}, "n", ["<= 1", "got 3"]),
+        ({"n": 9}, "n", ["<= 8", "got 9"]),
         ({"messages": []}, "messages", ["length >= 1"]),
         ({"stop": ["a"] * 17}, "stop", ["length <= 16"]),
         ({"stream": "yes"}, "stream", ["bool", '"yes"']),
