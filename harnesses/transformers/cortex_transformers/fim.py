@@ -10,8 +10,10 @@ builds the prompt ids in the family's order:
 - SPM (suffix, prefix, middle): ``SUF suffix PRE prefix`` (Codestral, as mistral-common builds
   it; its model continues after the prefix).
 
-The ids of prefix and suffix are tokenized without special tokens and spliced between the
-marker ids, so text that happens to contain a marker's spelling cannot forge one.
+The ids of prefix and suffix are tokenized with special-token spellings split into plain text
+and spliced between the marker ids, so a file that happens to contain a marker's spelling
+cannot forge one. (A raw prompt without ``suffix`` is the client's own template: there the
+spellings are read as the tokens they name.)
 """
 
 from __future__ import annotations
@@ -62,13 +64,17 @@ def encode(
     tokenizer: PreTrainedTokenizerBase, fim: FimTokens, prefix: str, suffix: str
 ) -> list[int]:
     """The infill prompt ids, led by the BOS the tokenizer puts before plain text (if any)."""
-    pre = list(tokenizer.encode(prefix, add_special_tokens=False))
-    suf = list(tokenizer.encode(suffix, add_special_tokens=False))
+    pre = _plain(tokenizer, prefix)
+    suf = _plain(tokenizer, suffix)
     if fim.order == "spm":
         body = [fim.suffix, *suf, fim.prefix, *pre]
     else:
         body = [fim.prefix, *pre, fim.suffix, *suf, fim.middle]
     return leading_specials(tokenizer) + body
+
+
+def _plain(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
 def leading_specials(tokenizer: PreTrainedTokenizerBase) -> list[int]:
