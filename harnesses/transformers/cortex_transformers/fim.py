@@ -34,7 +34,14 @@ SPELLINGS: tuple[tuple[str, str, str, Literal["psm", "spm"]], ...] = (
 )
 
 # Tokens that end an infill (besides the model's EOS): they are never part of the middle.
-END_SPELLINGS = ("<|fim_pad|>", "<|file_sep|>", "<|endoftext|>", "<EOT>", "<|end_of_text|>")
+END_SPELLINGS = (
+    "<|fim_pad|>",
+    "<|file_sep|>",
+    "<|endoftext|>",
+    "▁<EOT>",
+    "<EOT>",
+    "<|end_of_text|>",
+)
 
 
 @dataclass(frozen=True)
