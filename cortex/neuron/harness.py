@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from cortex.errors import InvalidRequest
+from cortex.neuron.constraints import Constraint, SamplingFeatures, TokenLogprob
 from cortex.protocol.neuron import LoadRequest
 from cortex.tasks import Task
 
@@ -35,6 +36,14 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     top_k: int = 0  # 0 means off
     seed: int | None = None
     ignore_eos: bool = False  # keep generating past EOS tokens, up to max_new_tokens
+    # The rest is optional, honoured only by a harness whose HarnessInfo.sampling says so
+    # (the neuron refuses the request otherwise). Defaults change nothing.
+    constraint: Constraint | None = None  # the reply's grammar (constraints.py)
+    frequency_penalty: float = 0.0  # OpenAI: minus this times the token's count in the reply
+    presence_penalty: float = 0.0  # OpenAI: minus this once the token is in the reply
+    repetition_penalty: float = 1.0  # vLLM/HF: scales logits of tokens in prompt or reply
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    logprobs: int | None = None  # None: no logprobs; k >= 0: the chosen token's and k more
 
 
 class TokenEvent(msgspec.Struct, kw_only=True):
@@ -52,6 +61,7 @@ class TokenEvent(msgspec.Struct, kw_only=True):
     completion_tokens: int
     cached_tokens: int = 0
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens of this step, when asked for
 
 
 class HarnessInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +70,7 @@ class HarnessInfo(msgspec.Struct, frozen=True, kw_only=True):
     device_kinds: tuple[str, ...] = ("cpu",)
     vision: bool = False
     version: str = ""
+    sampling: SamplingFeatures = SamplingFeatures()
 
 
 class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +120,12 @@ class LoadedModel(ABC):
         self, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]:
         """Stream decode steps for one sequence; closing the iterator cancels it."""
+
+    def prepare(self, params: SamplingParams) -> None:
+        """Check and compile what ``params`` asks of this model (a grammar) before anything is
+        sent, so a bad schema is a 400, not a broken stream. Blocking, runs in a thread; raises
+        InvalidRequest naming the field. The default accepts everything."""
+        return None
 
     @abstractmethod
     def unload(self) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import torch
+
+from cortex.neuron.constraints import TokenLogprob, TopLogprob
 from cortex.neuron.harness import SamplingParams, TokenEvent
 from cortex_transformers.block_manager import BlockTable
 from cortex_transformers.detokenize import Decode, IncrementalDetokenizer
+from cortex_transformers.guide import Guide
 from cortex_transformers.sampling import Sampler
+
+TokenBytes = Callable[[int], bytes]
 
 Item = TokenEvent | BaseException
 """What a consumer's queue carries: an event, or the error that ended the sequence."""
@@ -32,6 +38,8 @@ class Generation:
         context_length: int,
         decode: Decode,
         loop: asyncio.AbstractEventLoop,
+        guide: Guide | None = None,
+        token_bytes: TokenBytes | None = None,
     ) -> None:
         self.prompt = prompt
         self.tokens = list(prompt)
@@ -39,6 +47,8 @@ class Generation:
         self.computed = 0  # leading tokens whose KV is in the pool
         self.cached_tokens: int | None = None  # prompt tokens reused at first admission
         self.sampler = Sampler(params)
+        self.guide = guide  # the constraint's state, None when the reply is free
+        self._token_bytes = token_bytes  # for logprobs' token texts
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.loop = loop
         self.cancelled = False
@@ -49,7 +59,7 @@ class Generation:
         self._detok = IncrementalDetokenizer(decode)
         self._generated = 0
 
-    def accept(self, token: int) -> TokenEvent:
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> TokenEvent:
         """Record the token sampled for this sequence and return the event to send."""
         if token in self._eos_ids:
             self.finished = True
@@ -61,6 +71,10 @@ class Generation:
             )
         self.tokens.append(token)
         self._generated += 1
+        if self.guide is not None:
+            self.guide.accept(token)
+        self.sampler.observe(token)
+        logprobs = [logprob] if logprob is not None else None
         text = self._detok.add(token)
         full = len(self.prompt) + self._generated >= self._context_length
         if self._generated >= self._max_new or full:
@@ -71,10 +85,30 @@ class Generation:
                 completion_tokens=self._generated,
                 cached_tokens=self.cached_tokens or 0,
                 finish_reason="length",
+                logprobs=logprobs,
             )
         return TokenEvent(
-            text=text, completion_tokens=self._generated, cached_tokens=self.cached_tokens or 0
+            text=text,
+            completion_tokens=self._generated,
+            cached_tokens=self.cached_tokens or 0,
+            logprobs=logprobs,
         )
+
+    def describe(self, logprobs: torch.Tensor, token: int) -> TokenLogprob:
+        """``token``'s entry for the reply's logprobs; ``logprobs``: [V], log-softmax of the
+        raw logits of the step that sampled it."""
+        top: list[TopLogprob] = []
+        if k := self.sampler.logprobs:
+            values, ids = logprobs.topk(k)
+            for tid, value in zip(ids.tolist(), values.tolist(), strict=True):
+                text, raw = self._text_of(tid)
+                top.append(TopLogprob(token=text, bytes=raw, logprob=value))
+        text, raw = self._text_of(token)
+        return TokenLogprob(token=text, bytes=raw, logprob=float(logprobs[token]), top=top)
+
+    def _text_of(self, token: int) -> tuple[str, list[int]]:
+        raw = self._token_bytes(token) if self._token_bytes is not None else b""
+        return raw.decode("utf-8", errors="replace"), list(raw)
 
 
 def deliver(items: Iterable[tuple[Generation, Item]]) -> None:

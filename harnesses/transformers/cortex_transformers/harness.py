@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cortex.errors import InsufficientMemory, InvalidRequest, Unavailable
+from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -36,6 +37,8 @@ from cortex_transformers.embedding import load_embedding_model
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.generation import Generation
 from cortex_transformers.gguf_source import GGUFHeaderError
+from cortex_transformers.grammar import GrammarCache
+from cortex_transformers.guide import Guide
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
     TEMPLATE_ERRORS,
@@ -48,6 +51,9 @@ from cortex_transformers.loading import (
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
 
+SAMPLING = SamplingFeatures(
+    constraints=True, penalties=True, logit_bias=True, max_top_logprobs=20, max_n=8
+)
 GPU_STEP_TOKENS = 2048
 CPU_STEP_TOKENS = 512
 
@@ -86,6 +92,7 @@ class TransformersModel(LoadedModel):
         # An infill ends at the FIM family's own end tokens too (<|fim_pad|>, <EOT>, ...).
         self._eos_ids = eos_ids(model, tokenizer) | (fim.end_ids(tokenizer) if self._fim else set())
         self._vocab_size = int(model.config.get_text_config().vocab_size)
+        self.grammars = GrammarCache(tokenizer, self._vocab_size)
         self._scheduler: Scheduler | None = Scheduler(
             ModelRunner(model, pool, blocks, torch.device(device)),
             blocks,
@@ -153,6 +160,20 @@ class TransformersModel(LoadedModel):
     def decode_tokens(self, ids: list[int]) -> str:
         return self._decode(ids)
 
+    def prepare(self, params: SamplingParams) -> None:
+        """Compile the constraint's grammar into the cache (a bad schema is a 400 here)."""
+        if params.constraint is not None:
+            Guide(params.constraint, self.grammars, self._eos_ids)
+        if params.logit_bias and max(params.logit_bias) >= self._vocab_size:
+            raise InvalidRequest(
+                f"logit_bias names token {max(params.logit_bias)}; this model's token ids lie "
+                f"in [0, {self._vocab_size})",
+                param="logit_bias",
+            )
+
+    def _token_bytes(self, token: int) -> bytes:
+        return self.grammars.text_of(token)
+
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncGenerator[TokenEvent, None]:
@@ -172,6 +193,12 @@ class TransformersModel(LoadedModel):
             context_length=self.context_length,
             decode=self._decode,
             loop=asyncio.get_running_loop(),
+            guide=(
+                Guide(params.constraint, self.grammars, self._eos_ids)
+                if params.constraint is not None
+                else None
+            ),
+            token_bytes=self._token_bytes,
         )
         scheduler = self._scheduler
         scheduler.submit(seq)
@@ -207,6 +234,7 @@ class TransformersHarness(Harness):
             quantizations=("none", "8bit", "4bit"),
             device_kinds=kinds,
             version=__version__,
+            sampling=SAMPLING,
         )
 
     def load(

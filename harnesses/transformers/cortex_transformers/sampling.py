@@ -31,14 +31,34 @@ _MAX_ROUNDS = 64  # top-p rejection rounds before a row falls back to its most l
 
 
 class Sampler:
-    """Sampling parameters and random stream of one sequence."""
+    """Sampling parameters, penalty state and random stream of one sequence."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.greedy = params.temperature < MIN_TEMPERATURE or params.top_k == 1
         self.temperature = params.temperature
         self.top_k = params.top_k
         self.top_p = params.top_p
+        self.frequency = params.frequency_penalty
+        self.presence = params.presence_penalty
+        self.repetition = params.repetition_penalty
+        self.logit_bias = params.logit_bias or {}
+        self.logprobs = params.logprobs
+        # Reply token counts ([V], for frequency/presence) and prompt-or-reply tokens ([V] bool,
+        # for repetition), made on the first step that needs them (logits.py).
+        self.counts: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
         self._rng = random.Random(params.seed)  # None: seeded from os.urandom
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.frequency or self.presence) or self.repetition != 1.0
+
+    def observe(self, token: int) -> None:
+        """Count a sampled token for the penalties (no-op when there are none)."""
+        if self.counts is not None:
+            self.counts[token] += 1
+        if self.seen is not None:
+            self.seen[token] = True
 
     def uniform(self) -> float:
         """The next number in [0, 1) of this sequence's random stream."""

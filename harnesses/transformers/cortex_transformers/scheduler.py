@@ -34,8 +34,8 @@ from cortex.errors import CortexError, InternalError, Unavailable
 from cortex_transformers.admission import express_budget, prefill_order
 from cortex_transformers.block_manager import BlockManager
 from cortex_transformers.generation import Generation, Item, deliver
+from cortex_transformers.logits import Picked, choose
 from cortex_transformers.runner import Chunk, ModelRunner
-from cortex_transformers.sampling import next_tokens
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,7 @@ class Scheduler:
     ) -> list[tuple[Generation, Item]]:
         seqs = [seq for seq, _ in done]
         logits = torch.stack([row for _, row in done])  # [N, V]
-        results = _per_row(
-            lambda rows: next_tokens(logits[rows], [seqs[i].sampler for i in rows]), len(seqs)
-        )
+        results = _per_row(lambda rows: choose(logits[rows], [seqs[i] for i in rows]), len(seqs))
         events = self._accept(seqs, results)
         self._running += [seq for seq in seqs if not seq.finished]
         return events
@@ -268,8 +266,8 @@ class Scheduler:
     def _decode(self) -> list[tuple[Generation, Item]]:
         seqs = self._running
         results = _per_row(
-            lambda rows: next_tokens(
-                self._runner.decode([seqs[i] for i in rows]), [seqs[i].sampler for i in rows]
+            lambda rows: choose(
+                self._runner.decode([seqs[i] for i in rows]), [seqs[i] for i in rows]
             ),
             len(seqs),
         )
@@ -278,7 +276,7 @@ class Scheduler:
         return events
 
     def _accept(
-        self, seqs: list[Generation], results: list[int | Exception]
+        self, seqs: list[Generation], results: list[Picked | Exception]
     ) -> list[tuple[Generation, Item]]:
         """Each sequence takes its token or its error; finished ones give back their blocks."""
         events: list[tuple[Generation, Item]] = []
@@ -287,7 +285,7 @@ class Scheduler:
                 seq.finished = True
                 events.append((seq, _as_error(result, "generation failed")))
             else:
-                events.append((seq, seq.accept(result)))
+                events.append((seq, seq.accept(*result)))
             if seq.finished:
                 self._release(seq)
         return events

@@ -1,0 +1,105 @@
+"""From one step's logits to each row's next token: what the request asked for, vectorised.
+
+Order, per step, for the rows that need each stage (rows that need none pay nothing, so an
+unconstrained greedy request is token-identical to one before these stages existed):
+1. log-probabilities of the raw logits (OpenAI's ``logprobs`` / ``top_logprobs``; vLLM's default
+   too: the model's distribution, before penalties, temperature or a grammar);
+2. repetition penalty (over prompt and reply, as HF and vLLM), frequency and presence penalties
+   (over the reply, as OpenAI), logit bias;
+3. the grammar mask (guide.py): one bitmask for the batch, disallowed tokens to -inf;
+4. sampling (sampling.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from cortex.neuron.constraints import TokenLogprob
+from cortex_transformers.sampling import Sampler, next_tokens
+
+if TYPE_CHECKING:
+    from cortex_transformers.generation import Generation
+
+Picked = tuple[int, TokenLogprob | None]
+"""A row's next token, with its log-probability when the request asked for it."""
+
+
+def choose(logits: torch.Tensor, seqs: list[Generation]) -> list[Picked]:
+    """logits: [B, V], one row per sequence of ``seqs``; returns each row's token."""
+    samplers = [seq.sampler for seq in seqs]
+    wants_logprobs = [i for i, s in enumerate(samplers) if s.logprobs is not None]
+    raw = logits[wants_logprobs].float().log_softmax(-1) if wants_logprobs else None
+    edited = [i for i, seq in enumerate(seqs) if _edits(seq)]
+    if edited:
+        logits = logits.float()  # a copy: the caller's logits stay as the model gave them
+        _penalise(logits, [seqs[i] for i in edited], edited)
+        _mask(logits, [seqs[i] for i in edited], edited)
+    tokens = next_tokens(logits, samplers)
+    picked: list[Picked] = [(token, None) for token in tokens]
+    if raw is not None:
+        for row, i in enumerate(wants_logprobs):
+            picked[i] = (tokens[i], seqs[i].describe(raw[row], tokens[i]))
+    return picked
+
+
+def _edits(seq: Generation) -> bool:
+    sampler = seq.sampler
+    masked = seq.guide is not None and seq.guide.masks
+    return masked or sampler.penalised or bool(sampler.logit_bias)
+
+
+def _penalise(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:
+    for seq, row in zip(seqs, rows, strict=True):
+        sampler = seq.sampler
+        if sampler.penalised:
+            _ensure_state(sampler, seq, logits.shape[-1])
+            _apply_penalties(logits, row, sampler)
+        if sampler.logit_bias:
+            ids = torch.tensor(list(sampler.logit_bias), device=logits.device)
+            bias = torch.tensor(list(sampler.logit_bias.values()), device=logits.device)
+            logits[row, ids] += bias
+
+
+def _ensure_state(sampler: Sampler, seq: Generation, vocab: int) -> None:
+    """The penalty state of a sequence's first penalised step: counts of its reply so far,
+    and which tokens its prompt and reply hold. Kept up to date by ``Sampler.observe``."""
+    reply = seq.tokens[len(seq.prompt) :]
+    if sampler.counts is None and (sampler.frequency or sampler.presence):
+        sampler.counts = torch.zeros(vocab, dtype=torch.float32)
+        if reply:
+            sampler.counts.index_add_(0, torch.tensor(reply), torch.ones(len(reply)))
+    if sampler.seen is None and sampler.repetition != 1.0:
+        sampler.seen = torch.zeros(vocab, dtype=torch.bool)
+        sampler.seen[torch.tensor(seq.tokens)] = True
+
+
+def _apply_penalties(logits: torch.Tensor, row: int, sampler: Sampler) -> None:
+    scores = logits[row]  # [V], a view: edited in place
+    if sampler.seen is not None:
+        seen = sampler.seen.to(scores.device)
+        p = sampler.repetition
+        scores.copy_(torch.where(seen, torch.where(scores > 0, scores / p, scores * p), scores))
+    if sampler.counts is not None:
+        counts = sampler.counts.to(scores.device)
+        scores -= sampler.frequency * counts + sampler.presence * (counts > 0).float()
+
+
+def _mask(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:
+    """One bitmask for every masked row of the batch; disallowed tokens become -inf."""
+    masked = [
+        (seq, row) for seq, row in zip(seqs, rows, strict=True) if seq.guide and seq.guide.masks
+    ]
+    if not masked:
+        return
+    vocab = logits.shape[-1]
+    bitmask = np.zeros((len(masked), (vocab + 31) // 32), dtype=np.int32)
+    for i, (seq, _) in enumerate(masked):
+        assert seq.guide is not None
+        seq.guide.fill(bitmask, i)
+    allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+    index = torch.tensor([row for _, row in masked], device=logits.device)
+    block = torch.from_numpy(allowed).to(logits.device) == 0  # [M, V] disallowed
+    logits[index] = logits[index].masked_fill(block, float("-inf"))
