@@ -134,16 +134,21 @@ def serve(role: str | None, config_path: Path | None, check: bool) -> None:
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
-def demo_model(directory: Path, seed: int, size: str) -> None:
+@click.option("--fim", is_flag=True, help="Give its tokenizer fill-in-the-middle tokens.")
+@click.option("--embed", is_flag=True, help="Write the tiny embedding model instead.")
+def demo_model(directory: Path, seed: int, size: str, fim: bool, embed: bool) -> None:
     """Write the built-in demo model (random weights, local tokenizer) to DIRECTORY."""
     try:
-        from cortex_transformers.demo import write_demo_model
+        from cortex_transformers.demo import write_demo_embedding_model, write_demo_model
     except ImportError:
         raise click.ClickException(
             "the demo model needs the transformers harness: "
             "pip install cortex-harness-transformers (or `make serve`)"
         ) from None
-    path = write_demo_model(directory, seed=seed, size=size)  # type: ignore[arg-type]
+    if embed:
+        path = write_demo_embedding_model(directory, seed=seed)
+    else:
+        path = write_demo_model(directory, seed=seed, size=size, fim=fim)  # type: ignore[arg-type]
     logging.getLogger("cortex").info("demo model written to %s", path)
     click.echo(str(path))
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from cortex.errors import ConfigError
+from cortex.tasks import Task
 from cortex.validation import MISSING, path_parts, split_error, value_at
 
 # Upper bounds keep inf, nan and 1e300 out: they pass ge=0 and then overflow int() or timers.
@@ -129,6 +130,9 @@ class ModelEntry(_Strict, frozen=True):
     chat_template: str = ""
     trust_remote_code: bool = False
     vision: bool = False
+    # "generate": chat and text completions; "embed": /v1/embeddings only.
+    task: Task = "generate"
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: see output_limit
 
 
 class ModelsConfig(_Strict, frozen=True):

@@ -199,12 +199,15 @@ def from_status(status: int, message: str, code: str | None = None) -> CortexErr
 
 
 def from_body(status: int, raw: bytes) -> CortexError:
-    """The typed error an upstream answered: its OpenAI envelope's message and code, or the
-    start of whatever else it sent."""
-    message, code = raw.decode(errors="replace")[:500], None
+    """The typed error an upstream answered: its OpenAI envelope's message, code and param (the
+    field a client should fix), or the start of whatever else it sent."""
+    message, code, param = raw.decode(errors="replace")[:500], None, None
     try:
         detail = msgspec.json.decode(raw)["error"]
         message, code = str(detail["message"]), detail.get("code")
+        param = detail.get("param") if isinstance(detail.get("param"), str) else None
     except (msgspec.DecodeError, RecursionError, KeyError, TypeError, AttributeError):
         pass
-    return from_status(status, message, code)
+    err = from_status(status, message, code)
+    err.param = param
+    return err

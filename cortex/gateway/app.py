@@ -31,7 +31,16 @@ from cortex.errors import (
     anthropic_status,
     openai_body,
 )
-from cortex.gateway import admin, chat, messages, reload, responses, ui
+from cortex.gateway import (
+    admin,
+    chat,
+    embeddings,
+    messages,
+    reload,
+    responses,
+    text_completions,
+    ui,
+)
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import GATEWAY, Gateway
 from cortex.gateway.fleet import Fleet
@@ -58,7 +67,14 @@ def _error_response(request: web.Request, err: CortexError) -> web.Response:
     return edge.error_response(err, openai_body(err), err.status)
 
 
-_CLIENT_ROUTES = ("/chat/completions", "/messages", "/messages/count_tokens", "/responses")
+_CLIENT_ROUTES = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/messages",
+    "/messages/count_tokens",
+    "/responses",
+)
 
 
 def _no_route(method: str, path: str) -> str:
@@ -246,6 +262,13 @@ def make_app(
     app.router.add_post(
         "/v1/chat/completions",
         _exchange_handler("openai", "/v1/chat/completions", chat.chat_completions),
+    )
+    app.router.add_post(
+        "/v1/completions",
+        _exchange_handler("openai", "/v1/completions", text_completions.create),
+    )
+    app.router.add_post(
+        "/v1/embeddings", _exchange_handler("openai", "/v1/embeddings", embeddings.create)
     )
     app.router.add_post(
         "/v1/messages", _exchange_handler("anthropic", "/v1/messages", messages.create)

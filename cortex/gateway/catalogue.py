@@ -53,14 +53,13 @@ class Catalogue:
         for entry in self.models:
             copies = [c for _, c in fleet.holders(entry.id)]
             if copies or any(not entry.nodes or name in entry.nodes for name in live):
-                cards[entry.id] = _card(
-                    entry.id, copies, entry.context_length, entry.pinned, self.read_at
-                )
+                card = _card(entry.id, copies, entry.context_length, entry.pinned, self.read_at)
+                cards[entry.id] = _sized(card, entry.max_output_tokens)
         strays = {c.model_id for n in fleet.nodes for c in n.models} - set(self.by_id)
         for model_id in sorted(strays):
             copies = [c for _, c in fleet.holders(model_id)]
             if copies:
-                cards[model_id] = _card(model_id, copies, 0, False, self.read_at)
+                cards[model_id] = _sized(_card(model_id, copies, 0, False, self.read_at), 0)
         for upstream in sorted(upstream_models):
             for model_id in upstream_models[upstream]:
                 _add_upstream(cards, model_id, upstream, self.read_at)
@@ -81,6 +80,12 @@ def _card(
     )
     loaded = [int(c.loaded_at) for c in copies if c.loaded_at]
     return ModelCard(id=model_id, created=min(loaded, default=read_at), cortex=info)
+
+
+def _sized(card: ModelCard, max_output_tokens: int) -> ModelCard:
+    """The card with the window fields clients read (ModelCard.sized), from its context."""
+    context = card.cortex.context_length if card.cortex is not None else 0
+    return card.sized(context, max_output_tokens)
 
 
 def _add_upstream(cards: dict[str, ModelCard], model_id: str, upstream: str, read_at: int) -> None:

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: the OpenAI path, relayed byte for byte.
+"""POST /v1/chat/completions: the OpenAI path, relayed byte for byte (``forward``, which
+POST /v1/completions shares: text_completions.py).
 
 The body is decoded once (validation at the edge). It is forwarded unchanged when the model
 name is already a catalogue id and usage is already requested; otherwise it is re-encoded once
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from cortex import protocol
 from cortex.errors import CortexError, InvalidRequest
-from cortex.gateway.core import Gateway
+from cortex.gateway.core import Gateway, Resolved
 from cortex.gateway.proxy import (
     Exchange,
     read_json,
@@ -23,12 +24,16 @@ from cortex.gateway.proxy import (
 from cortex.gateway.relay import relay
 from cortex.gateway.sessions import session_key
 from cortex.protocol import openai
+from cortex.protocol.completions import CompletionRequest
 
 _encoder = msgspec.json.Encoder()
 _FORCED_USAGE = openai.StreamOptions(include_usage=True)
 
 
-def upstream_body(raw: bytes, req: openai.ChatCompletionRequest, model_id: str) -> bytes:
+OpenAIRequest = openai.ChatCompletionRequest | CompletionRequest
+
+
+def upstream_body(raw: bytes, req: OpenAIRequest, model_id: str) -> bytes:
     """The bytes to send upstream: the client's own when nothing needs to change."""
     if req.model == model_id and (not req.stream or req.wants_usage_chunk):
         return raw
@@ -59,9 +64,23 @@ async def chat_completions(
     resolved = gateway.resolve(req.model)
     if resolved.entry is not None and not resolved.entry.vision:
         _refuse_images(req, resolved.model_id)
-    body = upstream_body(raw, req, resolved.model_id)
     ex.session = session_key(request.headers, req.user, req.messages)
-    upstream = await gateway.open(resolved, "/chat/completions", body, ex)
+    return await forward(gateway, request, ex, resolved, "/chat/completions", raw, req)
+
+
+async def forward(
+    gateway: Gateway,
+    request: web.Request,
+    ex: Exchange,
+    resolved: Resolved,
+    path: str,
+    raw: bytes,
+    req: OpenAIRequest,
+) -> web.StreamResponse:
+    """Route and relay an OpenAI request that the neuron answers in the same dialect (chat and
+    text completions): the JSON as it is, or the SSE bytes as they come."""
+    body = upstream_body(raw, req, resolved.model_id)
+    upstream = await gateway.open(resolved, path, body, ex)
     try:
         if not req.stream:
             data = await read_json(upstream, ex)

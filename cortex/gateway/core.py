@@ -24,11 +24,13 @@ from cortex.gateway.loads import Loader
 from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick
+from cortex.tasks import Task, check_task
 
 log = logging.getLogger("cortex.gateway")
 request_log = logging.getLogger("cortex.request")
 
 MAX_ATTEMPTS = 3
+EMBEDDINGS_PATH = "/embeddings"  # the one upstream path an embed model serves
 RATE_WINDOW_S = 60.0
 
 
@@ -112,9 +114,13 @@ class Gateway:
         nothing reached the client.
 
         On return the upstream answered with status < 400 and ``exchange.node`` is set;
-        in-flight is counted until ``finish``.
+        in-flight is counted until ``finish``. A catalogue model loaded for another task than
+        ``path`` serves is refused (400) before any routing or load.
         """
         exchange.model = resolved.model_id
+        if resolved.entry is not None:
+            wanted: Task = "embed" if path == EMBEDDINGS_PATH else "generate"
+            check_task(resolved.model_id, resolved.entry.task, wanted)
         excluded: set[str] = set()
         last_error = "no attempt"
         for _ in range(MAX_ATTEMPTS):

@@ -25,16 +25,24 @@ from cortex.protocol import openai
 
 # An SSE event carrying a usage object (OpenAI sends "usage":null on every other chunk).
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
-# A chunk that carries generated output (the first chunk's empty "content":"" does not count).
-_TOKEN = re.compile(rb'"content"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
+# A chunk that carries generated output (the first chunk's empty "content":"" does not count);
+# "text" is a /v1/completions chunk's.
+_TOKEN = re.compile(rb'"(?:content|text)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _DONE = sse.DONE_EVENT
 
 log = logging.getLogger("cortex.gateway.proxy")
 
 
+class TokenCounts(msgspec.Struct):
+    """The counts of any OpenAI usage object (an embedding's has no completion_tokens)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class _UsageOnly(msgspec.Struct):
-    usage: openai.Usage | None = None
+    usage: TokenCounts | None = None
 
 
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
@@ -74,7 +82,7 @@ class Exchange:
     error: str | None = None
     claim: Claim | None = None  # this request's in-flight count on (model, node)
 
-    def take_usage(self, usage: openai.Usage | None) -> None:
+    def take_usage(self, usage: openai.Usage | TokenCounts | None) -> None:
         if usage is not None:
             self.prompt_tokens = usage.prompt_tokens
             self.completion_tokens = usage.completion_tokens

@@ -36,6 +36,21 @@ def session_key(
     return hashlib.blake2b(seed, digest_size=8).hexdigest()
 
 
+PROMPT_HEAD = 1024
+"""Characters (or token ids) of a raw prompt that key its session: an editor's completions
+resend the same file with edits near the cursor, so the file's head stays the same."""
+
+
+def prompt_session_key(
+    headers: Mapping[str, str], declared: str | None, prompt: str | list[int]
+) -> str:
+    """``session_key`` for /v1/completions: the head of the prompt stands for the opening."""
+    explicit = headers.get(SESSION_HEADER) or declared
+    head = prompt[:PROMPT_HEAD]
+    seed = explicit.encode() if explicit else _encoder.encode(head)
+    return hashlib.blake2b(seed, digest_size=8).hexdigest()
+
+
 def _opening(messages: list[openai.Message]) -> bytes:
     """The leading system/developer messages and the first user message, encoded."""
     for i, message in enumerate(messages):

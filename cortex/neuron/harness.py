@@ -20,8 +20,10 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from cortex.errors import InvalidRequest
 from cortex.neuron.constraints import Constraint, SamplingFeatures, TokenLogprob
 from cortex.protocol.neuron import LoadRequest
+from cortex.tasks import Task
 
 ProgressFn = Callable[[float, str], None]
 """progress(fraction in [0, 1], stage description); thread-safe, cheap to call."""
@@ -83,6 +85,13 @@ class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):
     kv_cache_share: float = 0.5  # share of the budget left after the weights for the KV cache
 
 
+class Embeddings(msgspec.Struct, kw_only=True):
+    """``LoadedModel.embed``'s answer: one vector per input, in input order."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int  # tokens of all inputs together
+
+
 class LoadedModel(ABC):
     """A model resident on one device. Attributes are set by the harness at load time."""
 
@@ -121,6 +130,35 @@ class LoadedModel(ABC):
     @abstractmethod
     def unload(self) -> None:
         """Stop workers, cancel what runs and release the memory. Blocking, idempotent."""
+
+    # Optional: raw prompts (/v1/completions) and embeddings (/v1/embeddings). A harness that
+    # does not override them has its models refuse those routes with a 400.
+
+    task: Task = "generate"
+    """What the model was loaded for (LoadRequest.task): an "embed" model serves embed() only,
+    a "generate" model everything else. The neuron refuses the other routes with a 400."""
+
+    def encode_prompt(self, prompt: str, suffix: str | None = None) -> list[int]:
+        """Tokenize a raw prompt as the model's tokenizer does for plain text (BOS included
+        where the tokenizer adds one). With ``suffix``, build a fill-in-the-middle prompt from
+        the tokenizer's FIM tokens, or raise InvalidRequest(param="suffix") when it has none.
+        Cheap; may be called on the event loop or in a thread."""
+        raise InvalidRequest(
+            f"model {self.model_id} does not take raw prompts (its harness has no encode_prompt)",
+            param="prompt",
+        )
+
+    def decode_tokens(self, ids: list[int]) -> str:
+        """Token ids back to text (special tokens dropped), for ``echo`` of a token prompt."""
+        raise InvalidRequest(f"model {self.model_id} cannot decode token ids", param="prompt")
+
+    async def embed(self, inputs: list[str | list[int]], dimensions: int | None) -> Embeddings:
+        """One vector per input (strings are tokenized, token ids used as they are), pooled
+        and normalised as the model is meant to be, computed as batches off the event loop.
+        ``dimensions``: truncate (and renormalise) to that size where the model was trained
+        for it, else InvalidRequest(param="dimensions"). Raises ContextLengthExceeded for an
+        input longer than the model takes."""
+        raise InvalidRequest(f"model {self.model_id} cannot embed", param="model")
 
 
 class Harness(ABC):

@@ -44,6 +44,7 @@ from cortex.protocol.neuron import (
     UnloadRequest,
     UnloadResponse,
 )
+from cortex.tasks import Task, check_task
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,16 @@ class ModelManager:
     # ------------------------------------------------------------------ leasing
 
     @contextlib.asynccontextmanager
-    async def lease(self, model_id: str) -> AsyncIterator[Lease]:
+    async def lease(self, model_id: str, task: Task = "generate") -> AsyncIterator[Lease]:
         """Hold ``model_id`` for one request, queued until ``admit`` gives it a place.
 
-        Raises at once ModelNotLoaded (404) when the model is absent and Overloaded (429) when
-        ``queue_depth`` requests already wait for a place; Unavailable when an unload evicts
-        the request. A client hang-up (task cancellation) passes through untouched.
+        Raises at once ModelNotLoaded (404) when the model is absent, InvalidRequest (400) when
+        it was loaded for another ``task``, and Overloaded (429) when ``queue_depth`` requests
+        already wait for a place; Unavailable when an unload evicts the request. A client
+        hang-up (task cancellation) passes through untouched.
         """
         model = self.model(model_id)
+        check_task(model_id, model.task, task)
         # Leases not yet running, planning ones included: they take the free places first.
         waiting = sum(len(slot.leases) for slot in self._slots.values()) - self.running
         free = self._config.max_concurrency - self.running
@@ -264,6 +267,15 @@ class ModelManager:
             if isinstance(exc, CortexError | asyncio.CancelledError):
                 raise
             raise Unavailable(f"loading {model_id!r} failed: {slot.error}") from exc
+        if model.task != slot.request.task:
+            await asyncio.to_thread(model.unload)
+            slot.move(
+                "failed",
+                error=f"harness {harness.name!r} cannot load {model_id} for "
+                f"task {slot.request.task!r}",
+            )
+            self._load_ended(model_id, False, started)
+            raise InvalidRequest(slot.error or "", param="task")
         slot.model = model
         slot.move("loaded")
         self._load_ended(model_id, True, started)

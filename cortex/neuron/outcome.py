@@ -6,8 +6,12 @@ depend on it instead of on each other.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 
+from cortex.errors import CortexError
 from cortex.protocol import openai
 
 
@@ -39,3 +43,24 @@ class Outcome:
         self.cached_tokens = 0  # prompt tokens the harness took from its prefix cache
         self.finish_reason: openai.FinishReason = "stop"
         self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
+
+
+@contextlib.contextmanager
+def recording(finished: Callable[[Outcome], None]) -> Iterator[Outcome]:
+    """An Outcome for one request, its status set from how the block ends (a CortexError's
+    status, 499 for a client hang-up, 500 for anything else) and handed to ``finished`` (the
+    metrics) whatever happens."""
+    outcome = Outcome()
+    try:
+        yield outcome
+    except CortexError as exc:
+        outcome.status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        outcome.status = 499  # the client hung up
+        raise
+    except Exception:
+        outcome.status = 500
+        raise
+    finally:
+        finished(outcome)

@@ -10,7 +10,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from cortex.neuron import completions, metrics
+from cortex.neuron import completions, embeddings, metrics, text_completions
 from cortex.neuron.node import NODE
 from cortex.neuron.prompt import template_messages, template_tools
 from cortex.protocol import decode, openai
@@ -44,12 +44,11 @@ async def models(request: web.Request) -> web.Response:
             id=slot.request.model,
             created=int(slot.loaded_at or 0),
             cortex=openai.CortexModelInfo(
-                state="resident",
-                nodes=[node.config.neuron.name],
-                context_length=slot.model.context_length if slot.model else 0,
+                state="resident", nodes=[node.config.neuron.name], context_length=context
             ),
-        )
+        ).sized(context)
         for slot in node.manager.resident()
+        for context in [slot.model.context_length if slot.model else 0]
     ]
     return _json(openai.ModelList(data=cards))
 
@@ -79,6 +78,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await completions.handle(request, request.app[NODE].manager)
 
 
+async def text_completion(request: web.Request) -> web.StreamResponse:
+    return await text_completions.handle(request, request.app[NODE].manager)
+
+
+async def embed(request: web.Request) -> web.Response:
+    return await embeddings.handle(request, request.app[NODE].manager)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
@@ -87,4 +94,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/models/unload", unload)
     app.router.add_post("/v1/tokenize", tokenize)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", text_completion)
+    app.router.add_post("/v1/embeddings", embed)
     app.router.add_get("/metrics", metrics.handler)  # behind the token, like every route

@@ -8,6 +8,7 @@ import msgspec
 
 from cortex.config import DType, Gigabytes, ModelEntry, Name, Quantization
 from cortex.protocol.openai import Message, Tool
+from cortex.tasks import Task
 
 ModelState = Literal["loading", "loaded", "unloading", "failed"]
 
@@ -27,6 +28,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False
+    task: Task = "generate"
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> LoadRequest:
@@ -43,6 +45,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
             chat_template=entry.chat_template,
             tool_parser=entry.tool_parser,
             trust_remote_code=entry.trust_remote_code,
+            task=entry.task,
         )
 
     def same_spec(self, other: LoadRequest) -> bool:

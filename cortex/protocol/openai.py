@@ -342,12 +342,52 @@ class CortexModelInfo(msgspec.Struct, kw_only=True):
     pinned: bool = False
 
 
+class TopProvider(msgspec.Struct, kw_only=True):
+    """OpenRouter's per-model limits object (Kilo, Roo and Cline read it for OpenRouter-shaped
+    listings)."""
+
+    context_length: int
+    max_completion_tokens: int
+
+
+OUTPUT_SHARE = 4  # an unconfigured model advertises a quarter of its context as its output...
+OUTPUT_CAP = 4096  # ...at most this (the neuron's reply cap when a request names none)
+
+
 class ModelCard(msgspec.Struct, kw_only=True):
+    """An OpenAI model object plus the context window in the fields clients read: vLLM's
+    ``max_model_len`` (Continue's vllm provider, Cline), ``context_length`` (OpenRouter, LM Studio;
+    opencode's and most agents' probes), ``max_context_length`` (LM Studio), OpenRouter's
+    ``top_provider`` and ``max_output_tokens`` (LiteLLM's model_info name). All absent (null) when
+    the window is unknown: a model neither configured with one nor loaded yet."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "cortex"
+    max_model_len: int | None = None
+    context_length: int | None = None
+    max_context_length: int | None = None
+    max_output_tokens: int | None = None
+    top_provider: TopProvider | None = None
     cortex: CortexModelInfo | None = None
+
+    def sized(self, context_length: int, max_output_tokens: int = 0) -> ModelCard:
+        """This card with its window fields filled; ``max_output_tokens`` 0: a quarter of the
+        context, at most OUTPUT_CAP (a client reserves the output from the window, so
+        advertising the whole context as output would leave it no room for the prompt)."""
+        if context_length <= 0:
+            return self
+        output = max_output_tokens or min(OUTPUT_CAP, max(1, context_length // OUTPUT_SHARE))
+        output = min(output, context_length)
+        return msgspec.structs.replace(
+            self,
+            max_model_len=context_length,
+            context_length=context_length,
+            max_context_length=context_length,
+            max_output_tokens=output,
+            top_provider=TopProvider(context_length=context_length, max_completion_tokens=output),
+        )
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -246,3 +246,16 @@ def test_the_next_turn_reuses_the_reply_the_model_generated(claude: anthropic.An
     # may re-tokenize differently once the turn is closed.
     assert held - 16 <= second.usage.cache_read_input_tokens <= held, (prompt, second.usage)
     assert second.usage.cache_read_input_tokens > prompt // 16 * 16 + 16
+
+
+def test_fill_in_the_middle_is_refused_without_fim_tokens(
+    reference: str, oai: openai.OpenAI
+) -> None:
+    """SmolLM2's tokenizer has no FIM tokens: a suffix is a 400 naming it; without one the
+    raw prompt is completed."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.completions.create(model=MODEL, prompt="def add(a, b):\n", suffix="\n", max_tokens=4)
+    assert refused.value.body["param"] == "suffix"  # type: ignore[index]
+    assert "FIM" in refused.value.message
+    plain = oai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4)
+    assert plain.usage is not None and plain.usage.completion_tokens >= 1

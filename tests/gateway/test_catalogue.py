@@ -166,3 +166,34 @@ def test_created_is_the_load_time_else_when_the_catalogue_was_read() -> None:
     [copy] = view.nodes[0].models
     assert copy.loaded_at is not None
     assert listed == {"a": int(copy.loaded_at), "b": 1_750_000_000, "c": 1_750_000_000}
+
+
+@pytest.mark.parametrize(
+    ("context", "max_output", "expected"),
+    [
+        pytest.param(32768, 0, (32768, 4096), id="a-quarter-capped-at-4096"),
+        pytest.param(2048, 0, (2048, 512), id="a-quarter-of-a-small-window"),
+        pytest.param(8192, 1000, (8192, 1000), id="the-entry's-max_output_tokens"),
+        pytest.param(1024, 5000, (1024, 1024), id="never-more-than-the-window"),
+        pytest.param(0, 0, None, id="unknown-window-stays-null"),
+    ],
+)
+def test_cards_carry_the_window_in_the_fields_clients_read(
+    context: int, max_output: int, expected: tuple[int, int] | None
+) -> None:
+    catalogue = Catalogue([entry("m", 1, context_length=context, max_output_tokens=max_output)])
+    (card,) = catalogue.model_cards(fleet(node("gpu1")), {})
+    wire = msgspec.json.decode(msgspec.json.encode(card))
+    fields = ("max_model_len", "context_length", "max_context_length", "max_output_tokens")
+    if expected is None:
+        assert [wire[f] for f in fields] == [None] * 4 and wire["top_provider"] is None
+        return
+    window, output = expected
+    assert [wire[f] for f in fields] == [window, window, window, output]
+    assert wire["top_provider"] == {"context_length": window, "max_completion_tokens": output}
+
+
+def test_a_resident_copy_gives_the_window_an_entry_lacks() -> None:
+    view = fleet(node("gpu1", model("qwen3-8b", 8, context_length=8192)))
+    card = next(c for c in CATALOGUE.model_cards(view, {}) if c.id == "qwen3-8b")
+    assert card.max_model_len == 8192 and card.max_output_tokens == 2048

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from cortex.gateway.sessions import session_key
+from cortex.gateway.sessions import PROMPT_HEAD, prompt_session_key, session_key
 from cortex.protocol import openai
 
 NONE = CIMultiDictProxy(CIMultiDict())
@@ -48,3 +48,14 @@ def test_different_openings_are_different_sessions() -> None:
 def test_key_is_a_short_digest_not_the_raw_id() -> None:
     key = session_key(headers(X_Claude_Code_Session_Id="secret-session"), None, [])
     assert len(key) == 16 and "secret" not in key
+
+
+def test_an_editors_resent_file_keeps_its_session_while_its_head_is_unchanged() -> None:
+    head = "import os\n" * (PROMPT_HEAD // 10 + 1)
+    first = prompt_session_key(NONE, None, head + "def f(): pass")
+    assert prompt_session_key(NONE, None, head + "def f(x): return x") == first
+    assert prompt_session_key(NONE, None, "import sys\n" + head) != first
+    assert prompt_session_key(NONE, "alice", head) == prompt_session_key(NONE, "alice", "x")
+    assert prompt_session_key(NONE, None, list(range(5000))) == prompt_session_key(
+        NONE, None, [*range(PROMPT_HEAD), 7]
+    )

@@ -18,12 +18,23 @@ from typing import Literal
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    BertConfig,
+    BertModel,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 Size = Literal["tiny", "small"]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
+# Qwen2.5-Coder's fill-in-the-middle tokens, added (after training) with ``fim=True``.
+FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"]
+EMBED_HIDDEN = 64
+MATRYOSHKA_DIMENSIONS = [64, 32, 16]
 
 # Qwen2/Qwen3 pre-tokenizer split pattern.
 _SPLIT = (
@@ -67,8 +78,9 @@ def _corpus(rng: random.Random, lines: int) -> Iterator[str]:
         yield line + "\n"
 
 
-def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (Qwen's split regex) on the synthetic corpus."""
+def build_tokenizer(vocab_size: int, seed: int, fim: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (Qwen's split regex) on the synthetic corpus; ``fim`` adds the
+    FIM tokens after training, so every other id is the same as without them."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -85,6 +97,8 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(_corpus(random.Random(seed), 4000), trainer=trainer)
     tok.add_tokens(PLAIN_TOKENS)
+    if fim:
+        tok.add_special_tokens(FIM_TOKENS)
     return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -120,11 +134,14 @@ def build_config(size: Size, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
     )
 
 
-def write_demo_model(directory: Path, *, seed: int = 0, size: Size = "tiny") -> Path:
-    """Write the demo model (weights, config, tokenizer, generation config) into ``directory``."""
+def write_demo_model(
+    directory: Path, *, seed: int = 0, size: Size = "tiny", fim: bool = False
+) -> Path:
+    """Write the demo model (weights, config, tokenizer, generation config) into ``directory``;
+    ``fim``: its tokenizer has fill-in-the-middle tokens (for /v1/completions with a suffix)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(_SHAPES[size][0], seed)
+    tokenizer = build_tokenizer(_SHAPES[size][0], seed, fim=fim)
     config = build_config(size, tokenizer)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
@@ -137,13 +154,51 @@ def write_demo_model(directory: Path, *, seed: int = 0, size: Size = "tiny") -> 
     return directory
 
 
+def write_demo_embedding_model(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny BERT-style encoder with the demo tokenizer and sentence-transformers files (mean
+    pooling, normalised) and ``matryoshka_dimensions``: the ``task = "embed"`` test model."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(_SHAPES["tiny"][0], seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=EMBED_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.matryoshka_dimensions = MATRYOSHKA_DIMENSIONS  # read as vLLM reads it (embedding.py)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    st = "sentence_transformers.models."
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": st + "Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": st + "Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": st + "Normalize"},
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": EMBED_HIDDEN, "pooling_mode_mean_tokens": True}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (directory / "2_Normalize").mkdir(exist_ok=True)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=list(_SHAPES), default="tiny")
+    parser.add_argument("--fim", action="store_true", help="add fill-in-the-middle tokens")
+    parser.add_argument("--embed", action="store_true", help="the tiny embedding model instead")
     args = parser.parse_args(argv)
-    print(write_demo_model(args.directory, seed=args.seed, size=args.size))
+    if args.embed:
+        print(write_demo_embedding_model(args.directory, seed=args.seed))
+    else:
+        print(write_demo_model(args.directory, seed=args.seed, size=args.size, fim=args.fim))
 
 
 if __name__ == "__main__":

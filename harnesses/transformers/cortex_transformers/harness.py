@@ -30,9 +30,10 @@ from cortex.neuron.harness import (
 )
 from cortex.neuron.prompt import prompt_too_long
 from cortex.protocol.neuron import LoadRequest
-from cortex_transformers import __version__
+from cortex_transformers import __version__, fim
 from cortex_transformers.attention import use_cortex_sdpa
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
+from cortex_transformers.embedding import load_embedding_model
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.generation import Generation
 from cortex_transformers.gguf_source import GGUFHeaderError
@@ -87,7 +88,9 @@ class TransformersModel(LoadedModel):
         self._model: PreTrainedModel | None = model
         self._tokenizer = tokenizer
         self._tools_template = tools_template(tokenizer, request.tool_parser)
-        self._eos_ids = eos_ids(model, tokenizer)
+        self._fim = fim.find(tokenizer)
+        # An infill ends at the FIM family's own end tokens too (<|fim_pad|>, <EOT>, ...).
+        self._eos_ids = eos_ids(model, tokenizer) | (fim.end_ids(tokenizer) if self._fim else set())
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self.grammars = GrammarCache(tokenizer, self._vocab_size)
         self._scheduler: Scheduler | None = Scheduler(
@@ -142,6 +145,20 @@ class TransformersModel(LoadedModel):
             raise InvalidRequest(f"the chat template rejected the conversation: {exc}") from exc
         # What apply_chat_template(tokenize=True) does, with the forced prefix appended first.
         return list(self._tokenizer.encode(str(text) + prefix, add_special_tokens=False))
+
+    def encode_prompt(self, prompt: str, suffix: str | None = None) -> list[int]:
+        if suffix is None:
+            return list(self._tokenizer.encode(prompt, add_special_tokens=True))
+        if self._fim is None:
+            raise InvalidRequest(
+                f"model {self.model_id} cannot fill in the middle: its tokenizer has no FIM "
+                "tokens (<|fim_prefix|>, <fim_prefix>, ...); send the prompt without suffix",
+                param="suffix",
+            )
+        return fim.encode(self._tokenizer, self._fim, prompt, suffix)
+
+    def decode_tokens(self, ids: list[int]) -> str:
+        return self._decode(ids)
 
     def prepare(self, params: SamplingParams) -> None:
         """Compile the constraint's grammar into the cache (a bad schema is a 400 here)."""
@@ -230,6 +247,11 @@ class TransformersHarness(Harness):
     ) -> LoadedModel:
         if options.torch_threads > 0:
             torch.set_num_threads(options.torch_threads)
+        if request.task == "embed":
+            progress(0.1, "weights")
+            embedder = load_embedding_model(request, path, device, options)
+            progress(1.0, "loaded")
+            return embedder
         progress(0.0, "tokenizer")
         tokenizer = load_tokenizer(request, path, options)
         progress(0.1, "weights")
