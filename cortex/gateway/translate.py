@@ -100,7 +100,33 @@ def messages_to_openai(
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         user=req.metadata.user_id if req.metadata else None,
+        response_format=_response_format(req),
+        reasoning_effort=_EFFORT[effort] if (effort := _effort(req)) else None,
     )
+
+
+# Anthropic's effort levels onto OpenAI's (``max`` has no OpenAI twin: the highest there is).
+_EFFORT: dict[str, oa.ReasoningEffort] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "xhigh",
+}
+
+
+def _effort(req: an.MessagesRequest) -> str | None:
+    return req.output_config.effort if req.output_config else None
+
+
+def _response_format(req: an.MessagesRequest) -> oa.ResponseFormat | None:
+    """Structured outputs (``output_config.format``, or the beta's ``output_format``) become a
+    JSON-schema response format, which the neuron enforces with a grammar."""
+    fmt = (req.output_config.format if req.output_config else None) or req.output_format
+    if fmt is None:
+        return None
+    schema = oa.JsonSchemaFormat(name="output", schema=fmt.schema, strict=True)
+    return oa.ResponseFormat(type="json_schema", json_schema=schema)
 
 
 def _system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:
@@ -223,7 +249,10 @@ def _tool(tool: an.ToolDef) -> oa.Tool:
     if tool.type not in (None, "custom"):
         raise InvalidRequest(f"tool type {tool.type!r} is not supported (tool {tool.name!r})")
     function = oa.FunctionDef(
-        name=tool.name, description=tool.description, parameters=tool.input_schema
+        name=tool.name,
+        description=tool.description,
+        parameters=tool.input_schema,
+        strict=tool.strict,
     )
     return oa.Tool(function=function)
 
