@@ -51,9 +51,7 @@ from cortex_transformers.loading import (
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
 
-SAMPLING = SamplingFeatures(
-    constraints=True, penalties=True, logit_bias=True, max_top_logprobs=20, max_n=8
-)
+SAMPLING = SamplingFeatures(constraints=True, penalties=True, logit_bias=True, max_top_logprobs=20)
 GPU_STEP_TOKENS = 2048
 CPU_STEP_TOKENS = 512
 
