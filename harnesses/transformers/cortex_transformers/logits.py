@@ -34,7 +34,7 @@ def choose(logits: torch.Tensor, seqs: list[Generation]) -> list[Picked]:
     raw = logits[wants_logprobs].float().log_softmax(-1) if wants_logprobs else None
     edited = [i for i, seq in enumerate(seqs) if _edits(seq)]
     if edited:
-        logits = logits.float()  # a copy: the caller's logits stay as the model gave them
+        logits = logits.to(torch.float32, copy=True)  # the caller keeps the model's logits
         _penalise(logits, [seqs[i] for i in edited], edited)
         _mask(logits, [seqs[i] for i in edited], edited)
     tokens = next_tokens(logits, samplers)
