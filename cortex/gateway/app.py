@@ -34,6 +34,7 @@ from cortex.errors import (
 from cortex.gateway import admin, chat, messages, reload, responses, ui
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import GATEWAY, Gateway
+from cortex.gateway.dialects.ollama import routes as ollama
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
@@ -53,6 +54,8 @@ def _is_anthropic(request: web.Request) -> bool:
 
 
 def _error_response(request: web.Request, err: CortexError) -> web.Response:
+    if request.path.startswith(OLLAMA_PREFIX):
+        return edge.error_response(err, ollama.error_body(err), err.status)
     if _is_anthropic(request):
         return edge.error_response(err, anthropic_body(err), anthropic_status(err))
     return edge.error_response(err, openai_body(err), err.status)
@@ -73,6 +76,8 @@ def _no_route(method: str, path: str) -> str:
 
 
 def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
+    if exc.status in (404, 405):  # a client pointed at the wrong API shows up in the log
+        log.info("no route: %s %s -> %d", request.method, request.path, exc.status)
     if exc.status == 404:
         return NotFound(_no_route(request.method, request.path))
     if exc.status == 413:
@@ -119,13 +124,24 @@ def _refuse(given: str | None, kind: str) -> Unauthorized:
     return Unauthorized(f"Invalid {kind} key.")
 
 
+OLLAMA_PREFIX = "/api/"
+_UNGUARDED = ("/api/event_logging/batch",)  # Claude Code's telemetry, dropped unread
+
+
+def _client_route(path: str) -> bool:
+    """Routes behind the client keys: OpenAI's and Anthropic's (/v1/), Ollama's (/api/)."""
+    if path in _UNGUARDED:
+        return False
+    return path.startswith(("/v1/", OLLAMA_PREFIX))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Client routes take a client or an admin key; admin routes an admin key. The key lists
     are read per request from the running config, so a SIGHUP reload rotates them."""
     section = request.app[GATEWAY].config.gateway
     path = request.path
-    if path.startswith("/v1/") and section.api_keys:
+    if _client_route(path) and section.api_keys:
         given = _key_of(request)
         if not edge.key_matches(given, section.api_keys + section.admin_keys):
             raise _refuse(given, "API")
@@ -254,6 +270,7 @@ def make_app(
     app.router.add_post(
         "/v1/responses", _exchange_handler("responses", "/v1/responses", responses.create)
     )
+    ollama.add_routes(app, _exchange_handler)
     app.router.add_get("/v1/models", admin.list_models)
     app.router.add_get("/v1/models/{model}", admin.get_model)
     app.router.add_get("/cortex/status", admin.status)
