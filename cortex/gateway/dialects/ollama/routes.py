@@ -13,6 +13,7 @@ copy and delete answer 403 saying so. Errors are Ollama's ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -154,10 +155,8 @@ async def _load_or_unload(
         if gateway.fleet.catalogue()[entry.id].pinned:
             raise Conflict(f"model {entry.id} is pinned; unpin it before unloading it")
         for node, _ in list(gateway.fleet.view().holders(entry.id)):
-            try:
+            with contextlib.suppress(ModelNotFound):  # gone meanwhile (idle TTL): as asked
                 await gateway.loader.unload(entry.id, node.name)
-            except ModelNotFound:
-                pass  # gone meanwhile (its idle TTL ran out): what was asked
         gateway.fleet.set_ttl(entry.id, None)
     elif entry is not None:
         await gateway.loader.route(entry, keep=True)

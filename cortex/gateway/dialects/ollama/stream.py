@@ -16,12 +16,8 @@ import msgspec
 
 from cortex.errors import CortexError
 from cortex.gateway import deltas
-from cortex.gateway.dialects.ollama.translate import (
-    Clock,
-    new_call_id,
-    now_rfc3339,
-    tool_calls_out,
-)
+from cortex.gateway.dialects.calls import new_call_id
+from cortex.gateway.dialects.ollama.translate import Clock, now_rfc3339, tool_calls_out
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
 

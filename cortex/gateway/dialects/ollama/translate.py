@@ -5,9 +5,8 @@ naming the field. Choices not forced by either API:
 - Every system message (and /api/generate's ``system``) joins one leading system message,
   paragraphs in order: chat templates take a system message only first (as the Anthropic and
   Responses translators do).
-- Ollama's tool calls carry no ids: calls get fresh ``call_...`` ids, and each tool message
-  takes the id of the earliest unanswered call of the assistant turn before it whose name
-  equals its ``tool_name`` (else simply the earliest unanswered one).
+- Ollama's tool calls carry no ids: calls get fresh ids, and tool messages are paired with
+  them by ``tool_name`` (dialects/calls.py).
 - ``images`` (bare base64) become data URLs, the type read from the first bytes; a model
   without ``vision`` in models.toml refuses them.
 - ``format`` "json" is ``response_format`` json_object, a schema is json_schema (strict);
@@ -19,7 +18,6 @@ naming the field. Choices not forced by either API:
 
 from __future__ import annotations
 
-import secrets
 import time
 from datetime import UTC, datetime
 from typing import TypedDict
@@ -27,6 +25,7 @@ from typing import TypedDict
 import msgspec
 
 from cortex.errors import InvalidRequest, UpstreamError
+from cortex.gateway.dialects.calls import Pairing, new_call_id
 from cortex.gateway.translate import tool_input
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
@@ -45,10 +44,6 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
-
-
 # --------------------------------------------------------------------------- requests
 
 
@@ -65,7 +60,7 @@ class Target:
 def chat_to_openai(req: ol.ChatRequest, target: Target) -> oa.ChatCompletionRequest:
     system: list[str] = []
     messages: list[oa.Message] = []
-    pending: list[tuple[str, str]] = []  # (call id, name) of the last assistant turn, unanswered
+    pairing = Pairing()
     for i, message in enumerate(req.messages):
         where = f"messages[{i}]"
         match message.role:
@@ -77,12 +72,12 @@ def chat_to_openai(req: ol.ChatRequest, target: Target) -> oa.ChatCompletionRequ
             case "assistant":
                 _no_images(message, where)
                 calls = [_call(c) for c in message.tool_calls or []]
-                pending = [(c.id, c.function.name) for c in calls]
+                pairing.calls([(c.id, c.function.name) for c in calls])
                 text = message.content if message.content or not calls else None
                 messages.append(oa.AssistantMessage(content=text, tool_calls=calls or None))
             case "tool":
                 _no_images(message, where)
-                call_id = message.tool_call_id or _answer(pending, message.tool_name)
+                call_id = message.tool_call_id or pairing.answer(message.tool_name)
                 messages.append(oa.ToolMessage(content=message.content, tool_call_id=call_id))
     return _request(req, target, _with_system(system, messages), req.tools)
 
@@ -183,17 +178,6 @@ def _call(call: ol.ToolCall) -> oa.ToolCall:
     return oa.ToolCall(
         id=call.id or new_call_id(), function=oa.FunctionCall(call.function.name, arguments)
     )
-
-
-def _answer(pending: list[tuple[str, str]], name: str | None) -> str:
-    """The id of the call a tool message answers (removed from ``pending``)."""
-    for i, (call_id, call_name) in enumerate(pending):
-        if name is None or call_name == name:
-            del pending[i]
-            return call_id
-    if pending:
-        return pending.pop(0)[0]
-    return new_call_id()
 
 
 # --------------------------------------------------------------------------- answers
