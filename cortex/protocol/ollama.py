@@ -181,12 +181,13 @@ class ShowRequest(msgspec.Struct, kw_only=True):
     name: ModelName | None = None  # the older spelling
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        if self.model is None and self.name is None:
+            raise msgspec.ValidationError("Object missing required field `model`")
+
     @property
     def model_name(self) -> str:
-        name = self.model or self.name
-        if name is None:
-            raise msgspec.ValidationError("Object missing required field `model`")
-        return name
+        return self.model or self.name or ""
 
 
 class EmbedRequest(msgspec.Struct, kw_only=True):
