@@ -542,6 +542,12 @@ def _gemini_cases() -> list[Case]:
         Case(
             "gw-gemini-no-route", "gateway", request("GET", "/v1beta/nothing", b"", key), "gemini"
         ),
+        Case(
+            "gw-gemini-query-key-no-route",
+            "gateway",
+            request("GET", f"/v1beta/nothing?key={CLIENT_KEY}", b"", JSON),
+            "gemini",
+        ),
     ]
     return cases
 
@@ -909,6 +915,9 @@ def test_logs_hold_no_key_and_hang_ups_are_one_info_line(
         for case in _header_cases():
             if "key" in case.name:
                 send(url, case.data)
+    for case in _ollama_cases() + _gemini_cases():
+        if "key" in case.name:
+            send(gateway.url, case.data)
     stream = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
     anthropic = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
 
