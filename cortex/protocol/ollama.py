@@ -148,6 +148,11 @@ class ChatRequest(_Generation, kw_only=True):
     messages: list[Message] = msgspec.field(default_factory=list)
     tools: list[Tool] | None = None
 
+    @property
+    def nothing_to_generate(self) -> bool:
+        """No messages: Ollama's way to load (or, with keep_alive 0, unload) a model."""
+        return not self.messages
+
 
 class GenerateRequest(_Generation, kw_only=True):
     prompt: str = ""
@@ -160,6 +165,11 @@ class GenerateRequest(_Generation, kw_only=True):
     width: int | None = None  # image generation (Ollama's experimental fields)
     height: int | None = None
     steps: int | None = None
+
+    @property
+    def nothing_to_generate(self) -> bool:
+        """No prompt and no images: Ollama's way to load or unload a model."""
+        return not self.prompt and not self.images
 
     def __post_init__(self) -> None:
         super().__post_init__()

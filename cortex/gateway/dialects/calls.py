@@ -1,4 +1,4 @@
-"""Tool-call ids for dialects whose calls carry none (Ollama's; Gemini's before its ``id``).
+"""Ids for tool calls in the dialects whose calls may carry none (Ollama, Gemini).
 
 Chat completions pair each tool message with its call by id. ``Pairing`` remembers the calls
 of the latest assistant turn and hands each answer the id of the earliest unanswered call of

@@ -13,6 +13,7 @@ from cortex.gateway.dialects.gemini.stream import GeminiStreamWriter
 from cortex.gateway.dialects.gemini.translate import error_body, lower_schema, to_openai
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
+from tests.gateway.dialects import chunk
 
 USER = [{"role": "user", "parts": [{"text": "hi"}]}]
 DECLARED = [
@@ -156,25 +157,15 @@ def test_images_need_a_vision_model() -> None:
     assert isinstance(user, oa.UserMessage) and isinstance(user.content, list)
 
 
-def _chunk(
-    content: str | None = None,
-    calls: list[oa.ToolCallDelta] | None = None,
-    finish: oa.FinishReason | None = None,
-    usage: oa.Usage | None = None,
-) -> oa.ChatCompletionChunk:
-    choice = oa.ChunkChoice(delta=oa.Delta(content=content, tool_calls=calls), finish_reason=finish)
-    return oa.ChatCompletionChunk(id="c", created=0, model="m", choices=[choice], usage=usage)
-
-
 def _run(writer: GeminiStreamWriter) -> bytes:
     fn = oa.ToolCallFunctionDelta
-    out = writer.feed(_chunk("Hi"))
+    out = writer.feed(chunk("Hi"))
     out += writer.feed(
-        _chunk(calls=[oa.ToolCallDelta(index=0, function=fn(name="a", arguments='{"x":'))])
+        chunk(calls=[oa.ToolCallDelta(index=0, function=fn(name="a", arguments='{"x":'))])
     )
-    out += writer.feed(_chunk(calls=[oa.ToolCallDelta(index=0, function=fn(arguments='"1"}'))]))
+    out += writer.feed(chunk(calls=[oa.ToolCallDelta(index=0, function=fn(arguments='"1"}'))]))
     usage = oa.Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
-    return out + writer.feed(_chunk(finish="length", usage=usage)) + writer.finish()
+    return out + writer.feed(chunk(finish="length", usage=usage)) + writer.finish()
 
 
 def test_json_array_stream_parses_as_one_array() -> None:
@@ -200,7 +191,7 @@ def test_sse_stream_is_one_data_event_per_response() -> None:
 
 def test_errors_mid_stream_close_the_array() -> None:
     writer = GeminiStreamWriter("g", "r", sse_framing=False)
-    items = json.loads(writer.feed(_chunk("x")) + writer.error(UpstreamError("node failed")))
+    items = json.loads(writer.feed(chunk("x")) + writer.error(UpstreamError("node failed")))
     assert items[1] == {"error": {"code": 502, "message": "node failed", "status": "INTERNAL"}}
     fresh = GeminiStreamWriter("g", "r", sse_framing=False)
     assert json.loads(fresh.error(UpstreamError("boom")))[0]["error"]["message"] == "boom"

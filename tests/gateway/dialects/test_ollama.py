@@ -21,6 +21,7 @@ from cortex.gateway.dialects.ollama.translate import (
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
+from tests.gateway.dialects import chunk
 
 NEURON = Target("m", 4096, vision=False, neuron=True)
 
@@ -154,17 +155,6 @@ def test_generate_refuses_what_it_cannot_honour(field: str) -> None:
         protocol.decode(body, ol.GenerateRequest)
 
 
-def _chunk(
-    content: str | None = None,
-    calls: list[oa.ToolCallDelta] | None = None,
-    finish: oa.FinishReason | None = None,
-    usage: oa.Usage | None = None,
-) -> oa.ChatCompletionChunk:
-    delta = oa.Delta(content=content, tool_calls=calls)
-    choice = oa.ChunkChoice(delta=delta, finish_reason=finish)
-    return oa.ChatCompletionChunk(id="c", created=0, model="m", choices=[choice], usage=usage)
-
-
 def _lines(raw: bytes) -> list[dict[str, Any]]:
     assert raw.endswith(b"\n")
     return [json.loads(line) for line in raw.splitlines()]
@@ -174,14 +164,14 @@ def test_ndjson_stream_sends_text_then_whole_calls_then_done() -> None:
     writer = OllamaStreamWriter("chat", "m:latest", Clock(time.perf_counter()))
     fn = oa.ToolCallFunctionDelta
     out = writer.keepalive()
-    out += writer.feed(_chunk("Hel"))
-    out += writer.feed(_chunk("lo"))
+    out += writer.feed(chunk("Hel"))
+    out += writer.feed(chunk("lo"))
     out += writer.feed(
-        _chunk(calls=[oa.ToolCallDelta(index=0, id="c1", function=fn(name="f", arguments='{"a"'))])
+        chunk(calls=[oa.ToolCallDelta(index=0, id="c1", function=fn(name="f", arguments='{"a"'))])
     )
-    out += writer.feed(_chunk(calls=[oa.ToolCallDelta(index=0, function=fn(arguments=": 1}"))]))
+    out += writer.feed(chunk(calls=[oa.ToolCallDelta(index=0, function=fn(arguments=": 1}"))]))
     out += writer.feed(
-        _chunk(
+        chunk(
             finish="tool_calls",
             usage=oa.Usage(prompt_tokens=5, completion_tokens=4, total_tokens=9),
         )
@@ -196,12 +186,12 @@ def test_ndjson_stream_sends_text_then_whole_calls_then_done() -> None:
     assert final["done"] is True and final["done_reason"] == "stop" and final["model"] == "m:latest"
     assert (final["prompt_eval_count"], final["eval_count"]) == (5, 4)
     assert final["eval_duration"] >= 1 and final["message"] == {"role": "assistant", "content": ""}
-    assert writer.feed(_chunk("late")) == b"" and writer.finish() == b""
+    assert writer.feed(chunk("late")) == b"" and writer.finish() == b""
 
 
 def test_ndjson_generate_stream_and_error_line() -> None:
     writer = OllamaStreamWriter("generate", "m", Clock(time.perf_counter()))
-    out = writer.feed(_chunk("x")) + writer.error(UpstreamError("node n1 failed mid-stream"))
+    out = writer.feed(chunk("x")) + writer.error(UpstreamError("node n1 failed mid-stream"))
     assert _lines(out) == [
         {"model": "m", "created_at": _lines(out)[0]["created_at"], "done": False, "response": "x"},
         {"error": "node n1 failed mid-stream"},

@@ -18,11 +18,11 @@ from cortex import protocol
 from cortex.errors import NotFound
 from cortex.gateway import admin
 from cortex.gateway.core import GATEWAY, Gateway, Resolved
-from cortex.gateway.dialects.gemini.stream import ARRAY_HEADERS, SSE_HEADERS, GeminiStreamWriter
+from cortex.gateway.dialects.gemini.stream import ARRAY_HEADERS, GeminiStreamWriter
 from cortex.gateway.dialects.gemini.translate import new_response_id, reply, to_openai
 from cortex.gateway.messages import count_prompt
 from cortex.gateway.proxy import Exchange
-from cortex.gateway.relay import accepts_images, read_completion, relay_stream
+from cortex.gateway.relay import SSE_HEADERS, accepts_images, read_completion, relay_stream
 from cortex.gateway.sessions import session_key
 from cortex.protocol import gemini as gm
 from cortex.protocol.neuron import TokenizeRequest

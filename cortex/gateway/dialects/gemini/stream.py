@@ -14,61 +14,33 @@ import msgspec
 
 from cortex import sse
 from cortex.errors import CortexError
-from cortex.gateway import deltas
-from cortex.gateway.dialects.calls import new_call_id
 from cortex.gateway.dialects.gemini.translate import (
     call_parts,
     error_body,
     finish_reason,
     usage,
 )
+from cortex.gateway.dialects.stream import HeldCallsWriter
 from cortex.protocol import gemini as gm
-from cortex.protocol import openai as oa
 
-SSE_HEADERS = {
-    "content-type": "text/event-stream",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-}
 ARRAY_HEADERS = {"content-type": "application/json", "cache-control": "no-cache"}
 _encoder = msgspec.json.Encoder()
 
 
-class _Call:
-    def __init__(self, call_id: str) -> None:
-        self.id, self.name = call_id, ""
-        self.arguments: list[str] = []
-
-
-class GeminiStreamWriter:
+class GeminiStreamWriter(HeldCallsWriter):
     """OpenAI stream chunks in, Gemini responses out (``sse``: SSE events, else a JSON array)."""
 
     def __init__(self, model: str, response_id: str, sse_framing: bool) -> None:
+        super().__init__()
         self._model = model
         self._id = response_id
         self._sse = sse_framing
         self._sent = 0  # objects written (the array needs "[" before the first, "," after)
-        self._done = False
-        self._calls: dict[int, _Call] = {}
-        self._finish: oa.FinishReason | None = None
-        self._usage: oa.Usage | None = None
-
-    def feed(self, chunk: oa.ChatCompletionChunk) -> bytes:
-        if self._done:
-            return b""
-        self._usage = chunk.usage or self._usage
-        pieces, self._finish = deltas.walk(chunk, self._text, self._call, self._finish)
-        return b"".join(pieces)
 
     def finish(self, matched_stop: str | None = None) -> bytes:
-        if self._done:
+        if not self._end():
             return b""
-        self._done = True
-        calls = [
-            oa.ToolCall(id=c.id, function=oa.FunctionCall(c.name, "".join(c.arguments)))
-            for c in self._calls.values()
-            if c.name
-        ]
+        calls = self._calls.whole()
         candidate = gm.Candidate(
             content=gm.OutContent(parts=call_parts(calls) or [gm.OutPart(text="")], role="model"),
             finish_reason=finish_reason(self._finish),
@@ -77,10 +49,7 @@ class GeminiStreamWriter:
         return self._write(_encoder.encode(last)) + self._close()
 
     def error(self, err: CortexError) -> bytes:
-        if self._done:
-            return b""
-        self._done = True
-        return self._write(error_body(err)) + self._close()
+        return self._write(error_body(err)) + self._close() if self._end() else b""
 
     def keepalive(self) -> bytes:
         return b""
@@ -109,15 +78,3 @@ class GeminiStreamWriter:
     def _text(self, text: str) -> list[bytes]:
         candidate = gm.Candidate(content=gm.OutContent(parts=[gm.OutPart(text=text)], role="model"))
         return [self._write(_encoder.encode(self._response([candidate])))]
-
-    def _call(self, delta: oa.ToolCallDelta) -> list[bytes]:
-        """Held until the end: Gemini sends each call whole."""
-        call = self._calls.get(delta.index)
-        if call is None:
-            call = self._calls[delta.index] = _Call(delta.id or new_call_id())
-        fn = delta.function
-        if fn is not None and fn.name:
-            call.name = fn.name
-        if fn is not None and fn.arguments:
-            call.arguments.append(fn.arguments)
-        return []

@@ -98,7 +98,7 @@ async def _generation(
     chat = isinstance(req, ol.ChatRequest)
     resolved = resolve(gateway, req.model)
     ex.model = resolved.model_id
-    if (not req.messages) if isinstance(req, ol.ChatRequest) else not (req.prompt or req.images):
+    if req.nothing_to_generate:
         return await _load_or_unload(gateway, resolved, req)
     ex.stream = req.stream
     keep_alive = _keep_alive(resolved, req.keep_alive)
@@ -152,7 +152,7 @@ async def _load_or_unload(
     unload = req.keep_alive is not None and ol.parse_duration(req.keep_alive) == 0
     entry = resolved.entry
     if entry is not None and unload:
-        if gateway.fleet.catalogue()[entry.id].pinned:
+        if gateway.fleet.catalogue().get(entry.id, entry).pinned:
             raise Conflict(f"model {entry.id} is pinned; unpin it before unloading it")
         for node, _ in list(gateway.fleet.view().holders(entry.id)):
             with contextlib.suppress(ModelNotFound):  # gone meanwhile (idle TTL): as asked

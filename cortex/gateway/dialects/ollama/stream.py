@@ -15,9 +15,8 @@ from typing import Literal
 import msgspec
 
 from cortex.errors import CortexError
-from cortex.gateway import deltas
-from cortex.gateway.dialects.calls import new_call_id
 from cortex.gateway.dialects.ollama.translate import Clock, now_rfc3339, tool_calls_out
+from cortex.gateway.dialects.stream import HeldCallsWriter
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
 
@@ -30,43 +29,20 @@ def line(obj: msgspec.Struct) -> bytes:
     return _encoder.encode(obj) + b"\n"
 
 
-class _Call:
-    def __init__(self, call_id: str, name: str) -> None:
-        self.id, self.name = call_id, name
-        self.arguments: list[str] = []
-
-
-class OllamaStreamWriter:
+class OllamaStreamWriter(HeldCallsWriter):
     """OpenAI stream chunks in, NDJSON lines out, for one /api/chat or /api/generate answer."""
 
     def __init__(self, kind: Kind, model: str, clock: Clock) -> None:
+        super().__init__()
         self._kind = kind
         self._model = model
         self._clock = clock
-        self._done = False
-        self._calls: dict[int, _Call] = {}  # by upstream tool_call index, in order
-        self._finish: oa.FinishReason | None = None
-        self._usage: oa.Usage | None = None
-
-    def feed(self, chunk: oa.ChatCompletionChunk) -> bytes:
-        if self._done:
-            return b""
-        self._usage = chunk.usage or self._usage
-        pieces, self._finish = deltas.walk(chunk, self._text, self._call, self._finish)
-        return b"".join(pieces)
 
     def finish(self, matched_stop: str | None = None) -> bytes:
-        if self._done:
+        if not self._end():
             return b""
-        self._done = True
-        out = b""
-        if self._calls:
-            calls = [
-                oa.ToolCall(id=c.id, function=oa.FunctionCall(c.name, "".join(c.arguments)))
-                for c in self._calls.values()
-                if c.name  # a call the upstream never named cannot be run
-            ]
-            out = line(self._piece("", tool_calls_out(calls)))
+        calls = self._calls.whole()
+        out = line(self._piece("", tool_calls_out(calls))) if calls else b""
         final = self._clock.final(self._model, self._finish, self._usage)
         if self._kind == "chat":
             return out + line(
@@ -75,10 +51,7 @@ class OllamaStreamWriter:
         return out + line(ol.GenerateChunk(response="", **final))
 
     def error(self, err: CortexError) -> bytes:
-        if self._done:
-            return b""
-        self._done = True
-        return line(ol.ErrorBody(err.message))
+        return line(ol.ErrorBody(err.message)) if self._end() else b""
 
     def keepalive(self) -> bytes:
         return b"" if self._done else line(self._piece(""))
@@ -94,15 +67,6 @@ class OllamaStreamWriter:
         self._clock.token()
         return [line(self._piece(text))]
 
-    def _call(self, delta: oa.ToolCallDelta) -> list[bytes]:
-        """Held until the end: Ollama sends each call whole."""
+    def _hold(self, delta: oa.ToolCallDelta) -> list[bytes]:
         self._clock.token()
-        fn = delta.function
-        call = self._calls.get(delta.index)
-        if call is None:
-            call = self._calls[delta.index] = _Call(delta.id or new_call_id(), "")
-        if fn is not None and fn.name:
-            call.name = fn.name
-        if fn is not None and fn.arguments:
-            call.arguments.append(fn.arguments)
-        return []
+        return super()._hold(delta)
