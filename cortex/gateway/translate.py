@@ -298,7 +298,7 @@ def _stop_reason(
     return "stop_sequence" if matched_stop else "end_turn"
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
+def tool_input(arguments: str) -> dict[str, Any]:
     if not arguments.strip():
         return {}
     try:
@@ -318,8 +318,8 @@ def openai_to_messages(
     message = choice.message
     content: list[an.OutBlock] = [an.OutText(message.content)] if message.content else []
     for call in message.tool_calls or []:
-        tool_input = _tool_input(call.function.arguments)
-        content.append(an.OutToolUse(_new_tool_use_id(), call.function.name, tool_input))
+        args = tool_input(call.function.arguments)
+        content.append(an.OutToolUse(_new_tool_use_id(), call.function.name, args))
     reason = _stop_reason(choice.finish_reason, bool(message.tool_calls), matched_stop)
     return an.MessagesResponse(
         id=new_message_id(),
@@ -459,7 +459,7 @@ class AnthropicStreamTranslator:
         if self._open_tool is not None:
             pieces, self._arguments = self._arguments, []
             if not _is_json_object("".join(pieces)):
-                pieces = [_encoder.encode(_tool_input("".join(pieces))).decode()]
+                pieces = [_encoder.encode(tool_input("".join(pieces))).decode()]
             events = [an.ContentBlockDelta(self._index, an.InputJsonDelta(p)) for p in pieces]
         self._open, self._open_tool = False, None
         return [*events, an.ContentBlockStop(self._index)]
