@@ -38,7 +38,8 @@ def cards(gateway: Gateway) -> list[ModelCard]:
     upstream_models = {
         name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
     }
-    return gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
+    fleet = gateway.fleet
+    return gateway.catalogue.model_cards(fleet.view(), upstream_models, fleet.pin_overrides)
 
 
 def _anthropic(request: web.Request) -> bool:

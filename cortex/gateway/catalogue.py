@@ -40,26 +40,33 @@ class Catalogue:
         return None
 
     def model_cards(
-        self, fleet: FleetView, upstream_models: Mapping[str, list[str]]
+        self,
+        fleet: FleetView,
+        upstream_models: Mapping[str, list[str]],
+        pins: Mapping[str, bool] | None = None,
     ) -> list[ModelCard]:
         """GET /v1/models: catalogue models some live (up or suspect) neuron may serve, in
         declaration order; then resident models outside the catalogue, by id; then each
         upstream's models (``upstream_models``: upstream name -> ids), always resident.
 
-        A model both local and upstream is one card whose ``nodes`` name both.
+        A model both local and upstream is one card whose ``nodes`` name both. ``pins``: the
+        runtime pins and unpins (``Fleet.pin_overrides``), which win over models.toml's.
         """
+        pins = pins or {}
         live = [n.name for n in fleet.nodes if n.health != "down"]
         cards: dict[str, ModelCard] = {}
         for entry in self.models:
             copies = [c for _, c in fleet.holders(entry.id)]
             if copies or any(not entry.nodes or name in entry.nodes for name in live):
-                card = _card(entry.id, copies, entry.context_length, entry.pinned, self.read_at)
+                pinned = pins.get(entry.id, entry.pinned)
+                card = _card(entry.id, copies, entry.context_length, pinned, self.read_at)
                 cards[entry.id] = _sized(card, entry.max_output_tokens)
         strays = {c.model_id for n in fleet.nodes for c in n.models} - set(self.by_id)
         for model_id in sorted(strays):
             copies = [c for _, c in fleet.holders(model_id)]
             if copies:
-                cards[model_id] = _sized(_card(model_id, copies, 0, False, self.read_at), 0)
+                pinned = any(c.pinned for c in copies)  # no entry: what its node says
+                cards[model_id] = _sized(_card(model_id, copies, 0, pinned, self.read_at), 0)
         for upstream in sorted(upstream_models):
             for model_id in upstream_models[upstream]:
                 _add_upstream(cards, model_id, upstream, self.read_at)
@@ -76,7 +83,7 @@ def _card(
         state="resident" if "loaded" in states else "loading" if states else "available",
         nodes=sorted(c.node for c in copies),
         context_length=context_length or max((c.context_length for c in copies), default=0),
-        pinned=pinned or any(c.pinned for c in copies),
+        pinned=pinned,
     )
     loaded = [int(c.loaded_at) for c in copies if c.loaded_at]
     return ModelCard(id=model_id, created=min(loaded, default=read_at), cortex=info)
