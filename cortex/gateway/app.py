@@ -302,7 +302,10 @@ def make_app(
     app.router.add_post(
         "/v1/messages", _exchange_handler("anthropic", "/v1/messages", messages.create)
     )
-    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post(
+        "/v1/messages/count_tokens",
+        _exchange_handler("anthropic", "/v1/messages/count_tokens", messages.count_tokens),
+    )
     app.router.add_post(
         "/v1/responses", _exchange_handler("responses", "/v1/responses", responses.create)
     )

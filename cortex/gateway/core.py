@@ -234,6 +234,7 @@ def _log_fields(ex: Exchange) -> dict[str, object]:
     fields: dict[str, object] = {
         "id": ex.request_id,
         "dialect": ex.dialect,
+        "route": ex.route,
         "model": ex.model or "-",
         "node": ex.node or "-",
         "session": ex.session or "-",
