@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -38,6 +39,7 @@ class FakeModel(LoadedModel):
         self.step_s = step_s
         self.running = 0  # sequences inside generate right now
         self.cancelled = 0  # sequences closed before their end
+        self.params: list[SamplingParams] = []  # every sequence's, in submission order
         self.unloaded = False
 
     def encode_chat(
@@ -58,6 +60,7 @@ class FakeModel(LoadedModel):
         # A literal backslash-n in the script stands for a newline (prompt lines end at "\n").
         script = last_user[4:].replace("\\n", "\n") if last_user.startswith("say:") else None
         pieces = [script[i : i + 2] for i in range(0, len(script), 2)] if script else []
+        self.params.append(params)
         self.running += 1
         done = False
         try:
@@ -97,9 +100,15 @@ class FakeHarness(Harness):
         self.step_s = 0.001
         self.fail_with: Exception | None = None
         self.models: list[FakeModel] = []
+        self.sampling = SamplingFeatures()  # what it declares it honours (set before loading)
 
     def info(self) -> HarnessInfo:
-        return HarnessInfo(name=self.name, quantizations=("none", "4bit"), device_kinds=("cpu",))
+        return HarnessInfo(
+            name=self.name,
+            quantizations=("none", "4bit"),
+            device_kinds=("cpu",),
+            sampling=self.sampling,
+        )
 
     def load(
         self,
