@@ -161,7 +161,7 @@ async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Sl
     prefix = "" if forced_by_grammar else prompt.tool_call_prefix(body, parser, model.model_id)
     ids = await asyncio.to_thread(model.encode_chat, messages, tools, prefix=prefix)
     budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
-    params = prompt.sampling_params(body, budget, constraint)
+    params = prompt.sampling_params(body, budget, constraint, slot.sampling_defaults)
     if constraint is not None or params.logit_bias:
         await asyncio.to_thread(model.prepare, params)  # compile the grammar: a 400 comes here
     return Plan(ids, params, body.stop_list, parser, prefix)

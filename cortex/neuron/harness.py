@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import InvalidRequest
 from cortex.neuron.constraints import Constraint, SamplingFeatures, TokenLogprob
 from cortex.protocol.neuron import LoadRequest
@@ -99,6 +100,9 @@ class LoadedModel(ABC):
     device: str  # "cpu" or "cuda:N"
     bytes_used: int  # weights plus reserved cache, as measured after loading
     context_length: int
+    sampling_defaults: SamplingDefaults = NO_SAMPLING_DEFAULTS
+    """The model's own defaults for omitted sampling fields (the transformers harness reads
+    generation_config.json); models.toml's ``[models.sampling]`` goes over them."""
 
     @abstractmethod
     def encode_chat(

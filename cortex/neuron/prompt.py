@@ -9,10 +9,11 @@ rest of the context"; the cap is ours).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.constraints import Constraint
 from cortex.neuron.harness import SamplingParams
@@ -104,24 +105,36 @@ def sampling_params(
     request: openai.ChatCompletionRequest,
     max_new_tokens: int,
     constraint: Constraint | None = None,
+    defaults: SamplingDefaults = NO_SAMPLING_DEFAULTS,
 ) -> SamplingParams:
-    """OpenAI defaults: temperature 1.0 and top_p 1.0 when absent; temperature 0 is greedy."""
+    """A field the request omits takes the model's default (``Slot.sampling_defaults``), else
+    OpenAI's: temperature 1.0, top_p 1.0; temperature 0 is greedy."""
     return SamplingParams(
         max_new_tokens=max_new_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=request.top_k or 0,
+        temperature=_first(request.temperature, defaults.temperature, 1.0),
+        top_p=_first(request.top_p, defaults.top_p, 1.0),
+        top_k=_first(request.top_k, defaults.top_k, 0),
         seed=request.seed,
         ignore_eos=request.ignore_eos,
         constraint=constraint,
         frequency_penalty=request.frequency_penalty or 0.0,
         presence_penalty=request.presence_penalty or 0.0,
-        repetition_penalty=request.repetition_penalty or 1.0,
+        repetition_penalty=_first(request.repetition_penalty, defaults.repetition_penalty, 1.0),
         logit_bias={int(k): v for k, v in request.logit_bias.items()} or None
         if request.logit_bias
         else None,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
+
+
+N = TypeVar("N", int, float)
+
+
+def _first(asked: N | None, default: N | None, fallback: N) -> N:
+    """The request's value, else the model's default, else ``fallback``."""
+    if asked is not None:
+        return asked
+    return default if default is not None else fallback
 
 
 def _assistant(msg: openai.AssistantMessage, where: str, vision: bool) -> dict[str, Any]:

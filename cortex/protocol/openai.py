@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cortex.config import SamplingDefaults
 from cortex.protocol.bounds import check_nesting, check_normal, refuse
 
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
@@ -340,6 +341,9 @@ class CortexModelInfo(msgspec.Struct, kw_only=True):
     nodes: list[str] = msgspec.field(default_factory=list)  # where loaded or loading
     context_length: int = 0  # 0 = unknown
     pinned: bool = False
+    # Defaults for omitted sampling fields: those a neuron uses (models.toml over the model's
+    # generation_config.json) once loaded, else the models.toml values; None when neither.
+    sampling: SamplingDefaults | None = None
 
 
 class TopProvider(msgspec.Struct, kw_only=True):

@@ -1,13 +1,21 @@
 """Sampling controls seen by clients (issue 21): a gateway and a neuron on the tiny demo model.
 
 ``n`` choices share one prefill through the prefix cache (the neuron's
-``cortex_prefix_cache_tokens_total`` shows choices 1..n-1 reading the prompt from it).
+``cortex_prefix_cache_tokens_total`` shows choices 1..n-1 reading the prompt from it). A model's
+generation_config.json and its models.toml ``[models.sampling]`` fill the fields a request omits,
+and ``/v1/models`` and ``cortex status`` show the result.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -18,6 +26,15 @@ from tests.e2e.test_metrics_e2e import _scrape
 from tests.prometheus_samples import total
 
 MODEL = {"id": "tiny", "source": "tiny", "context_length": 2048, "vram_gb": 0.5}
+# The demo model with its own sampling defaults, and models.toml values over some of them.
+TUNED = {
+    "id": "tuned",
+    "source": "tuned",
+    "context_length": 2048,
+    "vram_gb": 0.5,
+    "sampling": {"temperature": 0.0, "top_p": 0.5},
+}
+OWN_DEFAULTS = {"temperature": 0.7, "top_k": 7}
 BLOCK = 16  # the transformers harness's KV block size: only full blocks are shared
 
 
@@ -27,8 +44,14 @@ def fleet(
     model_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[GatewayProcess, NeuronProcess]]:
-    neuron = start_neuron(name="n1", model_roots=[model_root], cpu_memory_budget_gb=1.0)
-    gw = GatewayProcess.start(tmp_path_factory.mktemp("gw"), neurons={"n1": neuron}, models=[MODEL])
+    tuned_root = tmp_path_factory.mktemp("tuned")
+    shutil.copytree(model_root / "tiny", tuned_root / "tuned")
+    config_file = tuned_root / "tuned" / "generation_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | OWN_DEFAULTS))
+    neuron = start_neuron(name="n1", model_roots=[model_root, tuned_root], cpu_memory_budget_gb=1.0)
+    gw = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw"), neurons={"n1": neuron}, models=[MODEL, TUNED]
+    )
     yield gw, neuron
     gw.stop()
 
@@ -92,3 +115,41 @@ def test_streamed_choices_arrive_with_their_index_and_usage_counts_them_all(
         usage = chunk.usage or usage
     assert finished == {0: "length", 1: "length", 2: "length"}
     assert usage is not None and usage.completion_tokens == 3 * 4
+
+
+def _sampling_card(gw: GatewayProcess, model: str) -> Any:
+    code, listing = gw.call("GET", "/v1/models")
+    assert code == 200
+    return next(card["cortex"]["sampling"] for card in listing["data"] if card["id"] == model)
+
+
+def test_defaults_come_from_the_model_and_models_toml_and_are_shown(
+    fleet: tuple[GatewayProcess, NeuronProcess], client: openai.OpenAI
+) -> None:
+    gw = fleet[0]
+    configured = {"temperature": 0.0, "top_p": 0.5, "top_k": None, "repetition_penalty": None}
+    assert _sampling_card(gw, "tuned") == configured  # not loaded: models.toml's alone
+    plain = _sampling_card(gw, "tiny")
+    messages: Any = [{"role": "user", "content": "Tell me a story."}]
+    replies = [
+        client.chat.completions.create(
+            model="tuned", messages=messages, max_tokens=12, extra_body={"ignore_eos": True}
+        )
+        for _ in range(2)
+    ]
+    # temperature 0 from models.toml (over the model's 0.7): greedy, so both agree.
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    in_use = {"temperature": 0.0, "top_p": 0.5, "top_k": 7, "repetition_penalty": None}
+    deadline = time.monotonic() + 20
+    while _sampling_card(gw, "tuned") != in_use:  # the gateway polls the neuron's status
+        assert time.monotonic() < deadline, _sampling_card(gw, "tuned")
+        time.sleep(0.1)
+    assert plain is None
+    shown = subprocess.run(
+        [sys.executable, "-m", "cortex", "status", "--gateway", gw.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "defaults: temperature 0, top_p 0.5, top_k 7" in shown

@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from cortex.config import SamplingDefaults
 from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import (
     Harness,
@@ -101,6 +102,7 @@ class FakeHarness(Harness):
         self.fail_with: Exception | None = None
         self.models: list[FakeModel] = []
         self.sampling = SamplingFeatures()  # what it declares it honours (set before loading)
+        self.model_defaults = SamplingDefaults()  # what its models read from their own config
 
     def info(self) -> HarnessInfo:
         return HarnessInfo(
@@ -125,5 +127,6 @@ class FakeHarness(Harness):
         if self.fail_with is not None:
             raise self.fail_with
         model = FakeModel(request, device, self.step_s)
+        model.sampling_defaults = self.model_defaults
         self.models.append(model)
         return model

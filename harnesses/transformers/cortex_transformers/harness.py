@@ -43,6 +43,7 @@ from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
     TEMPLATE_ERRORS,
     eos_ids,
+    generation_defaults,
     load_model,
     load_tokenizer,
     resolve_dtype,
@@ -263,6 +264,7 @@ class TransformersHarness(Harness):
             del model
             release_memory(device)
             raise
+        loaded.sampling_defaults = generation_defaults(path)
         progress(0.9, "warm-up")
         try:
             loaded.warm_up()

@@ -8,9 +8,13 @@ on. ``path`` is a directory of safetensors (or a hub id) or one ``.gguf`` file (
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -20,12 +24,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import InsufficientMemory, InvalidRequest
 from cortex.neuron.harness import LoadOptions
 from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import gguf_source
 from cortex_transformers.demo import CHAT_TEMPLATE as HERMES_TEMPLATE
 
+log = logging.getLogger(__name__)
 TEMPLATE_ERRORS = (jinja2.TemplateError, ValueError, TypeError, KeyError)
 _PROBE = "cortex_tool_probe"
 _PROBE_TOOLS: list[dict[str, Any]] = [
@@ -168,3 +174,24 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> froze
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
+
+
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def generation_defaults(path: str) -> SamplingDefaults:
+    """The sampling defaults in the model directory's generation_config.json: its temperature,
+    top_p, top_k and repetition_penalty, as vLLM takes them (``do_sample`` is not read: a
+    server samples whenever the temperature is above 0). None for a GGUF file or a hub id; a
+    file that cannot be read, or values out of the request fields' bounds, are logged and
+    skipped (the model still loads, with OpenAI's defaults)."""
+    file = Path(path) / "generation_config.json"
+    if not file.is_file():
+        return NO_SAMPLING_DEFAULTS
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+        found = {key: raw[key] for key in GENERATION_KEYS if raw.get(key) is not None}
+        return msgspec.convert(found, SamplingDefaults)
+    except (OSError, ValueError, AttributeError, msgspec.ValidationError) as exc:
+        log.warning("ignoring the sampling defaults of %s: %s", file, exc)
+        return NO_SAMPLING_DEFAULTS
