@@ -33,5 +33,7 @@ def refuse_unsupported(
             f"top_logprobs is at most {max(features.max_top_logprobs, 0)} for {model_id}",
             param="top_logprobs",
         )
+    if request.thinking_token_budget is not None and not features.thinking_budget:
+        raise refuse("thinking_token_budget", "a thinking budget")
     if request.n > features.max_n:
         raise InvalidRequest(f"n is at most {features.max_n} for {model_id}", param="n")

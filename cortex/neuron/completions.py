@@ -159,7 +159,9 @@ async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Sl
     )
     forced_by_grammar = isinstance(constraint, ToolCalls) and constraint.forced
     prefix = "" if forced_by_grammar else prompt.tool_call_prefix(body, parser, model.model_id)
-    ids = await asyncio.to_thread(model.encode_chat, messages, tools, prefix=prefix)
+    variables = prompt.template_variables(body, model.chat_variables, model.model_id)
+    encode = functools.partial(model.encode_chat, prefix=prefix, variables=variables)
+    ids = await asyncio.to_thread(encode, messages, tools)
     budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
     params = prompt.sampling_params(body, budget, constraint, slot.sampling_defaults)
     if constraint is not None or params.logit_bias:

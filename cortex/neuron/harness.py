@@ -45,6 +45,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: float = 1.0  # vLLM/HF: scales logits of tokens in prompt or reply
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     logprobs: int | None = None  # None: no logprobs; k >= 0: the chosen token's and k more
+    # At most this many tokens inside the reply's think block (<think>...</think>), then the
+    # block is closed; None: no limit. A model without think tokens never thinks: nothing to do.
+    thinking_budget: int | None = None
 
 
 class TokenEvent(msgspec.Struct, kw_only=True):
@@ -104,19 +107,27 @@ class LoadedModel(ABC):
     """The model's own defaults for omitted sampling fields (the transformers harness reads
     generation_config.json); models.toml's ``[models.sampling]`` goes over them."""
 
+    chat_variables: frozenset[str] = frozenset()
+    """The extra variables its chat template reads (Qwen3's ``enable_thinking``, gpt-oss's
+    ``reasoning_effort``, ...): a request may set these (``chat_template_kwargs``), the others
+    are refused by name. Empty: none (the default for a harness without templates)."""
+
     @abstractmethod
     def encode_chat(
         self,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         """Apply the chat template (with the generation prompt), append ``prefix`` and tokenize.
 
         ``messages`` are chat-template dicts: role, content (str), optional tool_calls (with
         ``function.arguments`` as a dict) and tool_call_id. ``prefix`` is assistant text the
-        reply starts with (a forced tool call's opening, tools.py). Raises InvalidRequest when
-        the template rejects the conversation or cannot render ``tools``.
+        reply starts with (a forced tool call's opening, tools.py). ``variables`` are passed to
+        the template (only names in ``chat_variables``; the neuron checked them). Raises
+        InvalidRequest when the template rejects the conversation or cannot render ``tools``.
         """
 
     @abstractmethod

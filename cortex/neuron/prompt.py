@@ -76,6 +76,33 @@ def tool_call_prefix(
     return prefix
 
 
+THINKING_OFF = ("none", "minimal")
+
+
+def template_variables(
+    request: openai.ChatCompletionRequest, readable: frozenset[str], model_id: str
+) -> dict[str, Any]:
+    """The chat-template variables a request sets: ``reasoning_effort`` becomes
+    ``enable_thinking`` (false for none/minimal: Qwen3's switch) and ``reasoning_effort``
+    (gpt-oss reads it) where the template reads them, and has no effect on a template with
+    neither; vLLM's ``chat_template_kwargs`` go through as they are (over the effort's) and
+    must name variables the template reads (``readable``), else a 400 naming the key."""
+    variables: dict[str, Any] = {}
+    if (effort := request.reasoning_effort) is not None:
+        switch = {"enable_thinking": effort not in THINKING_OFF, "reasoning_effort": effort}
+        variables = {name: value for name, value in switch.items() if name in readable}
+    for key, value in (request.chat_template_kwargs or {}).items():
+        if key not in readable:
+            settable = ", ".join(sorted(readable)) or "none"
+            raise InvalidRequest(
+                f"the chat template of {model_id} does not read {key!r} "
+                f"(the variables it reads: {settable})",
+                param=f"chat_template_kwargs.{key}",
+            )
+        variables[key] = value
+    return variables
+
+
 def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:
     """max_new_tokens for the request: ``requested`` (else the default cap), but never more than
     the context leaves. ``max_tokens`` is a ceiling, not a demand: Claude Code asks for 32000 or
@@ -124,6 +151,7 @@ def sampling_params(
         if request.logit_bias
         else None,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        thinking_budget=request.thinking_token_budget,
     )
 
 

@@ -189,6 +189,9 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     reasoning_effort: ReasoningEffort | None = None
+    # vLLM's: at most this many reasoning tokens, then the think block is closed (Anthropic's
+    # thinking.budget_tokens arrives here)
+    thinking_token_budget: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
     # vLLM's: extra variables for the chat template (Qwen3's enable_thinking, ...)
     chat_template_kwargs: Annotated[dict[str, Any], msgspec.Meta(max_length=32)] | None = None
     metadata: dict[str, Any] | None = None

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -153,3 +154,37 @@ def test_defaults_come_from_the_model_and_models_toml_and_are_shown(
         check=True,
     ).stdout
     assert "defaults: temperature 0, top_p 0.5, top_k 7" in shown
+
+
+def test_reasoning_controls_reach_the_template_in_both_dialects(
+    fleet: tuple[GatewayProcess, NeuronProcess], client: openai.OpenAI
+) -> None:
+    """The demo template has Qwen3's switch: thinking off adds an empty think block to the
+    prompt (``<think>\\n\\n</think>\\n\\n``), which shows in the prompt's token count."""
+    messages: Any = [{"role": "user", "content": "Is 7 prime?"}]
+
+    def prompt_tokens(**extra: Any) -> int:
+        reply = client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=1, **extra
+        )
+        assert reply.usage is not None
+        return reply.usage.prompt_tokens
+
+    default = prompt_tokens()
+    off = prompt_tokens(reasoning_effort="none")
+    assert off > default
+    assert prompt_tokens(reasoning_effort="high") == default
+    assert prompt_tokens(extra_body={"chat_template_kwargs": {"enable_thinking": False}}) == off
+    with pytest.raises(openai.BadRequestError) as err:
+        prompt_tokens(extra_body={"chat_template_kwargs": {"bogus": 1}})
+    assert err.value.body["param"] == "chat_template_kwargs.bogus"  # type: ignore[index]
+
+    an = anthropic.Anthropic(base_url=fleet[0].url, api_key="unused", max_retries=0)
+
+    def input_tokens(**extra: Any) -> int:
+        reply = an.messages.create(model="tiny", messages=messages, max_tokens=4, **extra)
+        return reply.usage.input_tokens + (reply.usage.cache_read_input_tokens or 0)
+
+    assert input_tokens(thinking={"type": "disabled"}) == off
+    budgeted = {"type": "enabled", "budget_tokens": 1024}
+    assert input_tokens(thinking=budgeted) == default  # on, within a budget the engine keeps

@@ -41,6 +41,8 @@ class FakeModel(LoadedModel):
         self.running = 0  # sequences inside generate right now
         self.cancelled = 0  # sequences closed before their end
         self.params: list[SamplingParams] = []  # every sequence's, in submission order
+        self.chat_variables = frozenset({"enable_thinking"})  # a Qwen3-like switch
+        self.variables: dict[str, Any] | None = None  # the last encode_chat's
         self.unloaded = False
 
     def encode_chat(
@@ -48,7 +50,10 @@ class FakeModel(LoadedModel):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
+        self.variables = variables
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         if tools:
             text += "".join(t["function"]["name"] for t in tools)

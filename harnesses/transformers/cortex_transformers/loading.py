@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import msgspec
 import torch
 from transformers import (
@@ -132,6 +133,46 @@ def _own_template_with_tools(tokenizer: PreTrainedTokenizerBase) -> str | None:
     except TEMPLATE_ERRORS:
         return None  # a template that fails on tools cannot render them either
     return str(own) if _PROBE in str(rendered) else None
+
+
+# What transformers itself passes to every chat template: never a request's to set.
+TEMPLATE_RESERVED = frozenset(
+    {
+        "messages",
+        "tools",
+        "documents",
+        "add_generation_prompt",
+        "continue_final_message",
+        "raise_exception",
+        "strftime_now",
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "pad_token",
+        "sep_token",
+        "cls_token",
+        "mask_token",
+        "additional_special_tokens",
+    }
+)
+
+
+def template_variables(tokenizer: PreTrainedTokenizerBase) -> frozenset[str]:
+    """The variables the model's chat template reads that a request may set
+    (``chat_template_kwargs``; Qwen3's ``enable_thinking``): every name the template uses
+    without defining it, less what transformers passes itself. A template jinja cannot parse
+    here (an extension tag) gives none, so such requests are refused rather than ignored."""
+    sources = tokenizer.chat_template
+    templates = list(sources.values()) if isinstance(sources, dict) else [sources]
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do"])
+    names: set[str] = set()
+    for template in templates:
+        try:
+            names |= jinja2.meta.find_undeclared_variables(env.parse(str(template)))
+        except jinja2.TemplateError as exc:
+            log.warning("cannot read the chat template's variables: %s", exc)
+            return frozenset()
+    return frozenset(names - TEMPLATE_RESERVED)
 
 
 def load_model(
