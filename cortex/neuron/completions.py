@@ -31,7 +31,7 @@ from aiohttp import web
 from cortex import sse
 from cortex.errors import CortexError, InternalError
 from cortex.neuron import chunks, prompt
-from cortex.neuron.capabilities import refuse_unsupported
+from cortex.neuron.capabilities import refuse_unsupported_chat
 from cortex.neuron.constrain import constraint_for
 from cortex.neuron.constraints import TokenLogprob, ToolCalls
 from cortex.neuron.harness import LoadedModel, SamplingParams
@@ -148,7 +148,7 @@ async def _open_stream(request: web.Request, encs: list[chunks.ChunkEncoder]) ->
 
 async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Slot) -> Plan:
     features = slot.sampling
-    refuse_unsupported(body, features, model.model_id)
+    refuse_unsupported_chat(body, features, model.model_id)
     messages = prompt.template_messages(body.messages, vision=slot.vision)
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = prompt.template_tools(body.tools) if use_tools else None
@@ -163,7 +163,9 @@ async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Sl
     encode = functools.partial(model.encode_chat, prefix=prefix, variables=variables)
     ids = await asyncio.to_thread(encode, messages, tools)
     budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
-    params = prompt.sampling_params(body, budget, constraint, slot.sampling_defaults)
+    params = prompt.sampling_params(
+        body, budget, constraint, slot.sampling_defaults, body.thinking_token_budget
+    )
     if constraint is not None or params.logit_bias:
         await asyncio.to_thread(model.prepare, params)  # compile the grammar: a 400 comes here
     return Plan(ids, params, body.stop_list, parser, prefix)
@@ -207,7 +209,7 @@ async def _complete(
         [_choice(model, plan, out) for plan, out in zip(plans, outcomes, strict=True)]
     )
     return openai.ChatCompletion(
-        id=ident, created=created, model=body.model, choices=choices, usage=_usage(plans, outcome)
+        id=ident, created=created, model=body.model, choices=choices, usage=usage(plans, outcome)
     )
 
 
@@ -264,7 +266,7 @@ async def _stream(
         async for data in _paced(_merged(streams), manager.heartbeat_s, ping):
             await write(data)
         if body.wants_usage_chunk:
-            await write(encs[0].usage(_usage(plans, outcome)))
+            await write(encs[0].usage(usage(plans, outcome)))
     except CortexError as exc:
         await write(chunks.error_event(exc))
     except asyncio.CancelledError:
@@ -419,7 +421,7 @@ def _logprob_entry(entry: TokenLogprob) -> openai.LogprobEntry:
     )
 
 
-def _usage(plans: list[Plan], outcome: Outcome) -> openai.Usage:
+def usage(plans: list[Plan], outcome: Outcome) -> openai.Usage:
     """The prompt counted once and every choice's tokens (OpenAI's rule for ``n``); cached
     tokens are those every choice found cached before this request (for n > 1 the prompt's
     one shared prefill shows in ``cortex_prefix_cache_tokens_total``, per sequence)."""

@@ -9,7 +9,7 @@ rest of the context"; the cap is ours).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -128,11 +128,38 @@ def prompt_too_long(prompt_tokens: int, context_length: int) -> ContextLengthExc
     )
 
 
+class SamplingRequest(Protocol):
+    """The sampling fields chat and text completions share (``openai.ChatCompletionRequest``,
+    ``completions.CompletionRequest``)."""
+
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def ignore_eos(self) -> bool: ...
+    @property
+    def frequency_penalty(self) -> float | None: ...
+    @property
+    def presence_penalty(self) -> float | None: ...
+    @property
+    def repetition_penalty(self) -> float | None: ...
+    @property
+    def logit_bias(self) -> dict[str, float] | None: ...
+    @property
+    def logprob_count(self) -> int | None: ...
+
+
 def sampling_params(
-    request: openai.ChatCompletionRequest,
+    request: SamplingRequest,
     max_new_tokens: int,
     constraint: Constraint | None = None,
     defaults: SamplingDefaults = NO_SAMPLING_DEFAULTS,
+    thinking_budget: int | None = None,
 ) -> SamplingParams:
     """A field the request omits takes the model's default (``Slot.sampling_defaults``), else
     OpenAI's: temperature 1.0, top_p 1.0; temperature 0 is greedy."""
@@ -150,8 +177,8 @@ def sampling_params(
         logit_bias={int(k): v for k, v in request.logit_bias.items()} or None
         if request.logit_bias
         else None,
-        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-        thinking_budget=request.thinking_token_budget,
+        logprobs=request.logprob_count,
+        thinking_budget=thinking_budget,
     )
 
 

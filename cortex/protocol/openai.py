@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cortex.config import SamplingDefaults
-from cortex.protocol.bounds import check_nesting, check_normal, refuse
+from cortex.protocol.bounds import check_logit_bias, check_nesting, check_normal, refuse
 
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
@@ -201,9 +201,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             check_normal(getattr(self, name), name)
         if self.top_logprobs is not None and not self.logprobs:
             refuse("top_logprobs", "top_logprobs needs logprobs: true")
-        for key in self.logit_bias or ():
-            if not key.isdigit():
-                refuse("logit_bias", f"logit_bias keys are token ids; got {key!r}")
+        check_logit_bias(self.logit_bias)
         self._check_tool_choice()
 
     def _check_tool_choice(self) -> None:
@@ -226,6 +224,11 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token asked for (``top_logprobs``); None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def completion_limit(self) -> int | None:

@@ -68,3 +68,18 @@ async def test_a_repetition_penalty_default_needs_a_harness_with_penalties(
     code, body = await load(client, sampling={"repetition_penalty": 1.1})
     assert code == 400
     assert body["error"]["param"] == "sampling.repetition_penalty"
+
+
+async def test_text_completions_share_the_defaults_and_the_refusals(
+    client: Client, harness: FakeHarness
+) -> None:
+    await load(client)
+    body = {"model": "tiny", "prompt": [65, 66], "max_tokens": 2}
+    assert (await client.post("/v1/completions", json=body)).status == 200
+    (params,) = model_of(harness).params
+    assert (params.temperature, params.top_k) == (0.6, 20)
+    refused = await client.post("/v1/completions", json=body | {"presence_penalty": 1.0})
+    assert refused.status == 400
+    assert (await refused.json())["error"]["param"] == "presence_penalty"
+    refused = await client.post("/v1/completions", json=body | {"logprobs": 1})
+    assert (await refused.json())["error"]["param"] == "logprobs"
