@@ -22,11 +22,11 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml harnesses/transformers/pyprojec
 
 install: $(STAMP)
 
-# The real agent CLIs (Claude Code, Codex) for the e2e tests that drive them headless, pinned
+# The real agent CLIs (Claude Code, Codex, Gemini CLI) for the e2e tests that drive them headless, pinned
 # to the versions the tests were written against. Best effort: where npm cannot install them,
 # those tests skip and say why.
 CLIENTS := $(VENV)/clients
-CLIENT_PACKAGES := @anthropic-ai/claude-code@2.1.197 @openai/codex@0.171.0
+CLIENT_PACKAGES := @anthropic-ai/claude-code@2.1.197 @openai/codex@0.171.0 @google/gemini-cli@0.61.0
 $(CLIENTS)/.installed:
 	mkdir -p $(CLIENTS)
 	npm install --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error $(CLIENT_PACKAGES) \

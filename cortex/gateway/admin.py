@@ -34,7 +34,8 @@ def _json(obj: msgspec.Struct) -> web.Response:
     return web.Response(body=_encoder.encode(obj), content_type="application/json")
 
 
-def _cards(gateway: Gateway) -> list[ModelCard]:
+def cards(gateway: Gateway) -> list[ModelCard]:
+    """The cards of GET /v1/models (every dialect's model list starts from them)."""
     upstream_models = {
         name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
     }
@@ -52,10 +53,10 @@ def _info(card: ModelCard) -> anthropic.ModelInfo:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    cards = _cards(request.app[GATEWAY])
+    listed = cards(request.app[GATEWAY])
     if not _anthropic(request):
-        return _json(ModelList(data=cards))
-    infos = [_info(card) for card in cards]
+        return _json(ModelList(data=listed))
+    infos = [_info(card) for card in listed]
     first, last = (infos[0].id, infos[-1].id) if infos else (None, None)
     return _json(anthropic.ModelListPage(data=infos, first_id=first, last_id=last))
 
@@ -66,7 +67,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     entry = gateway.catalogue.resolve(name)
     wanted = entry.id if entry is not None else name
-    for card in _cards(gateway):
+    for card in cards(gateway):
         if card.id == wanted:
             return _json(_info(card) if _anthropic(request) else card)
     raise ModelNotFound(f"The model '{name}' does not exist (see GET /v1/models).")

@@ -1,8 +1,9 @@
 """The gateway's aiohttp application: routes, the error/auth middleware, start-up and shutdown.
 
-Which dialect a request speaks is decided by its path (``/v1/messages*`` is Anthropic, every
-other route OpenAI-shaped), and every error, ours or aiohttp's, is rendered in that dialect with
-a ``request-id`` header, so a client never gets a body it cannot parse.
+Which dialect a request speaks is decided by its path (``/v1/messages*`` is Anthropic, ``/api/*``
+Ollama, ``/v1beta/*`` Gemini, every other route OpenAI-shaped), and every error, ours or
+aiohttp's, is rendered in that dialect with a ``request-id`` header, so a client never gets a
+body it cannot parse.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from cortex.gateway import (
 )
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import GATEWAY, Gateway
+from cortex.gateway.dialects.gemini import routes as gemini
+from cortex.gateway.dialects.gemini.translate import error_body as gemini_body
+from cortex.gateway.dialects.ollama import routes as ollama
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
@@ -62,6 +66,10 @@ def _is_anthropic(request: web.Request) -> bool:
 
 
 def _error_response(request: web.Request, err: CortexError) -> web.Response:
+    if request.path.startswith(OLLAMA_PREFIX):
+        return edge.error_response(err, ollama.error_body(err), err.status)
+    if request.path.startswith(gemini.PREFIX):
+        return edge.error_response(err, gemini_body(err), err.status)
     if _is_anthropic(request):
         return edge.error_response(err, anthropic_body(err), anthropic_status(err))
     return edge.error_response(err, openai_body(err), err.status)
@@ -89,6 +97,8 @@ def _no_route(method: str, path: str) -> str:
 
 
 def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
+    if exc.status in (404, 405):  # a client pointed at the wrong API shows up in the log
+        log.info("no route: %s %s -> %d", request.method, request.path, exc.status)
     if exc.status == 404:
         return NotFound(_no_route(request.method, request.path))
     if exc.status == 413:
@@ -116,10 +126,14 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 def _key_of(request: web.Request) -> str | None:
+    """Bearer, x-api-key (Anthropic's), x-goog-api-key or ``?key=`` on Gemini's routes."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    given = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+    if given is None and request.path.startswith(gemini.PREFIX):
+        return request.query.get("key")
+    return given
 
 
 def _loopback(request: web.Request) -> bool:
@@ -131,8 +145,23 @@ def _loopback(request: web.Request) -> bool:
 
 def _refuse(given: str | None, kind: str) -> Unauthorized:
     if given is None:
-        return Unauthorized(f"Missing {kind} key: send Authorization: Bearer KEY or x-api-key.")
+        return Unauthorized(
+            f"Missing {kind} key: send Authorization: Bearer KEY or x-api-key"
+            " (Gemini clients: x-goog-api-key or ?key=)."
+        )
     return Unauthorized(f"Invalid {kind} key.")
+
+
+OLLAMA_PREFIX = "/api/"
+_UNGUARDED = ("/api/event_logging/batch",)  # Claude Code's telemetry, dropped unread
+
+
+def _client_route(path: str) -> bool:
+    """Routes behind the client keys: OpenAI's and Anthropic's (/v1/), Ollama's (/api/),
+    Gemini's (/v1beta/)."""
+    if path in _UNGUARDED:
+        return False
+    return path.startswith(("/v1/", OLLAMA_PREFIX, gemini.PREFIX))
 
 
 @web.middleware
@@ -141,7 +170,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     are read per request from the running config, so a SIGHUP reload rotates them."""
     section = request.app[GATEWAY].config.gateway
     path = request.path
-    if path.startswith("/v1/") and section.api_keys:
+    if _client_route(path) and section.api_keys:
         given = _key_of(request)
         if not edge.key_matches(given, section.api_keys + section.admin_keys):
             raise _refuse(given, "API")
@@ -277,6 +306,8 @@ def make_app(
     app.router.add_post(
         "/v1/responses", _exchange_handler("responses", "/v1/responses", responses.create)
     )
+    ollama.add_routes(app, _exchange_handler)
+    gemini.add_routes(app, _exchange_handler)
     app.router.add_get("/v1/models", admin.list_models)
     app.router.add_get("/v1/models/{model}", admin.get_model)
     app.router.add_get("/cortex/status", admin.status)

@@ -126,6 +126,9 @@ class Fleet:
         self.usage: dict[tuple[str, str], Usage] = {}
         self.pins = PinStore(None)  # the app sets the file; tests may leave it in memory
         self.pin_overrides: dict[str, bool] = {}
+        # Idle TTLs set by clients (Ollama's keep_alive), in seconds (0 = never); each lasts
+        # until the model is next unloaded everywhere (Loader.unload clears it). Not saved.
+        self.ttl_overrides: dict[str, float] = {}
         self._changed: asyncio.Future[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}  # "neuron:NAME" / "upstream:NAME"
         self.on_node_up: list[Callable[[str], None]] = []
@@ -219,12 +222,23 @@ class Fleet:
         self.pin_overrides[model] = pinned
         self.pins.save(self.pin_overrides)
 
+    def set_ttl(self, model: str, ttl_s: float | None) -> None:
+        """A client's idle TTL for ``model`` (0 = never), or None to go back to models.toml's."""
+        if ttl_s is None:
+            self.ttl_overrides.pop(model, None)
+        else:
+            self.ttl_overrides[model] = ttl_s
+
     def catalogue(self) -> dict[str, ModelEntry]:
-        """The catalogue with runtime pin/unpin applied."""
-        if not self.pin_overrides:
+        """The catalogue with runtime pin/unpin and client TTLs applied."""
+        if not self.pin_overrides and not self.ttl_overrides:
             return self._catalogue
         return {
-            mid: msgspec.structs.replace(e, pinned=self.pin_overrides.get(mid, e.pinned))
+            mid: msgspec.structs.replace(
+                e,
+                pinned=self.pin_overrides.get(mid, e.pinned),
+                ttl_s=self.ttl_overrides.get(mid, e.ttl_s),
+            )
             for mid, e in self._catalogue.items()
         }
 

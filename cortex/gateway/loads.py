@@ -220,11 +220,14 @@ class Loader:
         )
 
     async def unload(self, model: str, node: str) -> None:
+        """Unload ``model`` from ``node``; a client's TTL for it ends when no copy is left."""
         try:
             body = _encoder.encode(UnloadRequest(model=model))
             await self._call(node, "/models/unload", body, self.config.gateway.load_timeout_s)
         finally:
             await self.fleet.refresh_now(node)
+            if next(self.fleet.view().holders(model), None) is None:
+                self.fleet.set_ttl(model, None)
 
     async def _call(self, node: str, path: str, body: bytes, timeout_s: float) -> None:
         state = self.fleet.neurons.get(node)

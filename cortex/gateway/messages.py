@@ -144,14 +144,14 @@ async def count_tokens(request: web.Request) -> web.Response:
     key = hashlib.blake2b(encoded, digest_size=16).digest()
     count = cache.get(key)
     if count is None:
-        count = await _count(gateway, resolved, encoded)
+        count = await count_prompt(gateway, resolved, encoded)
         cache.put(key, count)
     return web.Response(
         body=_encoder.encode(anthropic.CountTokensResponse(count)), content_type="application/json"
     )
 
 
-async def _count(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
+async def count_prompt(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
     """``body``: an encoded TokenizeRequest."""
     if resolved.entry is None:
         # A plain upstream has no tokenizer endpoint: about four bytes a token.

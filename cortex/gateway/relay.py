@@ -1,15 +1,17 @@
 """Relaying a neuron's chat completion to a client that speaks another dialect.
 
-Neurons answer in OpenAI chat completions only; the Anthropic (messages.py) and Responses
-(responses.py) handlers translate. What they share lives here: reading a whole completion, and
-driving a ``StreamTranslator`` over the upstream SSE stream with the exchange's accounting (first
-token, usage, the stop string that ended it) and the one rule for failures once headers are out:
-the translator renders them as its dialect's error event, the HTTP status stays 200.
+Neurons answer in OpenAI chat completions only; the Anthropic (messages.py), Responses
+(responses.py), Ollama and Gemini (dialects/) handlers translate. What they share lives here:
+reading a whole completion, and driving a ``StreamTranslator`` over the upstream SSE stream with
+the exchange's accounting (first token, usage, the stop string that ended it) and the one rule
+for failures once headers are out: the translator renders them as its dialect's error event, the
+HTTP status stays 200.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 import msgspec
@@ -74,10 +76,12 @@ async def relay(
     upstream: UpstreamResponse,
     ex: Exchange,
     through: BatchRelay,
+    headers: Mapping[str, str] = SSE_HEADERS,
 ) -> web.StreamResponse:
     """The one streaming loop: headers, every batch through ``through``, its closing events or,
-    once headers are out, its error events (the HTTP status stays 200)."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": ex.request_id})
+    once headers are out, its error events (the HTTP status stays 200). ``headers``: the
+    stream's own (SSE by default; Ollama's NDJSON, Gemini's JSON array)."""
+    response = web.StreamResponse(headers={**headers, "request-id": ex.request_id})
     await response.prepare(request)
     try:
         async for raw in sse_events(upstream):
@@ -140,6 +144,7 @@ async def relay_stream(
     upstream: UpstreamResponse,
     ex: Exchange,
     translator: StreamTranslator,
+    headers: Mapping[str, str] = SSE_HEADERS,
 ) -> web.StreamResponse:
     """Stream the upstream's answer to the client through ``translator``."""
-    return await relay(gateway, request, upstream, ex, TranslatedRelay(ex, translator))
+    return await relay(gateway, request, upstream, ex, TranslatedRelay(ex, translator), headers)

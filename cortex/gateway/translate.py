@@ -89,7 +89,8 @@ def messages_to_openai(
         elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
     tool_choice, parallel = _tool_choice(req.tool_choice, req.tools) if req.tools else (None, None)
-    effort, budget = _thinking(req.thinking, None)
+    level = _effort(req)
+    effort, budget = _thinking(req.thinking, _EFFORT[level] if level else None)
     return oa.ChatCompletionRequest(
         model=model_id,
         messages=messages,
@@ -104,9 +105,34 @@ def messages_to_openai(
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         user=req.metadata.user_id if req.metadata else None,
+        response_format=_response_format(req),
         reasoning_effort=effort,
         thinking_token_budget=budget,
     )
+
+
+# Anthropic's effort levels onto OpenAI's (``max`` has no OpenAI twin: the highest there is).
+_EFFORT: dict[str, oa.ReasoningEffort] = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "xhigh",
+}
+
+
+def _effort(req: an.MessagesRequest) -> str | None:
+    return req.output_config.effort if req.output_config else None
+
+
+def _response_format(req: an.MessagesRequest) -> oa.ResponseFormat | None:
+    """Structured outputs (``output_config.format``, or the beta's ``output_format``) become a
+    JSON-schema response format, which the neuron enforces with a grammar."""
+    fmt = (req.output_config.format if req.output_config else None) or req.output_format
+    if fmt is None:
+        return None
+    schema = oa.JsonSchemaFormat(name="output", schema=fmt.schema, strict=True)
+    return oa.ResponseFormat(type="json_schema", json_schema=schema)
 
 
 def _thinking(
@@ -246,7 +272,10 @@ def _tool(tool: an.ToolDef) -> oa.Tool:
     if tool.type not in (None, "custom"):
         raise InvalidRequest(f"tool type {tool.type!r} is not supported (tool {tool.name!r})")
     function = oa.FunctionDef(
-        name=tool.name, description=tool.description, parameters=tool.input_schema
+        name=tool.name,
+        description=tool.description,
+        parameters=tool.input_schema,
+        strict=tool.strict,
     )
     return oa.Tool(function=function)
 
@@ -292,7 +321,7 @@ def _stop_reason(
     return "stop_sequence" if matched_stop else "end_turn"
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
+def tool_input(arguments: str) -> dict[str, Any]:
     if not arguments.strip():
         return {}
     try:
@@ -312,8 +341,8 @@ def openai_to_messages(
     message = choice.message
     content: list[an.OutBlock] = [an.OutText(message.content)] if message.content else []
     for call in message.tool_calls or []:
-        tool_input = _tool_input(call.function.arguments)
-        content.append(an.OutToolUse(_new_tool_use_id(), call.function.name, tool_input))
+        args = tool_input(call.function.arguments)
+        content.append(an.OutToolUse(_new_tool_use_id(), call.function.name, args))
     reason = _stop_reason(choice.finish_reason, bool(message.tool_calls), matched_stop)
     return an.MessagesResponse(
         id=new_message_id(),
@@ -453,7 +482,7 @@ class AnthropicStreamTranslator:
         if self._open_tool is not None:
             pieces, self._arguments = self._arguments, []
             if not _is_json_object("".join(pieces)):
-                pieces = [_encoder.encode(_tool_input("".join(pieces))).decode()]
+                pieces = [_encoder.encode(tool_input("".join(pieces))).decode()]
             events = [an.ContentBlockDelta(self._index, an.InputJsonDelta(p)) for p in pieces]
         self._open, self._open_tool = False, None
         return [*events, an.ContentBlockStop(self._index)]

@@ -93,7 +93,7 @@ def responses_to_openai(
         stream_options=oa.StreamOptions(include_usage=True) if req.stream else None,
         temperature=req.temperature,
         top_p=req.top_p,
-        max_tokens=req.max_output_tokens or (_WHOLE_CONTEXT if neuron else None),
+        max_tokens=req.max_output_tokens or (WHOLE_CONTEXT if neuron else None),
         tools=tools or None,
         tool_choice=_tool_choice(req.tool_choice) if tools else None,
         parallel_tool_calls=None if req.parallel_tool_calls or not tools else False,
@@ -228,7 +228,7 @@ class _Conversation:
 
 
 # The largest max_tokens a neuron accepts (openai.MaxTokens): as a ceiling, "the whole context".
-_WHOLE_CONTEXT: int = typing.get_args(oa.MaxTokens)[1].le
+WHOLE_CONTEXT: int = typing.get_args(oa.MaxTokens)[1].le
 
 
 def _tool_choice(choice: rs.ToolChoice | None) -> oa.ToolChoice | None:

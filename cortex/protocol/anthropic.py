@@ -1,9 +1,11 @@
 """Anthropic Messages wire shapes: request, response, every stream event, count_tokens.
 
 Only the gateway speaks this dialect (its translator maps it onto the OpenAI shapes the neurons
-understand). Unknown fields are ignored (Claude Code sends ``output_config``,
-``context_management`` and new ones with each release: never a 400 for those); ``cache_control``
-is accepted everywhere and unused (the neurons cache prefixes by content).
+understand). ``output_config`` (effort, structured-output format), ``output_format``, tools'
+``strict`` and ``disable_parallel_tool_use`` are translated and honoured. Unknown fields are
+ignored (Claude Code sends ``context_management`` and new ones with each release: never a 400
+for those); ``cache_control`` is accepted everywhere and unused (the neurons cache prefixes by
+content).
 """
 
 from __future__ import annotations
@@ -101,9 +103,25 @@ class ToolDef(msgspec.Struct, kw_only=True):
     input_schema: dict[str, Any] = msgspec.field(default_factory=dict)
     type: str | None = None
     cache_control: CacheControl | None = None
+    strict: bool | None = None  # structured outputs: the input always matches input_schema
 
     def __post_init__(self) -> None:
         check_nesting(self.input_schema, "input_schema")
+
+
+class JsonOutputFormat(msgspec.Struct, kw_only=True):
+    """Structured outputs: the reply's text is JSON valid against ``schema``."""
+
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        check_nesting(self.schema, "output_config.format.schema")
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JsonOutputFormat | None = None
 
 
 class ToolChoiceAuto(msgspec.Struct, tag_field="type", tag="auto", kw_only=True):
@@ -157,6 +175,8 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     metadata: Metadata | None = None
     thinking: ThinkingConfig | None = None
     service_tier: str | None = None
+    output_config: OutputConfig | None = None
+    output_format: JsonOutputFormat | None = None  # the structured-outputs beta's spelling
 
     def __post_init__(self) -> None:
         check_normal(self.temperature, "temperature")

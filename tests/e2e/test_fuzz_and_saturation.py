@@ -1,8 +1,9 @@
 """Hostile and heavy clients against a live gateway and neuron (the tiny demo model loaded;
 one decode place and two queue places on the neuron, so it saturates at once).
 
-Fuzz: every hostile body or header gets a 4xx in the client's dialect (OpenAI envelope, or
-Anthropic's on /v1/messages* and for any request carrying anthropic-version), never a 5xx, and
+Fuzz: every hostile body or header gets a 4xx in the client's dialect (OpenAI envelope,
+Anthropic's on /v1/messages* and for any request carrying anthropic-version, Ollama's on /api/*,
+Google's on /v1beta/*), never a 5xx, and
 both processes stay healthy. aiohttp's own parser rejections (a malformed head) are answered
 before any route or dialect is known: those must be a 400, in any body.
 Logs: no key, no traceback for a client hang-up.
@@ -92,7 +93,7 @@ class Case:
     name: str
     role: str  # "gateway" or "neuron"
     data: bytes
-    dialect: str | None  # "openai", "anthropic", or None for aiohttp's parser (any body)
+    dialect: str | None  # "openai", "anthropic", "ollama", "gemini"; None: aiohttp's parser
 
 
 OPENAI_AUTH: dict[str, str | bytes] = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -285,6 +286,292 @@ BAD_FOR_COUNT = {
 }
 
 
+def _ollama_cases() -> list[Case]:
+    """Hostile input to Ollama's routes: 4xx with ``{"error": "..."}``."""
+    ok = {"model": "tiny", "messages": USER, "stream": False, "options": {"num_predict": 2}}
+    call = {"function": {"name": "f", "arguments": json.loads(_deep(300))}}
+    chat = [
+        ("empty", b""),
+        ("null", b"null"),
+        ("array", b"[]"),
+        ("truncated", b'{"model": "tiny", "messages": ['),
+        ("not-utf8", b"\xff\xfe\xfd{"),
+        ("model-number", _json({**ok, "model": 1})),
+        ("model-empty", _json({**ok, "model": ""})),
+        ("model-unknown", _json({**ok, "model": "nope:latest"})),
+        ("messages-string", _json({**ok, "messages": "hi"})),
+        ("role-bogus", _json({**ok, "messages": [{"role": "wizard", "content": "hi"}]})),
+        ("content-number", _json({**ok, "messages": [{"role": "user", "content": 5}]})),
+        ("options-unknown", _json({**ok, "options": {"temprature": 1}})),
+        ("options-string", _json({**ok, "options": "fast"})),
+        ("temperature-huge", b'{"model":"tiny","messages":[],"options":{"temperature":1e400}}'),
+        ("temperature-subnormal", _json({**ok, "options": {"temperature": 1.8e-39}})),
+        ("top-p-2", _json({**ok, "options": {"top_p": 2}})),
+        ("num-predict-0", _json({**ok, "options": {"num_predict": 0}})),
+        ("num-predict-bignum", b'{"model":"tiny","options":{"num_predict":' + b"9" * 5000 + b"}}"),
+        ("num-ctx-above-context", _json({**ok, "options": {"num_ctx": 100_000}})),
+        ("mirostat-2", _json({**ok, "options": {"mirostat": 2}})),
+        ("repeat-penalty", _json({**ok, "options": {"repeat_penalty": 1.3}})),
+        ("stop-100", _json({**ok, "options": {"stop": ["x"] * 100, "num_predict": 2}})),
+        ("format-xml", _json({**ok, "format": "xml"})),
+        ("format-500", _json({**ok, "format": json.loads(_deep(500))})),
+        ("format-5000", b'{"model":"tiny","messages":[],"format":' + _deep(5000).encode() + b"}"),
+        ("keep-alive-bogus", _json({**ok, "keep_alive": "5 parsecs"})),
+        ("keep-alive-list", _json({**ok, "keep_alive": [1]})),
+        ("think-true", _json({**ok, "think": True})),
+        ("logprobs", _json({**ok, "logprobs": True})),
+        ("stream-string", _json({**ok, "stream": "yes"})),
+        (
+            "images-non-vision",
+            _json({**ok, "messages": [{"role": "user", "content": "x", "images": ["iVBOR"]}]}),
+        ),
+        (
+            "tool-args-300",
+            _json({**ok, "messages": [*USER, {"role": "assistant", "tool_calls": [call]}]}),
+        ),
+        (
+            "schema-500",
+            _json(
+                {
+                    **ok,
+                    "tools": [
+                        {
+                            "type": "function",
+                            "function": {"name": "f", "parameters": json.loads(_deep(500))},
+                        }
+                    ],
+                }
+            ),
+        ),
+        ("prompt-too-long", _json({**ok, "messages": [{"role": "user", "content": LONG}]})),
+    ]
+    generate_ok = {"model": "tiny", "prompt": "hi", "stream": False}
+    generate = [
+        ("prompt-number", _json({**generate_ok, "prompt": 5})),
+        ("raw", _json({**generate_ok, "raw": True})),
+        ("template", _json({**generate_ok, "template": "{{ .Prompt }}"})),
+        ("suffix", _json({**generate_ok, "suffix": "end"})),
+        ("context", _json({**generate_ok, "context": [1, 2, 3]})),
+        ("images-non-vision", _json({**generate_ok, "images": ["iVBOR"]})),
+        ("width", _json({**generate_ok, "width": 512})),
+        ("keep-alive-upstream-style", _json({**generate_ok, "keep_alive": "1x"})),
+    ]
+    auth = {**OPENAI_AUTH, **JSON}
+    cases = [
+        Case(f"gw-ollama-chat-{n}", "gateway", request("POST", "/api/chat", b, auth), "ollama")
+        for n, b in chat
+    ]
+    cases += [
+        Case(
+            f"gw-ollama-generate-{n}",
+            "gateway",
+            request("POST", "/api/generate", b, auth),
+            "ollama",
+        )
+        for n, b in generate
+    ]
+    deep = _deep(5000).encode()
+    cases += [
+        Case(
+            "gw-ollama-show-empty", "gateway", request("POST", "/api/show", b"{}", auth), "ollama"
+        ),
+        Case(
+            "gw-ollama-show-unknown",
+            "gateway",
+            request("POST", "/api/show", b'{"model":"nope"}', auth),
+            "ollama",
+        ),
+        Case("gw-ollama-show-deep", "gateway", request("POST", "/api/show", deep, auth), "ollama"),
+        Case(
+            "gw-ollama-embed-deep", "gateway", request("POST", "/api/embed", deep, auth), "ollama"
+        ),
+        Case(
+            "gw-ollama-embed-no-model",
+            "gateway",
+            request("POST", "/api/embed", b'{"input":"x"}', auth),
+            "ollama",
+        ),
+        Case(
+            "gw-ollama-pull",
+            "gateway",
+            request("POST", "/api/pull", b'{"model":"llama3"}', auth),
+            "ollama",
+        ),
+        Case(
+            "gw-ollama-delete",
+            "gateway",
+            request("DELETE", "/api/delete", b'{"model":"tiny"}', auth),
+            "ollama",
+        ),
+        Case("gw-ollama-no-route", "gateway", request("GET", "/api/nothing", b"", auth), "ollama"),
+        Case("gw-ollama-no-key", "gateway", request("GET", "/api/tags", b""), "ollama"),
+        Case(
+            "gw-ollama-wrong-key",
+            "gateway",
+            request("POST", "/api/chat", _json(ok), {"Authorization": "Bearer nope"}),
+            "ollama",
+        ),
+    ]
+    return cases
+
+
+def _gemini_cases() -> list[Case]:
+    """Hostile input to Gemini's routes: 4xx in Google's ``{"error": {code, message, status}}``."""
+    user = [{"role": "user", "parts": [{"text": "hi"}]}]
+    ok = {"contents": user, "generationConfig": {"maxOutputTokens": 2}}
+    declare = {"functionDeclarations": [{"name": "f", "parameters": json.loads(_deep(500))}]}
+    call = {
+        "role": "model",
+        "parts": [{"functionCall": {"name": "f", "args": json.loads(_deep(300))}}],
+    }
+    image = {"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "iVBOR"}}]}
+    bodies = [
+        ("empty", b""),
+        ("null", b"null"),
+        ("array", b"[]"),
+        ("truncated", b'{"contents": ['),
+        ("not-utf8", b"\xff\xfe\xfd{"),
+        ("contents-missing", _json({})),
+        ("contents-string", _json({"contents": "hi"})),
+        ("contents-empty", _json({"contents": []})),
+        ("role-bogus", _json({"contents": [{"role": "wizard", "parts": [{"text": "x"}]}]})),
+        ("part-unknown-field", _json({"contents": [{"role": "user", "parts": [{"bogus": 1}]}]})),
+        ("part-empty", _json({"contents": [{"role": "user", "parts": [{}]}]})),
+        ("snake-case", _json({**ok, "generation_config": {"temperature": 1}})),
+        ("config-unknown", _json({**ok, "generationConfig": {"temprature": 1}})),
+        ("temperature-huge", b'{"contents":[],"generationConfig":{"temperature":1e400}}'),
+        ("temperature-subnormal", _json({**ok, "generationConfig": {"temperature": 1.8e-39}})),
+        ("candidate-count-2", _json({**ok, "generationConfig": {"candidateCount": 2}})),
+        ("max-output-negative", _json({**ok, "generationConfig": {"maxOutputTokens": -1}})),
+        ("stop-100", _json({**ok, "generationConfig": {"stopSequences": ["x"] * 100}})),
+        ("mime-bogus", _json({**ok, "generationConfig": {"responseMimeType": "text/x-enum"}})),
+        (
+            "schema-without-mime",
+            _json({**ok, "generationConfig": {"responseSchema": {"type": "OBJECT"}}}),
+        ),
+        (
+            "schema-500",
+            _json(
+                {
+                    **ok,
+                    "generationConfig": {
+                        "responseMimeType": "application/json",
+                        "responseJsonSchema": json.loads(_deep(500)),
+                    },
+                }
+            ),
+        ),
+        ("logprobs", _json({**ok, "generationConfig": {"responseLogprobs": True}})),
+        ("modality-image", _json({**ok, "generationConfig": {"responseModalities": ["IMAGE"]}})),
+        ("parameters-500", _json({**ok, "tools": [declare]})),
+        ("tool-google-search", _json({**ok, "tools": [{"googleSearch": {}}]})),
+        (
+            "mode-bogus",
+            _json({**ok, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}}),
+        ),
+        (
+            "allowed-unknown",
+            _json(
+                {
+                    **ok,
+                    "tools": [{"functionDeclarations": [{"name": "f"}]}],
+                    "toolConfig": {
+                        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["g"]}
+                    },
+                }
+            ),
+        ),
+        ("call-args-300", _json({"contents": [*user, call]})),
+        ("image-non-vision", _json({"contents": [image]})),
+        (
+            "file-data",
+            _json({"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": "gs://x"}}]}]}),
+        ),
+        ("cached-content", _json({**ok, "cachedContent": "cachedContents/1"})),
+        ("deep-5000", _deep(5000).encode()),
+        ("prompt-too-long", _json({"contents": [{"role": "user", "parts": [{"text": LONG}]}]})),
+    ]
+    key = {"x-goog-api-key": CLIENT_KEY, **JSON}
+    base = "/v1beta/models/tiny"
+    cases = [
+        Case(
+            f"gw-gemini-generate-{n}",
+            "gateway",
+            request("POST", base + ":generateContent", b, key),
+            "gemini",
+        )
+        for n, b in bodies
+    ]
+    cases += [
+        Case(
+            f"gw-gemini-stream-{n}",
+            "gateway",
+            request("POST", base + ":streamGenerateContent?alt=sse", b, key),
+            "gemini",
+        )
+        for n, b in bodies[:8]
+    ]
+    cases += [
+        Case(
+            f"gw-gemini-count-{n}",
+            "gateway",
+            request("POST", base + ":countTokens", b, key),
+            "gemini",
+        )
+        for n, b in bodies[:10]
+    ]
+    body = _json(ok)
+    cases += [
+        Case(
+            "gw-gemini-method-unknown",
+            "gateway",
+            request("POST", base + ":embedContent", body, key),
+            "gemini",
+        ),
+        Case("gw-gemini-no-method", "gateway", request("POST", base, body, key), "gemini"),
+        Case(
+            "gw-gemini-model-unknown",
+            "gateway",
+            request("POST", "/v1beta/models/nope:generateContent", body, key),
+            "gemini",
+        ),
+        Case(
+            "gw-gemini-get-unknown",
+            "gateway",
+            request("GET", "/v1beta/models/nope", b"", key),
+            "gemini",
+        ),
+        Case(
+            "gw-gemini-no-key",
+            "gateway",
+            request("POST", base + ":generateContent", body, JSON),
+            "gemini",
+        ),
+        Case(
+            "gw-gemini-query-key-wrong",
+            "gateway",
+            request("POST", base + ":generateContent?key=nope", body, JSON),
+            "gemini",
+        ),
+        Case(
+            "gw-gemini-goog-key-not-utf8",
+            "gateway",
+            request("GET", "/v1beta/models", b"", {"x-goog-api-key": b"\xc0\xaf"}),
+            "gemini",
+        ),
+        Case(
+            "gw-gemini-no-route", "gateway", request("GET", "/v1beta/nothing", b"", key), "gemini"
+        ),
+        Case(
+            "gw-gemini-query-key-no-route",
+            "gateway",
+            request("GET", f"/v1beta/nothing?key={CLIENT_KEY}", b"", JSON),
+            "gemini",
+        ),
+    ]
+    return cases
+
+
 def _load_bodies() -> list[tuple[str, bytes]]:
     ok = {"model": "x", "source": "tiny"}
     return [
@@ -406,7 +693,7 @@ def _cases() -> list[Case]:
             "openai",
         ),
     ]
-    cases += _header_cases()
+    cases += _header_cases() + _ollama_cases() + _gemini_cases()
     return cases
 
 
@@ -593,9 +880,13 @@ def _dialect_of(body: bytes) -> str | None:
         data = json.loads(body)
     except ValueError:
         return None
+    if isinstance(data, dict) and set(data) == {"error"} and isinstance(data["error"], str):
+        return "ollama"
     if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
         return None
     error = data["error"]
+    if set(error) == {"code", "message", "status"}:
+        return "gemini"
     if data.get("type") == "error" and {"type", "message"} <= set(error):
         return "anthropic"
     if {"message", "type"} <= set(error) and "type" not in data:
@@ -644,6 +935,9 @@ def test_logs_hold_no_key_and_hang_ups_are_one_info_line(
         for case in _header_cases():
             if "key" in case.name:
                 send(url, case.data)
+    for case in _ollama_cases() + _gemini_cases():
+        if "key" in case.name:
+            send(gateway.url, case.data)
     stream = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
     anthropic = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True}
 

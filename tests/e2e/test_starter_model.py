@@ -62,7 +62,7 @@ def gateway(
             "id": MODEL,
             "source": starter.SOURCE,
             "context_length": 2048,
-            "aliases": ["claude-*"],
+            "aliases": ["claude-*", "gemini-*"],
             "pinned": True,
         },
         {"id": "broken", "source": "smollm2/no-such-model.gguf"},
@@ -142,6 +142,55 @@ def test_greedy_answers_equal_transformers_generate_in_both_dialects(
         "anthropic stream": claude_stream,
     }
     assert answers == dict.fromkeys(answers, reference)
+
+
+def test_ollama_and_gemini_clients_get_the_same_greedy_answer(
+    reference: str, gateway: GatewayProcess
+) -> None:
+    """The official ollama client (list, ps, show, version, chat and generate, streamed and
+    not, with tools and with format) and google-genai, on the real model."""
+    ollama = pytest.importorskip("ollama")
+    client = ollama.Client(host=gateway.url)
+    options = {"temperature": 0, "num_predict": MAX_TOKENS}
+    assert MODEL in [m.model for m in client.list().models]
+    assert MODEL in [m.model for m in client.ps().models]
+    assert client.show(MODEL).modelinfo["cortex.context_length"] == 2048
+    assert _get(gateway, "/api/version")["version"]
+    chat = client.chat(model=MODEL, messages=QUESTION, options=options)
+    streamed = client.chat(model=MODEL, messages=QUESTION, options=options, stream=True)
+    generated = client.generate(model=MODEL, prompt=QUESTION[0]["content"], options=options)
+    answers = {
+        "ollama chat": chat.message.content,
+        "ollama chat stream": "".join(p.message.content or "" for p in streamed),
+        "ollama generate": generated.response,
+    }
+    with_tools = client.chat(model=MODEL, messages=QUESTION, options=options, tools=[WEATHER])
+    assert with_tools.done and with_tools.prompt_eval_count > chat.prompt_eval_count
+    as_json = client.chat(model=MODEL, messages=QUESTION, options=options, format="json")
+    assert as_json.done and as_json.eval_count <= MAX_TOKENS
+    genai = pytest.importorskip("google.genai")
+    types = pytest.importorskip("google.genai.types")
+    google = genai.Client(
+        api_key="unused",
+        http_options=types.HttpOptions(base_url=gateway.url, api_version="v1beta"),
+    )
+    config = types.GenerateContentConfig(temperature=0, max_output_tokens=MAX_TOKENS)
+    ask = QUESTION[0]["content"]
+    answers["gemini"] = google.models.generate_content(
+        model="gemini-2.5-flash", contents=ask, config=config
+    ).text
+    answers["gemini stream"] = "".join(
+        c.text or ""
+        for c in google.models.generate_content_stream(
+            model="gemini-2.5-pro", contents=ask, config=config
+        )
+    )
+    assert answers == dict.fromkeys(answers, reference)
+
+
+def _get(gateway: GatewayProcess, path: str) -> Any:
+    with urllib.request.urlopen(gateway.url + path, timeout=30) as resp:
+        return json.loads(resp.read())
 
 
 def test_tools_render_through_the_hermes_fallback(reference: str, oai: openai.OpenAI) -> None:

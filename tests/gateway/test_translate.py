@@ -660,3 +660,29 @@ def test_stream_sse_framing_is_exact() -> None:
         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
         b'"delta":{"type":"text_delta","text":"hi"}}\n\n'
     )
+
+
+def test_structured_outputs_and_effort_become_chat_fields() -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    request = msgspec.convert(
+        {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}],
+            "output_config": {"effort": "max", "format": {"type": "json_schema", "schema": schema}},
+            "tools": [{"name": "f", "input_schema": schema, "strict": True}],
+        },
+        an.MessagesRequest,
+    )
+    chat = messages_to_openai(request, "m", vision=False)
+    assert chat.response_format is not None and chat.response_format.json_schema is not None
+    assert chat.response_format.json_schema.schema == schema
+    assert chat.reasoning_effort == "xhigh"
+    assert chat.tools is not None and chat.tools[0].function.strict is True
+    beta = msgspec.structs.replace(
+        request,
+        output_config=None,
+        output_format=an.JsonOutputFormat(type="json_schema", schema={}),
+    )
+    legacy = messages_to_openai(beta, "m", vision=False)
+    assert legacy.response_format is not None and legacy.reasoning_effort is None

@@ -4,6 +4,7 @@ sampling fields change what they promise to change."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import jsonschema
@@ -163,3 +164,17 @@ async def test_logprobs_are_the_log_softmax_of_a_transformers_forward(
         assert abs(entry.logprob - float(expected[token])) < 1e-4
         assert len(entry.top) == 5 and abs(entry.top[0].logprob - float(expected.max())) < 1e-4
         ids.append(token)
+
+
+async def test_penalties_in_one_batch_equal_each_request_alone(demo: TransformersModel) -> None:
+    prompt = _prompt(demo, "batch of penalties")
+    kinds = [
+        SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, repetition_penalty=2.0),
+        SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, frequency_penalty=1.5),
+        SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, presence_penalty=1.0),
+        SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, logit_bias={7: 5.0}),
+        SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True),
+    ]
+    alone = [await _text(demo, prompt, params) for params in kinds]
+    together = await asyncio.gather(*(_text(demo, prompt, params) for params in kinds))
+    assert list(together) == alone

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from cortex_transformers import sampling
@@ -25,6 +27,7 @@ from transformers import (
 )
 
 from cortex.errors import InternalError
+from cortex.neuron.constraints import JsonAnswer
 from cortex.neuron.harness import LoadOptions, SamplingParams
 
 from .conftest import load
@@ -398,3 +401,31 @@ async def test_one_session_reads_its_kv_in_place_and_answers_as_the_gather_does(
     finally:
         model.unload()
     assert [_plain(e) for e in second] == [_plain(e) for e in gathered]
+
+
+async def test_constrained_replies_survive_preemption_and_still_validate(
+    tiny_pool: TransformersModel,
+) -> None:
+    """A preempted sequence is recomputed from its tokens; its grammar state, which only
+    follows sampled tokens, carries on where it was (issue 21)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "words": {
+                "type": "array",
+                "items": {"enum": ["go", "stop", "wait"]},
+                "minItems": 12,
+                "maxItems": 12,
+            }
+        },
+        "required": ["words"],
+    }
+    prompts = [_prompt(tiny_pool, "go " * i) for i in range(6)]
+    params = SamplingParams(max_new_tokens=90, temperature=0, constraint=JsonAnswer(schema=schema))
+    tiny_pool.prepare(params)
+    replies = await asyncio.gather(*(_collect(tiny_pool, p, params) for p in prompts))
+    assert tiny_pool._scheduler is not None and tiny_pool._scheduler.preempted > 0
+    for events in replies:
+        assert events[-1].finish_reason == "stop"
+        jsonschema.validate(json.loads("".join(e.text for e in events)), schema)
+    await _wait_idle(tiny_pool)

@@ -455,3 +455,44 @@ def test_serve_refuses_a_public_address_without_a_token(
         serve(config, Path("neuron.toml"))
     assert exit_info.value.code == 2, "a config error: systemd must not restart it"
     assert "refusing to listen on 0.0.0.0:13131 without neuron.token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -0.5}, "presence_penalty"),
+        ({"repetition_penalty": 1.2}, "repetition_penalty"),
+        ({"logit_bias": {"5": 3}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "strict": True, "parameters": {}},
+                    }
+                ]
+            },
+            "tools[0].function.strict",
+        ),
+    ],
+)
+async def test_fields_the_harness_cannot_honour_are_400_naming_them(
+    client: Client, extra: dict[str, Any], param: str
+) -> None:
+    """The fake harness declares no optional sampling features (HarnessInfo.sampling)."""
+    await load(client)
+    code, body = await chat(client, "say:hello", **extra)
+    assert code == 400, body
+    assert body["error"]["param"] == param and "tiny" in body["error"]["message"]
+
+
+async def test_features_left_at_their_defaults_are_not_refused(client: Client) -> None:
+    await load(client)
+    code, _ = await chat(
+        client, "say:hi", frequency_penalty=0, repetition_penalty=1.0, logprobs=False, n=1
+    )
+    assert code == 200

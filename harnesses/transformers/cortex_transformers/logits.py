@@ -35,7 +35,7 @@ def choose(logits: torch.Tensor, seqs: list[Generation]) -> list[Picked]:
     raw = logits[wants_logprobs].float().log_softmax(-1) if wants_logprobs else None
     edited = [i for i, seq in enumerate(seqs) if _edits(seq)]
     if edited:
-        logits = logits.float()  # a copy: the caller's logits stay as the model gave them
+        logits = logits.to(torch.float32, copy=True)  # the caller keeps the model's logits
         _penalise(logits, [seqs[i] for i in edited], edited)
         _mask(logits, [seqs[i] for i in edited], edited)
         _force(logits, [seqs[i] for i in edited], edited)
@@ -55,39 +55,48 @@ def _edits(seq: Generation) -> bool:
 
 
 def _penalise(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:
-    for seq, row in zip(seqs, rows, strict=True):
-        sampler = seq.sampler
-        if sampler.penalised:
-            _ensure_state(sampler, seq, logits.shape[-1])
-            _apply_penalties(logits, row, sampler)
-        if sampler.logit_bias:
-            ids = torch.tensor(list(sampler.logit_bias), device=logits.device)
-            bias = torch.tensor(list(sampler.logit_bias.values()), device=logits.device)
-            logits[row, ids] += bias
+    """Penalties and logit bias for the rows that ask, one tensor op per kind for the batch."""
+    penalised = [(seq, row) for seq, row in zip(seqs, rows, strict=True) if seq.sampler.penalised]
+    if penalised:
+        vocab = logits.shape[-1]
+        for seq, _ in penalised:
+            _ensure_state(seq.sampler, seq, vocab)
+        index = torch.tensor([row for _, row in penalised], device=logits.device)
+        samplers = [seq.sampler for seq, _ in penalised]
+        scores = logits[index]  # [P, V], a copy
+        none = torch.zeros(vocab, dtype=torch.float32)
+        if any(s.repetition != 1.0 for s in samplers):
+            seen = torch.stack([s.seen if s.seen is not None else none.bool() for s in samplers])
+            p = torch.tensor([s.repetition for s in samplers], device=logits.device)[:, None]
+            seen = seen.to(logits.device)
+            scores = torch.where(seen, torch.where(scores > 0, scores / p, scores * p), scores)
+        if any(s.frequency or s.presence for s in samplers):
+            counts = torch.stack([s.counts if s.counts is not None else none for s in samplers])
+            counts = counts.to(logits.device)
+            frequency = torch.tensor([s.frequency for s in samplers], device=logits.device)
+            presence = torch.tensor([s.presence for s in samplers], device=logits.device)
+            scores -= frequency[:, None] * counts + presence[:, None] * (counts > 0).float()
+        logits[index] = scores
+    biased = [(seq.sampler.logit_bias, row) for seq, row in zip(seqs, rows, strict=True)]
+    if any(bias for bias, _ in biased):
+        at_rows = [row for bias, row in biased for _ in bias]
+        at_tokens = [token for bias, _ in biased for token in bias]
+        values = [value for bias, _ in biased for value in bias.values()]
+        where = (torch.tensor(at_rows), torch.tensor(at_tokens))
+        logits.index_put_(where, torch.tensor(values, device=logits.device), accumulate=True)
 
 
 def _ensure_state(sampler: Sampler, seq: Generation, vocab: int) -> None:
     """The penalty state of a sequence's first penalised step: counts of its reply so far,
     and which tokens its prompt and reply hold. Kept up to date by ``Sampler.observe``."""
-    reply = seq.tokens[len(seq.prompt) :]
     if sampler.counts is None and (sampler.frequency or sampler.presence):
+        reply = seq.tokens[len(seq.prompt) :]
         sampler.counts = torch.zeros(vocab, dtype=torch.float32)
         if reply:
             sampler.counts.index_add_(0, torch.tensor(reply), torch.ones(len(reply)))
     if sampler.seen is None and sampler.repetition != 1.0:
         sampler.seen = torch.zeros(vocab, dtype=torch.bool)
         sampler.seen[torch.tensor(seq.tokens)] = True
-
-
-def _apply_penalties(logits: torch.Tensor, row: int, sampler: Sampler) -> None:
-    scores = logits[row]  # [V], a view: edited in place
-    if sampler.seen is not None:
-        seen = sampler.seen.to(scores.device)
-        p = sampler.repetition
-        scores.copy_(torch.where(seen, torch.where(scores > 0, scores / p, scores * p), scores))
-    if sampler.counts is not None:
-        counts = sampler.counts.to(scores.device)
-        scores -= sampler.frequency * counts + sampler.presence * (counts > 0).float()
 
 
 def _mask(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:

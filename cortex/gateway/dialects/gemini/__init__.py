@@ -1,0 +1,1 @@
+"""Google's Gemini API (/v1beta/models/...), translated to chat completions; see routes.py."""

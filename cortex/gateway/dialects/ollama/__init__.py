@@ -1,0 +1,1 @@
+"""Ollama's native API (/api/*), translated to chat completions; see routes.py."""

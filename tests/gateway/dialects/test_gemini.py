@@ -1,0 +1,200 @@
+"""Gemini's translation, without HTTP: requests to chat completions, the SSE/array writer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cortex import protocol
+from cortex.errors import InvalidRequest, Overloaded, UpstreamError
+from cortex.gateway.dialects.gemini.stream import GeminiStreamWriter
+from cortex.gateway.dialects.gemini.translate import error_body, lower_schema, to_openai
+from cortex.protocol import gemini as gm
+from cortex.protocol import openai as oa
+from tests.gateway.dialects import chunk
+
+USER = [{"role": "user", "parts": [{"text": "hi"}]}]
+DECLARED = [
+    {
+        "functionDeclarations": [
+            {
+                "name": "a",
+                "parameters": {"type": "OBJECT", "properties": {"x": {"type": "STRING"}}},
+            },
+            {"name": "b", "parametersJsonSchema": {"type": "object"}},
+        ]
+    }
+]
+
+
+def _req(**fields: Any) -> gm.GenerateContentRequest:
+    body = {"contents": USER, **fields}
+    return protocol.decode(json.dumps(body).encode(), gm.GenerateContentRequest)
+
+
+def _chat(**fields: Any) -> oa.ChatCompletionRequest:
+    return to_openai(_req(**fields), "m", vision=False, neuron=True, stream=False)
+
+
+def test_lower_schema_lowers_types_at_every_level() -> None:
+    schema = {
+        "type": "OBJECT",
+        "properties": {"a": {"type": "ARRAY", "items": {"type": "INTEGER"}}},
+    }
+    assert lower_schema(schema) == {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "integer"}}},
+    }
+
+
+def test_unknown_fields_are_refused_by_name() -> None:
+    with pytest.raises(InvalidRequest, match="temprature"):
+        _req(generationConfig={"temprature": 1})
+    with pytest.raises(InvalidRequest, match="generation_config"):
+        _req(generation_config={})
+
+
+def test_generation_config_maps_onto_sampling_fields() -> None:
+    config = {
+        "temperature": 0.2,
+        "topP": 0.9,
+        "topK": 5,
+        "seed": 1,
+        "maxOutputTokens": 7,
+        "stopSequences": ["END"],
+        "thinkingConfig": {"includeThoughts": True},
+    }
+    out = _chat(generationConfig=config, systemInstruction={"parts": [{"text": "be brief"}]})
+    assert (out.temperature, out.top_p, out.top_k, out.seed) == (0.2, 0.9, 5, 1)
+    assert (out.max_tokens, out.stop) == (7, ["END"])
+    assert out.messages[0] == oa.SystemMessage(content="be brief")
+
+
+@pytest.mark.parametrize(
+    ("mode", "allowed", "choice", "names"),
+    [
+        ("AUTO", None, None, ["a", "b"]),
+        ("VALIDATED", None, None, ["a", "b"]),
+        ("NONE", None, "none", ["a", "b"]),
+        ("ANY", None, "required", ["a", "b"]),
+        ("ANY", ["b"], oa.NamedToolChoice(function=oa.ToolChoiceFunction("b")), ["b"]),
+    ],
+)
+def test_tool_config_modes_become_tool_choice(
+    mode: str, allowed: list[str] | None, choice: Any, names: list[str]
+) -> None:
+    config = {"functionCallingConfig": {"mode": mode, "allowedFunctionNames": allowed}}
+    out = _chat(tools=DECLARED, toolConfig=config)
+    assert out.tool_choice == choice
+    assert [t.function.name for t in out.tools or []] == names
+    first = (out.tools or [])[0].function.parameters
+    if names[0] == "a":
+        assert first == {"type": "object", "properties": {"x": {"type": "string"}}}
+
+
+def test_tools_cortex_does_not_run_and_unknown_names_are_400s() -> None:
+    with pytest.raises(InvalidRequest, match="google_search"):
+        _chat(tools=[{"googleSearch": {}}])
+    config = {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["zz"]}}
+    with pytest.raises(InvalidRequest, match="zz"):
+        _chat(tools=DECLARED, toolConfig=config)
+
+
+def test_function_calls_and_responses_become_a_paired_exchange() -> None:
+    contents = [
+        *USER,
+        {
+            "role": "model",
+            "parts": [
+                {"text": "Checking."},
+                {"functionCall": {"name": "a", "args": {"x": "1"}}},
+                {"functionCall": {"name": "b", "args": {}, "id": "given"}},
+            ],
+        },
+        {
+            "role": "user",
+            "parts": [
+                {"functionResponse": {"name": "b", "response": {"ok": True}, "id": "given"}},
+                {"functionResponse": {"name": "a", "response": {"v": 2}}},
+                {"text": "thanks"},
+            ],
+        },
+    ]
+    out = _chat(contents=contents).messages
+    assistant = out[1]
+    assert isinstance(assistant, oa.AssistantMessage) and assistant.content == "Checking."
+    calls = assistant.tool_calls or []
+    assert [c.function.name for c in calls] == ["a", "b"] and calls[1].id == "given"
+    assert out[2] == oa.ToolMessage(content='{"ok":true}', tool_call_id="given")
+    assert out[3] == oa.ToolMessage(content='{"v":2}', tool_call_id=calls[0].id)
+    assert out[4] == oa.UserMessage(content="thanks")
+
+
+def test_json_output_becomes_response_format() -> None:
+    plain = _chat(generationConfig={"responseMimeType": "application/json"})
+    assert plain.response_format == oa.ResponseFormat(type="json_object")
+    config = {"responseMimeType": "application/json", "responseSchema": {"type": "OBJECT"}}
+    fmt = _chat(generationConfig=config).response_format
+    assert fmt is not None and fmt.json_schema == oa.JsonSchemaFormat(
+        name="response", schema={"type": "object"}, strict=True
+    )
+    with pytest.raises(InvalidRequest, match="responseMimeType"):
+        _chat(generationConfig={"responseSchema": {"type": "OBJECT"}})
+
+
+def test_images_need_a_vision_model() -> None:
+    contents = [
+        {"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "AA"}}]}
+    ]
+    with pytest.raises(InvalidRequest, match="does not accept images"):
+        _chat(contents=contents)
+    out = to_openai(_req(contents=contents), "m", vision=True, neuron=True, stream=False)
+    (user,) = out.messages
+    assert isinstance(user, oa.UserMessage) and isinstance(user.content, list)
+
+
+def _run(writer: GeminiStreamWriter) -> bytes:
+    fn = oa.ToolCallFunctionDelta
+    out = writer.feed(chunk("Hi"))
+    out += writer.feed(
+        chunk(calls=[oa.ToolCallDelta(index=0, function=fn(name="a", arguments='{"x":'))])
+    )
+    out += writer.feed(chunk(calls=[oa.ToolCallDelta(index=0, function=fn(arguments='"1"}'))]))
+    usage = oa.Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    return out + writer.feed(chunk(finish="length", usage=usage)) + writer.finish()
+
+
+def test_json_array_stream_parses_as_one_array() -> None:
+    items = json.loads(_run(GeminiStreamWriter("gemini-x", "r1", sse_framing=False)))
+    assert items[0]["candidates"][0]["content"] == {"parts": [{"text": "Hi"}], "role": "model"}
+    last = items[-1]
+    assert last["candidates"][0]["content"]["parts"][0]["functionCall"]["args"] == {"x": "1"}
+    assert last["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert last["usageMetadata"] == {
+        "promptTokenCount": 3,
+        "candidatesTokenCount": 2,
+        "totalTokenCount": 5,
+    }
+    assert {i["responseId"] for i in items} == {"r1"} and items[0]["modelVersion"] == "gemini-x"
+
+
+def test_sse_stream_is_one_data_event_per_response() -> None:
+    raw = _run(GeminiStreamWriter("g", "r", sse_framing=True))
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert all(e.startswith(b"data: ") for e in events) and len(events) == 2
+    assert json.loads(events[0][6:])["candidates"][0]["content"]["parts"] == [{"text": "Hi"}]
+
+
+def test_errors_mid_stream_close_the_array() -> None:
+    writer = GeminiStreamWriter("g", "r", sse_framing=False)
+    items = json.loads(writer.feed(chunk("x")) + writer.error(UpstreamError("node failed")))
+    assert items[1] == {"error": {"code": 502, "message": "node failed", "status": "INTERNAL"}}
+    fresh = GeminiStreamWriter("g", "r", sse_framing=False)
+    assert json.loads(fresh.error(UpstreamError("boom")))[0]["error"]["message"] == "boom"
+
+
+def test_error_envelope_names_google_statuses() -> None:
+    body = json.loads(error_body(Overloaded("queue full")))
+    assert body == {"error": {"code": 429, "message": "queue full", "status": "RESOURCE_EXHAUSTED"}}
