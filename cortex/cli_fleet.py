@@ -13,6 +13,7 @@ from typing import Any
 import click
 import msgspec
 
+from cortex.config import SamplingDefaults
 from cortex.protocol.admin import ActionResult, GatewayStatus, ModelAction
 from cortex.protocol.openai import ModelList
 
@@ -83,7 +84,15 @@ def render_status(status: GatewayStatus) -> str:
         lines.append(
             f"{m.id:<25} {m.state:<10} {pin:<4} {m.queued:>5}  {m.in_flight:>9}  {where or '-'}"
         )
+        if m.sampling is not None:
+            lines.append(f"{'':<25} defaults: {_sampling(m.sampling)}")
     return "\n".join(lines)
+
+
+def _sampling(defaults: SamplingDefaults) -> str:
+    """``temperature 0.2, top_p 0.9``: the sampling defaults that are set."""
+    values = msgspec.structs.asdict(defaults)
+    return ", ".join(f"{name} {value:g}" for name, value in values.items() if value is not None)
 
 
 _gateway_option = click.option(

@@ -32,7 +32,7 @@ HOME = Path(os.environ.get("CORTEX_DEMO_HOME", ".cortex")).resolve()
 READY_TIMEOUT_S = 300  # the GGUF is dequantised on load: ~20-35 s on a 2-core CPU
 
 
-def _models_toml(model_id: str, source: str, sizing: str) -> str:
+def _models_toml(model_id: str, source: str, sizing: str, sampling: str = "") -> str:
     return f"""\
 [[models]]
 id = "{model_id}"
@@ -41,6 +41,16 @@ source = "{source}"
 pinned = true
 # Claude Code and other fixed-name clients reach the model too.
 aliases = ["claude-*", "gpt-*"]
+{sampling}"""
+
+
+# SmolLM2's model card samples at these; its GGUF has no generation_config.json to say so, and
+# at OpenAI's temperature 1 the 135M model talks nonsense.
+SMOLLM2_SAMPLING = """\
+# Defaults for requests that send no temperature / top_p.
+[models.sampling]
+temperature = 0.2
+top_p = 0.9
 """
 
 
@@ -126,7 +136,8 @@ def _served() -> Served:
         return Served(DEMO_ID, "the demo model (random weights: expect gibberish)", [HOME], toml)
     # SmolLM2's own limit is 8192 tokens; one full context of fp32 KV cache is ~0.4 GB, which
     # the 4 GB CPU budget holds several times over next to its 0.54 GB of dequantised weights.
-    toml = _models_toml(starter.MODEL_ID, starter.SOURCE, "context_length = 8192\nvram_gb = 2.0")
+    sizing = "context_length = 8192\nvram_gb = 2.0"
+    toml = _models_toml(starter.MODEL_ID, starter.SOURCE, sizing, SMOLLM2_SAMPLING)
     what = "SmolLM2-135M-Instruct (small: quick, not clever)"
     return Served(starter.MODEL_ID, what, [gguf.parents[1]], toml)
 

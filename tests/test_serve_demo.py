@@ -53,3 +53,14 @@ def test_banner_names_the_venv_script_when_cortex_is_not_on_path(
     script = Path(sys.executable).parent / "cortex"
     assert command != "cortex"
     assert Path(command).resolve() == script.resolve()
+
+
+def test_the_smollm2_entry_samples_as_its_model_card_does(tmp_path: Path) -> None:
+    from cortex import config, starter
+
+    toml = serve_demo._models_toml(
+        starter.MODEL_ID, starter.SOURCE, "", serve_demo.SMOLLM2_SAMPLING
+    )
+    (tmp_path / "models.toml").write_text(toml)
+    (entry,) = config.load_models(tmp_path / "models.toml").models
+    assert entry.sampling == config.SamplingDefaults(temperature=0.2, top_p=0.9)

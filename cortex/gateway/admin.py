@@ -11,6 +11,7 @@ from aiohttp import web
 from cortex import __version__, protocol
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.gateway import idle
+from cortex.gateway.catalogue import sampling_in_use
 from cortex.gateway.core import GATEWAY, Gateway
 from cortex.protocol import anthropic
 from cortex.protocol.admin import (
@@ -102,6 +103,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
     now, default_ttl = time.time(), gateway.config.eviction.default_ttl_s
     for entry in catalogue.values():
         ttl = idle.ttl_of(entry, default_ttl)
+        holders = list(view.holders(entry.id))
         placements = [
             ResidentView(
                 node=node.name,
@@ -114,7 +116,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 progress=progress.get((entry.id, node.name)),
                 ttl_left_s=idle.ttl_left(copy, ttl, now),
             )
-            for node, copy in view.holders(entry.id)
+            for node, copy in holders
         ]
         states = {p.state for p in placements}
         gate = gateway.loader.gates.get(entry.id)
@@ -128,6 +130,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 queued=gate.waiting if gate else 0,
                 in_flight=sum(p.in_flight for p in placements),
                 placements=placements,
+                sampling=sampling_in_use(entry.sampling, [copy for _, copy in holders]),
             )
         )
     upstreams = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
-from cortex.config import ModelEntry
+from cortex.config import NO_SAMPLING_DEFAULTS, ModelEntry, SamplingDefaults
 from cortex.gateway.snapshot import FleetView, Resident
 from cortex.protocol.openai import CortexModelInfo, ModelCard
 
@@ -59,7 +59,9 @@ class Catalogue:
             copies = [c for _, c in fleet.holders(entry.id)]
             if copies or any(not entry.nodes or name in entry.nodes for name in live):
                 pinned = pins.get(entry.id, entry.pinned)
-                card = _card(entry.id, copies, entry.context_length, pinned, self.read_at)
+                card = _card(
+                    entry.id, copies, entry.context_length, pinned, self.read_at, entry.sampling
+                )
                 cards[entry.id] = _sized(card, entry.max_output_tokens)
         strays = {c.model_id for n in fleet.nodes for c in n.models} - set(self.by_id)
         for model_id in sorted(strays):
@@ -74,10 +76,17 @@ class Catalogue:
 
 
 def _card(
-    model_id: str, copies: list[Resident], context_length: int, pinned: bool, read_at: int
+    model_id: str,
+    copies: list[Resident],
+    context_length: int,
+    pinned: bool,
+    read_at: int,
+    sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS,
 ) -> ModelCard:
     """One local model's card from its loading/loaded copies (none: available); created is
-    the earliest load time, else when the catalogue was read."""
+    the earliest load time, else when the catalogue was read. Its sampling defaults are those
+    a loaded copy reports (models.toml over the model's generation_config.json), else
+    ``sampling`` (models.toml's alone: the model's own are read when it loads)."""
     states = {c.state for c in copies}
     info = CortexModelInfo(
         state="resident" if "loaded" in states else "loading" if states else "available",
@@ -85,8 +94,19 @@ def _card(
         context_length=context_length or max((c.context_length for c in copies), default=0),
         pinned=pinned,
     )
+    info.sampling = sampling_in_use(sampling, copies)
     loaded = [int(c.loaded_at) for c in copies if c.loaded_at]
     return ModelCard(id=model_id, created=min(loaded, default=read_at), cortex=info)
+
+
+def sampling_in_use(
+    configured: SamplingDefaults, copies: list[Resident]
+) -> SamplingDefaults | None:
+    """What a loaded copy reports (models.toml over the model's generation_config.json), else
+    ``configured`` (models.toml's values; the model's own are read when it loads); None when
+    no default is set."""
+    reported = next((c.sampling for c in copies if c.sampling is not None), configured)
+    return None if reported.empty else reported
 
 
 def _sized(card: ModelCard, max_output_tokens: int) -> ModelCard:

@@ -19,6 +19,9 @@ Choices that are not forced by either spec:
 - Per-request noise is removed from the system prompt (Claude Code's
   ``x-anthropic-billing-header: ...; cch=<random>;`` line), so every turn of a session starts
   with byte-identical tokens and the neuron's prefix cache can reuse them.
+- ``thinking`` becomes ``reasoning_effort`` (``disabled``: none; ``enabled``: on) and
+  ``thinking_token_budget`` (``budget_tokens``), which the neuron turns into the chat
+  template's thinking switch and a think block closed when its budget is spent.
 - Thinking blocks are dropped (a local model cannot verify their signatures); documents, server
   tools and file-id images are refused. Images inside a tool result, for a model without vision,
   become a short text note (a screenshot tool must not end the session); an image in the user's
@@ -86,6 +89,8 @@ def messages_to_openai(
         elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
     tool_choice, parallel = _tool_choice(req.tool_choice, req.tools) if req.tools else (None, None)
+    level = _effort(req)
+    effort, budget = _thinking(req.thinking, _EFFORT[level] if level else None)
     return oa.ChatCompletionRequest(
         model=model_id,
         messages=messages,
@@ -101,7 +106,8 @@ def messages_to_openai(
         parallel_tool_calls=parallel,
         user=req.metadata.user_id if req.metadata else None,
         response_format=_response_format(req),
-        reasoning_effort=_EFFORT[effort] if (effort := _effort(req)) else None,
+        reasoning_effort=effort,
+        thinking_token_budget=budget,
     )
 
 
@@ -127,6 +133,23 @@ def _response_format(req: an.MessagesRequest) -> oa.ResponseFormat | None:
         return None
     schema = oa.JsonSchemaFormat(name="output", schema=fmt.schema, strict=True)
     return oa.ResponseFormat(type="json_schema", json_schema=schema)
+
+
+def _thinking(
+    thinking: an.ThinkingConfig | None, effort: oa.ReasoningEffort | None
+) -> tuple[oa.ReasoningEffort | None, int | None]:
+    """Anthropic's ``thinking`` as OpenAI's ``reasoning_effort`` (which reaches the chat
+    template's switch, Qwen3's ``enable_thinking``, where it has one) and vLLM's
+    ``thinking_token_budget``: ``disabled`` turns thinking off; ``enabled`` on (at ``effort``,
+    else medium) within ``budget_tokens``; ``adaptive`` (or none) leaves it to ``effort`` and
+    the template's default."""
+    if thinking is None:
+        return effort, None
+    if thinking.type == "disabled":
+        return "none", None
+    if thinking.type == "enabled":
+        return effort or "medium", thinking.budget_tokens
+    return effort, None
 
 
 def _system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:

@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from cortex.config import SamplingDefaults
 from cortex.protocol.neuron import DeviceStatus
 
 
@@ -30,6 +31,7 @@ class ModelView(msgspec.Struct, kw_only=True):
     queued: int = 0
     in_flight: int = 0
     placements: list[ResidentView] = msgspec.field(default_factory=list)
+    sampling: SamplingDefaults | None = None  # as in /v1/models' cortex object
 
 
 class NeuronView(msgspec.Struct, kw_only=True):

@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from cortex.config import DType, Gigabytes, ModelEntry, Name, Quantization
+from cortex.config import (
+    NO_SAMPLING_DEFAULTS,
+    DType,
+    Gigabytes,
+    ModelEntry,
+    Name,
+    Quantization,
+    SamplingDefaults,
+)
 from cortex.protocol.openai import Message, Tool
 from cortex.tasks import Task
 
@@ -29,6 +37,8 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False
     task: Task = "generate"
+    # models.toml's [models.sampling]: over the model's own defaults; not part of the spec
+    sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> LoadRequest:
@@ -46,12 +56,17 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
             tool_parser=entry.tool_parser,
             trust_remote_code=entry.trust_remote_code,
             task=entry.task,
+            sampling=entry.sampling,
         )
 
     def same_spec(self, other: LoadRequest) -> bool:
         """Equal in everything that changes the loaded weights (device None means any)."""
-        mine = msgspec.structs.replace(self, device=None, vram_gb=0.0)
-        theirs = msgspec.structs.replace(other, device=None, vram_gb=0.0)
+        mine = msgspec.structs.replace(
+            self, device=None, vram_gb=0.0, sampling=NO_SAMPLING_DEFAULTS
+        )
+        theirs = msgspec.structs.replace(
+            other, device=None, vram_gb=0.0, sampling=NO_SAMPLING_DEFAULTS
+        )
         same_device = self.device is None or other.device is None or self.device == other.device
         return mine == theirs and same_device
 
@@ -81,6 +96,9 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     queued: int = 0
     error: str | None = None
     progress: LoadProgress | None = None
+    # The defaults requests get for omitted sampling fields (models.toml over the model's own
+    # generation_config.json); None until loaded.
+    sampling: SamplingDefaults | None = None
 
 
 class DeviceStatus(msgspec.Struct, kw_only=True):

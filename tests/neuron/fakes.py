@@ -15,6 +15,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from cortex.config import SamplingDefaults
+from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -38,6 +40,9 @@ class FakeModel(LoadedModel):
         self.step_s = step_s
         self.running = 0  # sequences inside generate right now
         self.cancelled = 0  # sequences closed before their end
+        self.params: list[SamplingParams] = []  # every sequence's, in submission order
+        self.chat_variables = frozenset({"enable_thinking"})  # a Qwen3-like switch
+        self.variables: dict[str, Any] | None = None  # the last encode_chat's
         self.unloaded = False
 
     def encode_chat(
@@ -45,7 +50,10 @@ class FakeModel(LoadedModel):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
+        self.variables = variables
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         if tools:
             text += "".join(t["function"]["name"] for t in tools)
@@ -58,6 +66,7 @@ class FakeModel(LoadedModel):
         # A literal backslash-n in the script stands for a newline (prompt lines end at "\n").
         script = last_user[4:].replace("\\n", "\n") if last_user.startswith("say:") else None
         pieces = [script[i : i + 2] for i in range(0, len(script), 2)] if script else []
+        self.params.append(params)
         self.running += 1
         done = False
         try:
@@ -97,9 +106,16 @@ class FakeHarness(Harness):
         self.step_s = 0.001
         self.fail_with: Exception | None = None
         self.models: list[FakeModel] = []
+        self.sampling = SamplingFeatures()  # what it declares it honours (set before loading)
+        self.model_defaults = SamplingDefaults()  # what its models read from their own config
 
     def info(self) -> HarnessInfo:
-        return HarnessInfo(name=self.name, quantizations=("none", "4bit"), device_kinds=("cpu",))
+        return HarnessInfo(
+            name=self.name,
+            quantizations=("none", "4bit"),
+            device_kinds=("cpu",),
+            sampling=self.sampling,
+        )
 
     def load(
         self,
@@ -116,5 +132,6 @@ class FakeHarness(Harness):
         if self.fail_with is not None:
             raise self.fail_with
         model = FakeModel(request, device, self.step_s)
+        model.sampling_defaults = self.model_defaults
         self.models.append(model)
         return model

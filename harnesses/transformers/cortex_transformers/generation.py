@@ -14,6 +14,7 @@ from cortex_transformers.block_manager import BlockTable
 from cortex_transformers.detokenize import Decode, IncrementalDetokenizer
 from cortex_transformers.guide import Guide
 from cortex_transformers.sampling import Sampler
+from cortex_transformers.thinking import ThinkBudget
 
 TokenBytes = Callable[[int], bytes]
 
@@ -40,6 +41,7 @@ class Generation:
         loop: asyncio.AbstractEventLoop,
         guide: Guide | None = None,
         token_bytes: TokenBytes | None = None,
+        think: ThinkBudget | None = None,
     ) -> None:
         self.prompt = prompt
         self.tokens = list(prompt)
@@ -48,6 +50,7 @@ class Generation:
         self.cached_tokens: int | None = None  # prompt tokens reused at first admission
         self.sampler = Sampler(params)
         self.guide = guide  # the constraint's state, None when the reply is free
+        self.think = think  # the thinking budget's state, None without one
         self._token_bytes = token_bytes  # for logprobs' token texts
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.loop = loop
@@ -73,6 +76,8 @@ class Generation:
         self._generated += 1
         if self.guide is not None:
             self.guide.accept(token)
+        if self.think is not None:
+            self.think.observe(token)
         self.sampler.observe(token)
         logprobs = [logprob] if logprob is not None else None
         text = self._detok.add(token)
