@@ -83,7 +83,7 @@ def banner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield _read_banner(proc, READY_TIMEOUT_S)
     finally:
-        stop_process(proc)  # type: ignore[arg-type]  # text-mode Popen; the helper only signals and waits
+        stop_process(proc)  # type: ignore[arg-type]
 
 
 def _run(command: str) -> str:
