@@ -140,7 +140,9 @@ async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Sl
     forced_by_grammar = isinstance(constraint, ToolCalls) and constraint.forced
     prefix = "" if forced_by_grammar else prompt.tool_call_prefix(body, parser, model.model_id)
     ids = await asyncio.to_thread(model.encode_chat, messages, tools, prefix=prefix)
-    budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
+    budget = prompt.completion_budget(
+        len(ids), body.completion_limit, model.context_length, slot.request.default_max_tokens
+    )
     params = prompt.sampling_params(body, budget, constraint)
     if constraint is not None or params.logit_bias:
         await asyncio.to_thread(model.prepare, params)  # compile the grammar: a 400 comes here
