@@ -215,6 +215,7 @@ class Gateway:
         if error is not None:
             exchange.status = error.status
             exchange.error = error.message
+        exchange.settle_usage()
         ttft = None if exchange.first_token is None else exchange.first_token - exchange.started
         self.rates.add(exchange.completion_tokens, ttft)
         for observer in self.observers:

@@ -230,3 +230,10 @@ async def test_a_short_request_is_answered_during_long_prefills(
     assert await ask("hi") == "length"
     assert not all(turn.done() for turn in first_turns)
     assert await asyncio.gather(*first_turns) == ["length"] * 3
+
+
+def test_the_log_holds_lines_not_progress_bars(neuron: NeuronProcess) -> None:
+    """Weight loading (and a GGUF's conversion) draws tqdm bars; a server log gets none."""
+    text = neuron.log_text()
+    assert "loaded tiny on cpu" in text
+    assert "\r" not in text and "it/s]" not in text, text[-2000:]
