@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from cortex.config import CortexConfig, ModelEntry
-from cortex.errors import CortexError, ModelNotFound, Unavailable
+from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
 from cortex.gateway.loads import Loader
@@ -152,6 +152,8 @@ class Gateway:
                 await self.fleet.refresh_now(target.node)
                 last_error = err.message
                 continue
+            if isinstance(err, ContextLengthExceeded):
+                err.message += self.catalogue.too_long_hint(resolved.model_id, err.message)
             raise err
         raise Unavailable(
             f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0

@@ -13,11 +13,12 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
 from cortex import cli_fleet
-from cortex.config import CortexConfig, GatewaySection, ModelsConfig, UpstreamRef
+from cortex.config import CortexConfig, GatewaySection, ModelEntry, ModelsConfig, UpstreamRef
 from cortex.gateway.app import make_app
 from cortex.gateway.metrics import listener
 from tests.e2e.neuron_process import free_port
@@ -180,3 +181,42 @@ def test_status_shows_memory_in_gb() -> None:
         type=cli_fleet.GatewayStatus,
     )
     assert "1.0/4.0 GB" in cli_fleet.render_status(status)
+
+
+async def test_a_context_overflow_names_the_window_and_a_bigger_model() -> None:
+    too_long = {
+        "message": "This model's maximum context length is 8192 tokens. However, your messages "
+        "resulted in 9000 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "small", "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"error": too_long}, status=400)
+
+    small = web.Application()
+    small.router.add_get("/v1/models", models)
+    small.router.add_post("/v1/chat/completions", chat)
+    upstream = TestServer(small, host="127.0.0.1")
+    await upstream.start_server()
+    catalogue = ModelsConfig(models=(ModelEntry(id="big", source="big", context_length=32768),))
+    config = CortexConfig(
+        upstreams=(UpstreamRef(name="u", endpoint=str(upstream.make_url("/v1"))),)
+    )
+    server = TestServer(make_app(config, catalogue), host="127.0.0.1")
+    await server.start_server()
+    try:
+        status, body, _ = await _call(
+            "POST", str(server.make_url("/v1/chat/completions")), {**CHAT, "model": "small"}
+        )
+    finally:
+        await server.close()
+        await upstream.close()
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+    message = body["error"]["message"]
+    assert message.startswith(too_long["message"])
+    assert "'small' holds 8192 tokens" in message and "'big' (32768 tokens)" in message
