@@ -56,7 +56,7 @@ POOL_IDLE_S = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-_OPENAI_ONLY = ("/v1/chat/completions", "/v1/responses")
+_OPENAI_ONLY = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 
 
 def _is_anthropic(request: web.Request) -> bool:
