@@ -148,6 +148,8 @@ class ModelEntry(_Strict, frozen=True):
     dtype: DType = "auto"
     vram_gb: Gigabytes = 0.0
     context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A reply's length when a request gives no max_tokens; 0: cortex's default (1024).
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     nodes: tuple[Name, ...] = ()
     pinned: bool = False
     priority: int = 0

@@ -7,6 +7,7 @@ otherwise the first matching alias in declaration order does, so put narrow glob
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
@@ -15,6 +16,9 @@ from cortex.gateway.snapshot import FleetView, Resident
 from cortex.protocol.openai import CortexModelInfo, ModelCard
 
 __all__ = ["Catalogue", "CortexModelInfo"]
+
+# OpenAI's (and vLLM's) wording of a context overflow, which a neuron uses too.
+_WINDOW = re.compile(r"maximum context length is (\d+) tokens")
 
 
 class Catalogue:
@@ -38,6 +42,28 @@ class Catalogue:
             if any(fnmatchcase(name, alias) for alias in entry.aliases):
                 return entry
         return None
+
+    def larger_windows(self, than: int) -> list[ModelEntry]:
+        """Models whose declared ``context_length`` exceeds ``than`` tokens, smallest window
+        first: what to suggest when a prompt does not fit."""
+        bigger = (m for m in self.models if m.context_length > than)
+        return sorted(bigger, key=lambda m: m.context_length)
+
+    def too_long_hint(self, model_id: str, message: str) -> str:
+        """The sentence a context-length error gains: the window the prompt overflowed and the
+        catalogue's models with a larger one (or that none has one)."""
+        match = _WINDOW.search(message)
+        if match is None:
+            return ""
+        window = int(match[1])
+        bigger = [m for m in self.larger_windows(window) if m.id != model_id][:3]
+        if not bigger:
+            return (
+                f" '{model_id}' holds {window} tokens and no model here holds more: shorten the "
+                "conversation or send fewer tools (docs/clients.md, fitting a small context)."
+            )
+        names = ", ".join(f"'{m.id}' ({m.context_length} tokens)" for m in bigger)
+        return f" '{model_id}' holds {window} tokens; a model with a larger window: {names}."
 
     def model_cards(
         self,

@@ -38,7 +38,8 @@ Choices that are not forced by either spec:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, assert_never
 
 import msgspec
@@ -50,6 +51,8 @@ from cortex.protocol import anthropic as an
 from cortex.protocol import openai as oa
 
 _encoder = msgspec.json.Encoder()
+# A stream silent this long (a prefill) gets empty text deltas instead of pings (keepalive).
+TEXT_KEEPALIVE_AFTER_S = 60.0
 
 
 def new_message_id() -> str:
@@ -378,7 +381,15 @@ class AnthropicStreamTranslator:
     message_delta. After ``finish`` or ``error`` every call returns b"".
     """
 
-    def __init__(self, model: str, message_id: str, input_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        message_id: str,
+        input_tokens: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._created = clock()
         self._model = model
         self._message_id = message_id
         self._input_tokens = input_tokens
@@ -431,10 +442,22 @@ class AnthropicStreamTranslator:
         return protocol.encode_events([error])
 
     def keepalive(self) -> bytes:
-        """A ``ping`` (Anthropic's own keep-alive event) while the upstream is silent."""
+        """What keeps the stream alive while the upstream is silent (a long prefill): a
+        ``ping`` (Anthropic's own keep-alive event) for the first ``TEXT_KEEPALIVE_AFTER_S``;
+        after that an empty ``text_delta`` in the answer's text block, opened now if none is
+        open (the answer's first text goes on in it). Claude Code's stream watchdog (300 s at
+        least) skips ``ping`` when it resets, so pings alone let it drop a prefill that long;
+        any other event resets it. The deltas carry no text: nothing is invented."""
         if self._done:
             return b""
-        return protocol.encode_events(self._start() or [an.Ping()])
+        if events := self._start():
+            return protocol.encode_events(events)
+        if self._clock() - self._created < TEXT_KEEPALIVE_AFTER_S or self._open_tool is not None:
+            return protocol.encode_events([an.Ping()])
+        opened = [] if self._open else self._open_block(an.OutText(""), None)
+        return protocol.encode_events(
+            [*opened, an.ContentBlockDelta(self._index, an.TextDelta(""))]
+        )
 
     def _start(self) -> list[an.StreamEvent]:
         if self._started:

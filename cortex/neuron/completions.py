@@ -162,7 +162,9 @@ async def _plan(body: openai.ChatCompletionRequest, model: LoadedModel, slot: Sl
     variables = prompt.template_variables(body, model.chat_variables, model.model_id)
     encode = functools.partial(model.encode_chat, prefix=prefix, variables=variables)
     ids = await asyncio.to_thread(encode, messages, tools)
-    budget = prompt.completion_budget(len(ids), body.completion_limit, model.context_length)
+    budget = prompt.completion_budget(
+        len(ids), body.completion_limit, model.context_length, slot.request.default_max_tokens
+    )
     params = prompt.sampling_params(
         body, budget, constraint, slot.sampling_defaults, body.thinking_token_budget
     )

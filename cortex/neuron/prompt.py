@@ -2,9 +2,10 @@
 sampling parameters. Pure functions; every rejection is an InvalidRequest naming the field.
 
 Completion budget: the requested ``max_tokens`` (or ``max_completion_tokens``) capped at what
-the context leaves. When a request sets neither, the cap is ``DEFAULT_MAX_TOKENS``, so a client
-that forgets the limit cannot hold a slot for the whole context (OpenAI's own default is "the
-rest of the context"; the cap is ours).
+the context leaves. When a request sets neither, the cap is the model's ``default_max_tokens``
+(models.toml), else ``DEFAULT_MAX_TOKENS``, so a chat client that omits the limit gets a reply
+of chat length instead of one that runs on for minutes at temperature 1 (OpenAI's own default
+is "the rest of the context"; the cap is ours).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cortex.neuron.harness import SamplingParams
 from cortex.neuron.tools import ToolParser
 from cortex.protocol import openai
 
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 1024  # docs/configuration.md, `default_max_tokens`
 
 _args_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -103,14 +104,17 @@ def template_variables(
     return variables
 
 
-def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:
-    """max_new_tokens for the request: ``requested`` (else the default cap), but never more than
+def completion_budget(
+    prompt_tokens: int, requested: int | None, context_length: int, default: int = 0
+) -> int:
+    """max_new_tokens for the request: ``requested`` (else ``default``, the model's own cap, or
+    when that is 0 ``DEFAULT_MAX_TOKENS``), but never more than
     the context leaves. ``max_tokens`` is a ceiling, not a demand: Claude Code asks for 32000 or
     128000 on every request, more than most local contexts hold, and expects a truncated answer
     (finish "length") rather than a refusal. Only a prompt that leaves no room for one token
     raises ContextLengthExceeded. ``context_length`` 0 means unknown: no check.
     """
-    wanted = requested if requested is not None else DEFAULT_MAX_TOKENS
+    wanted = requested if requested is not None else (default or DEFAULT_MAX_TOKENS)
     if context_length <= 0:
         return wanted
     if prompt_tokens >= context_length:

@@ -32,6 +32,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     dtype: DType = "auto"
     device: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: prompt.DEFAULT_MAX_TOKENS
     vram_gb: Gigabytes = 0.0
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
@@ -51,6 +52,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
             dtype=entry.dtype,
             device=device,
             context_length=entry.context_length,
+            default_max_tokens=entry.default_max_tokens,
             vram_gb=entry.vram_gb,
             chat_template=entry.chat_template,
             tool_parser=entry.tool_parser,
@@ -61,12 +63,9 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
 
     def same_spec(self, other: LoadRequest) -> bool:
         """Equal in everything that changes the loaded weights (device None means any)."""
-        mine = msgspec.structs.replace(
-            self, device=None, vram_gb=0.0, sampling=NO_SAMPLING_DEFAULTS
-        )
-        theirs = msgspec.structs.replace(
-            other, device=None, vram_gb=0.0, sampling=NO_SAMPLING_DEFAULTS
-        )
+        ignored = {"device": None, "vram_gb": 0.0, "default_max_tokens": 0}
+        mine = msgspec.structs.replace(self, **ignored, sampling=NO_SAMPLING_DEFAULTS)
+        theirs = msgspec.structs.replace(other, **ignored, sampling=NO_SAMPLING_DEFAULTS)
         same_device = self.device is None or other.device is None or self.device == other.device
         return mine == theirs and same_device
 

@@ -211,3 +211,33 @@ def test_cards_show_the_sampling_defaults_a_neuron_reports_else_models_toml() ->
     loaded = msgspec.structs.replace(model("smol", 1), sampling=in_use)
     listed = catalogue.model_cards(fleet(node("gpu1", loaded)), {})
     assert listed[0].cortex is not None and listed[0].cortex.sampling == in_use
+
+
+TOO_LONG = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+    "9000 tokens. Please reduce the length of the messages."
+)
+
+
+@pytest.mark.parametrize(
+    ("models", "hint"),
+    [
+        pytest.param(
+            [entry("small", 1, context_length=8192), entry("big", 9, context_length=32768)],
+            " 'small' holds 8192 tokens; a model with a larger window: 'big' (32768 tokens).",
+            id="names-the-bigger-model",
+        ),
+        pytest.param(
+            [entry("small", 1, context_length=8192), entry("same", 2, context_length=8192)],
+            " 'small' holds 8192 tokens and no model here holds more: shorten the conversation "
+            "or send fewer tools (docs/clients.md, fitting a small context).",
+            id="none-bigger",
+        ),
+    ],
+)
+def test_a_prompt_too_long_is_told_where_it_fits(models: list[object], hint: str) -> None:
+    assert Catalogue(models).too_long_hint("small", TOO_LONG) == hint  # type: ignore[arg-type]
+
+
+def test_other_errors_get_no_hint() -> None:
+    assert CATALOGUE.too_long_hint("qwen3-8b", "something else went wrong") == ""

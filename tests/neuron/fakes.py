@@ -4,7 +4,8 @@ Prompt ids are one per character of ``role: content`` lines. The reply is script
 user message: ``say:TEXT`` streams TEXT (a literal ``\\n`` in it becomes a newline) two
 characters per token then stops (EOS); ``boom``
 fails at the second step; ``wait:SECONDS`` is silent that long first, as a long prompt's prefill
-is, then streams like anything else: ``"ab"`` until max_new_tokens. Every step
+is, then streams like anything else: ``"ab"`` until max_new_tokens (``wait:SECONDS say:TEXT``:
+then TEXT, as ``say:`` does). Every step
 sleeps ``step_s`` so tests can hang up or unload mid-generation.
 """
 
@@ -63,6 +64,10 @@ class FakeModel(LoadedModel):
         self, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         last_user = "".join(map(chr, prompt_ids)).rsplit("user: ", 1)[-1].split("\n", 1)[0]
+        wait_s = 0.0
+        if last_user.startswith("wait:"):
+            seconds, _, rest = last_user[5:].partition(" ")
+            wait_s, last_user = float(seconds), rest
         # A literal backslash-n in the script stands for a newline (prompt lines end at "\n").
         script = last_user[4:].replace("\\n", "\n") if last_user.startswith("say:") else None
         pieces = [script[i : i + 2] for i in range(0, len(script), 2)] if script else []
@@ -70,8 +75,8 @@ class FakeModel(LoadedModel):
         self.running += 1
         done = False
         try:
-            if last_user.startswith("wait:"):
-                await asyncio.sleep(float(last_user[5:]))
+            if wait_s:
+                await asyncio.sleep(wait_s)
             for n in range(1, params.max_new_tokens + 1):
                 await asyncio.sleep(self.step_s)
                 if script is not None and n > len(pieces):

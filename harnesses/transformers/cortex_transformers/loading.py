@@ -2,11 +2,13 @@
 
 Maps cortex's quantization/dtype vocabulary onto transformers' and bitsandbytes' options, and
 turns library failures into InvalidRequest / InsufficientMemory with messages an operator can act
-on. ``path`` is a directory of safetensors (or a hub id) or one ``.gguf`` file (gguf_source.py).
+on. ``path`` is a directory of safetensors (or a hub id) or one ``.gguf`` file (gguf_source.py),
+whose conversion is kept beside it after the first load and read from there after (gguf_cache.py).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -29,7 +31,7 @@ from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import InsufficientMemory, InvalidRequest
 from cortex.neuron.harness import LoadOptions
 from cortex.protocol.neuron import LoadRequest
-from cortex_transformers import gguf_source
+from cortex_transformers import gguf_cache, gguf_source
 from cortex_transformers.demo import CHAT_TEMPLATE as HERMES_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,12 @@ def _hub_kwargs(request: LoadRequest, options: LoadOptions) -> dict[str, Any]:
     }
 
 
-def _location(path: str) -> tuple[str, dict[str, Any]]:
-    """from_pretrained's location arguments: a GGUF is its directory plus ``gguf_file``."""
+def _location(path: str, part: str) -> tuple[str, dict[str, Any]]:
+    """from_pretrained's location arguments: a GGUF is its directory plus ``gguf_file``, or the
+    directory holding its kept conversion of ``part`` (gguf_cache.py)."""
     if gguf_source.is_gguf(path):
+        if (kept := gguf_cache.converted(path, part)) is not None:
+            return str(kept), {}
         directory, name = gguf_source.split(path)
         return directory, {"gguf_file": name}
     return path, {}
@@ -91,7 +96,7 @@ def _location(path: str) -> tuple[str, dict[str, Any]]:
 def load_tokenizer(
     request: LoadRequest, path: str, options: LoadOptions
 ) -> PreTrainedTokenizerBase:
-    location, files = _location(path)
+    location, files = _location(path, gguf_cache.TOKENIZER)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             location, **files, **_hub_kwargs(request, options)
@@ -100,6 +105,8 @@ def load_tokenizer(
         raise InvalidRequest(
             f"cannot load a tokenizer from {path!r}: {exc}", param="source"
         ) from exc
+    if files:  # converted from a GGUF just now: keep it, before any template override
+        gguf_cache.keep(path, gguf_cache.TOKENIZER, tokenizer.save_pretrained)
     if request.chat_template:
         tokenizer.chat_template = request.chat_template
     if not tokenizer.chat_template:
@@ -180,7 +187,9 @@ def load_model(
 ) -> PreTrainedModel:
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise InvalidRequest(f"device {device!r} is not available here", param="device")
-    location, files = _location(path)
+    dtype = resolve_dtype(request.dtype, device)
+    part = gguf_cache.weights_part(dtype)
+    location, files = _location(path, part)
     quantization = quantization_config(request.quantization, device)
     # transformers cannot quantize while it dequantises a GGUF: load it plain, then requantize.
     requantize = quantization is not None and bool(files)
@@ -188,12 +197,14 @@ def load_model(
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             location,
-            dtype=resolve_dtype(request.dtype, device),
+            dtype=dtype,
             quantization_config=None if requantize else quantization,
             device_map={"": "cpu" if requantize else device},
             **weights,
             **_hub_kwargs(request, options),
         )
+        if files:  # dequantised from a GGUF just now: keep it (before any requantizing)
+            gguf_cache.keep(path, part, functools.partial(gguf_cache.save_dequantised, model))
         if requantize and quantization is not None:
             model = gguf_source.requantize(model, quantization, device)
     except torch.OutOfMemoryError as exc:
