@@ -171,9 +171,12 @@ class Loader:
         if decision.evict:
             await self._evict(decision.evict)
         await self._place(entry, decision.node, decision.device)
+        if gate.waiting or gate.keep:
+            return
         # Pins as of now, runtime ones included: `cortex pin` may have come after the request.
-        pinned = self.fleet.catalogue().get(entry.id, entry).pinned
-        if gate.waiting == 0 and not gate.keep and not pinned:
+        if self.fleet.catalogue().get(entry.id, entry).pinned:
+            log.info("keeping %s although every waiting client left: it is pinned", entry.id)
+        else:
             log.info("unloading %s again: every waiting client left", entry.id)
             await self.unload(entry.id, decision.node)
 

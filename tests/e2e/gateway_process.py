@@ -1,7 +1,7 @@
 """Start a real gateway process on loopback in front of real neurons, for end-to-end tests.
 
 gw = GatewayProcess.start(workdir, neurons={"n1": neuron1, ...}, models=[{...}], eviction={...})
-gw.url, gw.admin("GET", "/cortex/status"), gw.log_text(), gw.stop()
+gw.url, gw.call("GET", "/cortex/status"), gw.log_text(), gw.wait_for_log(...), gw.stop()
 """
 
 from __future__ import annotations
@@ -120,6 +120,18 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_log(self, *lines: str, timeout: float = 20.0) -> str:
+        """Wait until the log holds one of ``lines``; returns the first one found."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            for line in lines:
+                if line in text:
+                    return line
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"none of {lines} in the log:\n{text[-2000:]}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,6 +24,20 @@ MODELS = [{"id": m, "source": "tiny", "vram_gb": 0.3, "context_length": 1024} fo
 def _pinned(gw: GatewayProcess) -> dict[str, bool]:
     _, status = gw.call("GET", "/cortex/status")
     return {m["id"]: m["pinned"] for m in status["models"]}
+
+
+def _wait_model(
+    gw: GatewayProcess, model: str, predicate: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Poll /cortex/status until ``predicate`` holds for ``model``'s entry (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        _, status = gw.call("GET", "/cortex/status")
+        [view] = [m for m in status["models"] if m["id"] == model]
+        if predicate(view):
+            return
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)
 
 
 def _send_and_hang_up_later(gw: GatewayProcess, model: str) -> socket.socket:
@@ -48,14 +63,19 @@ def test_runtime_pin_survives_restart_and_a_hang_up_during_its_cold_load(
     try:
         # A client starts a cold load of y, the operator pins y meanwhile, the client leaves.
         sock = _send_and_hang_up_later(gw, "y")
-        gw.wait_for(lambda p: True)  # one status round trip: the request is being routed
+        _wait_model(gw, "y", lambda m: m["state"] == "loading" and m["queued"] == 1)
         status, _ = gw.call("POST", "/cortex/models/y/pin")
         assert status == 200
         sock.close()
-        gw.wait_for(lambda p: p.get("y") == ["n1"], timeout=30)
-        time.sleep(1.5)  # an "every waiting client left" unload would have run by now
+        _wait_model(gw, "y", lambda m: m["queued"] == 0)  # the client has left
+        outcome = gw.wait_for_log(
+            "keeping y although every waiting client left",  # the load ended after the hang-up
+            "pinned model y resident",  # the pin joined the load as a waiter of its own
+            "unloading y again",
+            timeout=30,
+        )
+        assert outcome != "unloading y again"
         assert gw.placements().get("y") == ["n1"]
-        assert "unloading y again" not in gw.log_text()
     finally:
         gw.stop()
     assert json.loads((tmp_path / "cortex-state.json").read_text()) == {"pins": {"y": True}}

@@ -42,11 +42,13 @@ def test_in_flight_and_queued_are_counted_apart() -> None:
 
 
 class SlowStatusClient(FakeNeuronClient):
-    """Test double: a neuron whose status answer is taken when the poll arrives but reaches the
-    gateway only when ``answer`` is set, and which reports ``in_flight`` requests on model m."""
+    """Test double: a neuron whose status answer is taken when the poll arrives (``asked`` is
+    set then) but reaches the gateway only when ``answer`` is set, and which reports
+    ``in_flight`` requests on model m."""
 
     def __init__(self, neuron: FakeNeuron) -> None:
         super().__init__({"n1": neuron})
+        self.asked = asyncio.Event()
         self.answer = asyncio.Event()
         self.in_flight = 0
 
@@ -56,6 +58,7 @@ class SlowStatusClient(FakeNeuronClient):
             id="m", state="loaded", harness="fake", device="cpu", source="m",
             quantization="none", in_flight=self.in_flight,
         )  # fmt: skip
+        self.asked.set()
         await self.answer.wait()
         return msgspec.structs.replace(status, models=[loaded])
 
@@ -75,7 +78,7 @@ async def test_a_request_that_ended_after_the_poll_left_is_not_counted_busy() ->
     claim = fleet.claim("m", "n1", "in_flight")
     client.in_flight = 1  # the neuron still runs it when the poll arrives
     poll = asyncio.create_task(fleet._poll(state))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(client.asked.wait(), 5)  # the poll has left
     claim.release()  # the answer's last byte reached the client meanwhile
     client.answer.set()
     await poll

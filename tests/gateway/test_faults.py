@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
@@ -32,10 +32,11 @@ COMPLETION = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"t
 @dataclass
 class FaultyNeuron(FakeNeuron):
     """A FakeNeuron served over HTTP (the chat path needs a real server): its /status can
-    fail and its chat can stall forever."""
+    fail and its chat can stall forever; ``chatting`` is set once a chat request arrived."""
 
     failing: bool = False
     stall: bool = False
+    chatting: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -62,6 +63,7 @@ class FaultyNeuron(FakeNeuron):
         return web.json_response({})
 
     async def chat(self, request: web.Request) -> web.Response:
+        self.chatting.set()
         if self.stall:
             await asyncio.Event().wait()
         return web.Response(body=COMPLETION, content_type="application/json")
@@ -135,7 +137,7 @@ async def test_a_request_on_a_stalled_node_is_retried_once_it_is_marked_down(
         task = asyncio.create_task(
             gateway.open(gateway.resolve("m"), "/chat/completions", b"{}", exchange)
         )
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(n1.chatting.wait(), 5)  # the request reached n1, which stalls
         assert not task.done() and exchange.node == "n1"
         n1.failing = True  # its polls fail too now: down after two of them
         upstream = await asyncio.wait_for(task, 5)

@@ -8,6 +8,7 @@ fleet polls and the loader loads through the fake client, which keeps each node'
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +30,13 @@ ENTRY = ModelEntry(id="m", source="m", vram_gb=1.0)
 
 @dataclass
 class FakeNeuron:
-    """One node's admin API state; loads take ``load_s`` (simulated on the event loop)."""
+    """One node's admin API state; loads take ``load_s`` (simulated on the event loop), or,
+    when ``hold`` is given, last until the test sets it. ``loading`` is set once a load began."""
 
     name: str = "n1"
     load_s: float = 0.3
+    hold: asyncio.Event | None = None
+    loading: asyncio.Event = field(default_factory=asyncio.Event)
     total_bytes: int = 10 * GB
     loads: int = 0
     unloads: int = 0
@@ -55,7 +59,11 @@ class FakeNeuron:
             id=req.model, state="loading", harness="fake", device="cpu", source=req.source,
             quantization="none",
         )  # fmt: skip
-        await asyncio.sleep(self.load_s)
+        self.loading.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        else:
+            await asyncio.sleep(self.load_s)
         self.models[req.model] = msgspec.structs.replace(
             self.models[req.model], state="loaded", bytes=GB // 2, loaded_at=time.time()
         )
@@ -145,7 +153,7 @@ async def test_full_queue_is_overloaded_with_retry_after() -> None:
 
 async def test_queue_deadline_is_unavailable_with_retry_after() -> None:
     fake, loader, fleet = await _own_loader(queue_wait_s=0.2)
-    fake.load_s = 1.0
+    fake.hold = asyncio.Event()  # never set: the load outlasts any deadline
     try:
         with pytest.raises(Unavailable, match="not ready after") as err:
             await loader.route(ENTRY)
@@ -158,19 +166,39 @@ async def test_load_whose_waiters_all_left_is_unloaded_again(
     neuron: tuple[FakeNeuron, Loader, Fleet],
 ) -> None:
     fake, loader, _ = neuron
+    fake.hold = asyncio.Event()
     waiter = asyncio.create_task(loader.route(ENTRY))
-    await asyncio.sleep(0.1)  # the load has started (it takes load_s = 0.3 s)
+    await asyncio.wait_for(fake.loading.wait(), 5)
     waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)  # the only waiter has left
+    fake.hold.set()  # and only now does the load finish
     await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))
     assert (fake.loads, fake.unloads) == (1, 1)
     assert "m" not in fake.models
+
+
+async def test_a_load_pinned_meanwhile_is_kept_when_its_waiters_leave(
+    neuron: tuple[FakeNeuron, Loader, Fleet], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, loader, fleet = neuron
+    caplog.set_level(logging.INFO, logger="cortex.gateway.loads")
+    fake.hold = asyncio.Event()
+    waiter = asyncio.create_task(loader.route(ENTRY))
+    await asyncio.wait_for(fake.loading.wait(), 5)
+    fleet.set_pin(ENTRY.id, True)  # `cortex pin` while the load is under way
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    fake.hold.set()
+    await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))
+    assert (fake.loads, fake.unloads) == (1, 0) and fake.models["m"].state == "loaded"
+    assert "keeping m although every waiting client left: it is pinned" in caplog.text
 
 
 async def test_pinned_model_loads_at_start_up(neuron: tuple[FakeNeuron, Loader, Fleet]) -> None:
     fake, loader, fleet = neuron
     fleet.pin_overrides[ENTRY.id] = True
     loader.ensure_pinned()
-    await asyncio.sleep(0)  # the pinned load task starts
+    await asyncio.wait_for(fake.loading.wait(), 5)  # the pinned load has begun
     await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))
     assert fake.loads == 1 and fake.models["m"].state == "loaded"
     assert fake.unloads == 0, "a pinned load is kept although nobody waits for it"

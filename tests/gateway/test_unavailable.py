@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, ModelsConfig, NeuronRef
 from cortex.gateway.app import make_app
 from tests.e2e.neuron_process import free_port
+from tests.gateway.test_faults import FaultyNeuron
 
 
 @pytest.fixture
@@ -82,15 +83,26 @@ async def test_model_no_configured_neuron_may_serve_is_404_not_a_retry(base: str
 async def test_pinned_model_waits_quietly_for_its_node_at_start_up(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The usual start order (gateway before its neurons) must not log a warning."""
+    """The usual start order (gateway before its neurons) must not log a warning: the pinned
+    model waits for its node, and is loaded there once the node comes up."""
+    port = free_port()
     config = CortexConfig(
-        gateway=GatewaySection(poll_interval_s=60.0),
-        neurons=(NeuronRef(name="gpu1", endpoint=f"http://127.0.0.1:{free_port()}"),),
+        gateway=GatewaySection(poll_interval_s=0.05),
+        neurons=(NeuronRef(name="gpu1", endpoint=f"http://127.0.0.1:{port}"),),
     )
     models = ModelsConfig(models=(ModelEntry(id="p", source="p", pinned=True),))
-    server = TestServer(make_app(config, models), host="127.0.0.1")
+    gateway = TestServer(make_app(config, models), host="127.0.0.1")
+    neuron = FaultyNeuron(load_s=0.01)
+    node = TestServer(neuron.app(), host="127.0.0.1", port=port)
     with caplog.at_level("INFO"):
-        await server.start_server()
-        await asyncio.sleep(0.2)  # any spawned pinned load would have failed by now
-        await server.close()
+        await gateway.start_server()  # nothing listens on the node's port yet
+        try:
+            await node.start_server()
+            async with asyncio.timeout(5):
+                while "p" not in neuron.models or neuron.models["p"].state != "loaded":
+                    await asyncio.sleep(0.01)
+        finally:
+            await gateway.close()
+            await node.close()
+    assert neuron.loads == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

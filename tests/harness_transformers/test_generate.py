@@ -111,8 +111,14 @@ async def test_closing_a_generation_frees_its_slot(demo) -> None:
 
 async def test_cancelling_the_consumer_task_frees_its_slot(demo) -> None:
     long = SamplingParams(max_new_tokens=100_000, temperature=0.0)
-    task = asyncio.create_task(_collect(demo, _prompt(demo, "forever"), long))
-    await asyncio.sleep(0.05)
+    generating = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in demo.generate(_prompt(demo, "forever"), long):
+            generating.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(generating.wait(), 30)  # it holds a slot now
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -6,7 +6,9 @@ characters per token then stops (EOS); ``boom``
 fails at the second step; ``wait:SECONDS`` is silent that long first, as a long prompt's prefill
 is, then streams like anything else: ``"ab"`` until max_new_tokens (``wait:SECONDS say:TEXT``:
 then TEXT, as ``say:`` does). Every step
-sleeps ``step_s`` so tests can hang up or unload mid-generation.
+sleeps ``step_s`` so tests can hang up or unload mid-generation. A test that must know a
+sequence is still running sets ``FakeModel.hold``: each sequence waits for that event before its
+first token, as a prefill that lasts until the test ends it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class FakeModel(LoadedModel):
         self.chat_variables = frozenset({"enable_thinking"})  # a Qwen3-like switch
         self.variables: dict[str, Any] | None = None  # the last encode_chat's
         self.unloaded = False
+        self.hold: asyncio.Event | None = None  # when given, no first token until it is set
 
     def encode_chat(
         self,
@@ -75,6 +78,8 @@ class FakeModel(LoadedModel):
         self.running += 1
         done = False
         try:
+            if self.hold is not None:
+                await self.hold.wait()
             if wait_s:
                 await asyncio.sleep(wait_s)
             for n in range(1, params.max_new_tokens + 1):
