@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -263,8 +263,20 @@ class Fleet:
             usage.queued += 1
         return Claim(usage, node, kind)
 
+    @contextlib.contextmanager
+    def loading(self, model: str, node: str, device: str) -> Iterator[None]:
+        """Mark ``model`` as loading onto ``node``/``device`` for the block (the Loader's
+        load request): the view reserves its room until the node's own status reports it."""
+        usage = self.counts(model, node)
+        usage.loading_on = device
+        try:
+            yield
+        finally:
+            usage.loading_on = None
+
     def counts(self, model: str, node: str) -> Usage:
-        """The gateway's counts for (model, node); read them, change them through ``claim``."""
+        """The gateway's counts for (model, node); read them, change them through ``claim``
+        and ``loading``."""
         key = (model, node)
         usage = self.usage.get(key)
         if usage is None:

@@ -182,11 +182,10 @@ class Loader:
 
     async def _place(self, entry: ModelEntry, node: str, device: str) -> None:
         """Load ``entry`` on ``node``: reserved in the fleet view meanwhile, timed, observed."""
-        usage = self.fleet.counts(entry.id, node)
-        usage.loading_on = device
         started = time.monotonic()
         try:
-            await self._post_load(entry, node, device)
+            with self.fleet.loading(entry.id, node, device):
+                await self._post_load(entry, node, device)
         except CortexError as exc:
             for observer in self.observers:
                 observer.load_failed(entry.id, node)
@@ -197,7 +196,6 @@ class Loader:
                 raise InvalidRequest(message, param=exc.param, code=exc.code) from None
             raise Unavailable(message) from None
         finally:
-            usage.loading_on = None
             await self.fleet.refresh_now(node)
         seconds = time.monotonic() - started
         for observer in self.observers:

@@ -34,7 +34,8 @@ class Usage:
 
     The gateway sees requests before the neuron does, so its counts are fresher than the last
     poll; ``loading_on`` is the device it asked the node to load onto, until a poll shows it.
-    Owned and changed by ``Fleet`` only (``Fleet.claim``); a snapshot copies the values.
+    Owned and changed by ``Fleet`` only (``Fleet.claim`` for the counts, ``Fleet.loading`` and
+    its status polls for ``loading_on``); a snapshot copies the values.
     """
 
     last_used: float | None = None

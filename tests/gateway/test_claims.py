@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+import cortex.gateway
 from cortex.config import CortexConfig, NeuronRef
 from cortex.gateway.fleet import Fleet
 from cortex.protocol.neuron import ModelStatus, NeuronStatus
@@ -91,3 +94,37 @@ async def test_a_request_that_ended_after_the_poll_left_is_not_counted_busy() ->
     assert _in_flight(fleet) == 2  # ours may be among them: the larger count holds
     mine.release()
     assert _in_flight(fleet) == 1  # the node's count less the one that ended since its poll
+
+
+def test_a_load_marks_its_copy_loading_for_the_block_only() -> None:
+    fleet = _fleet()
+    with fleet.loading("m", "n1", "cuda:0"):
+        assert fleet.counts("m", "n1").loading_on == "cuda:0"
+    assert fleet.counts("m", "n1").loading_on is None
+    try:
+        with fleet.loading("m", "n1", "cuda:0"):
+            raise RuntimeError("the load request failed")
+    except RuntimeError:
+        pass
+    assert fleet.counts("m", "n1").loading_on is None
+
+
+def test_only_the_fleet_writes_usage() -> None:
+    """``Usage`` has one writer: no other gateway module assigns or bumps its fields."""
+    # Its fields by name (``finished`` left out: ``Exchange.finished`` is another record's).
+    fields = {"last_used", "in_flight", "queued", "loading_on", "finished_at_poll"}
+    gateway = Path(cortex.gateway.__file__).parent
+    writers = set()
+    for path in gateway.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                else []
+            )
+            for target in targets:
+                if isinstance(target, ast.Attribute) and target.attr in fields:
+                    writers.add(path.name)
+    assert writers <= {"fleet.py"}, writers
