@@ -1,14 +1,16 @@
-"""The ``cortex`` command: boot a gateway or a neuron, write the demo model, talk to a gateway.
+"""The ``cortex`` command: boot a gateway or a neuron, talk to a gateway, run harness commands.
 
 Servers: ``cortex --role gateway|neuron --config FILE`` (same as ``cortex serve ...``), with
 ``--check`` to validate the config and exit 0 or 2 without serving. Fleet commands
 (``status``, ``models``, ``load`` ...) live in cli_fleet.py and talk to a gateway's admin API.
+Installed harnesses add their own (``demo-model`` comes with the transformers harness) through
+the ``cortex.commands`` entry point group: this package imports no harness.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+from importlib.metadata import EntryPoint, EntryPoints, entry_points
 from pathlib import Path
 from typing import Literal
 
@@ -85,7 +87,69 @@ def _require(role: str | None, config_path: Path | None) -> tuple[Role, Path]:
     return role, config_path  # type: ignore[return-value]
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS_GROUP = "cortex.commands"
+# Where a well-known plugin command comes from, for the hint when it is not installed.
+PROVIDED_BY = {
+    "demo-model": "the transformers harness: from a checkout, "
+    "pip install ./harnesses/transformers (`make install` does it)"
+}
+
+
+class PluginGroup(click.Group):
+    """The ``cortex`` group plus the commands installed distributions add through the
+    ``cortex.commands`` entry point group (a ``click.Command`` each; the transformers harness
+    adds ``demo-model``). A plugin is imported only when its command is named or listed, in its
+    own try/except: a broken one becomes a command that says why and exits 1. A built-in name
+    wins over a plugin's."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(ep.name for ep in _command_points())})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        for ep in _command_points():
+            if ep.name == cmd_name:
+                return _load_command(ep)
+        return None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            where = PROVIDED_BY.get(args[0]) if args else None
+            if where is None:
+                raise
+            raise click.UsageError(f"{exc.message} It comes with {where}.", ctx) from None
+
+
+def _command_points() -> EntryPoints:
+    return entry_points(group=COMMANDS_GROUP)
+
+
+def _load_command(ep: EntryPoint) -> click.Command:
+    try:
+        command = ep.load()
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{ep.value} is a {type(command).__name__}, not a click command")
+    except Exception as exc:
+        reason = f"command {ep.name!r} ({ep.value}) failed to load: {exc}"
+
+        def broken() -> None:
+            raise click.ClickException(reason)
+
+        return click.Command(ep.name, callback=broken, help=reason)
+    return command
+
+
+@click.group(
+    cls=PluginGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="cortex")
 @_role_option
 @_config_option
@@ -128,29 +192,6 @@ def main(
 def serve(role: str | None, config_path: Path | None, check: bool) -> None:
     """Boot a gateway or a neuron (same as the top-level --role/--config)."""
     _serve(*_require(role, config_path), check)
-
-
-@main.command("demo-model")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
-@click.option("--fim", is_flag=True, help="Give its tokenizer fill-in-the-middle tokens.")
-@click.option("--embed", is_flag=True, help="Write the tiny embedding model instead.")
-def demo_model(directory: Path, seed: int, size: str, fim: bool, embed: bool) -> None:
-    """Write the built-in demo model (random weights, local tokenizer) to DIRECTORY."""
-    try:
-        from cortex_transformers.demo import write_demo_embedding_model, write_demo_model
-    except ImportError:
-        raise click.ClickException(
-            "the demo model needs the transformers harness: "
-            "pip install cortex-harness-transformers (or `make serve`)"
-        ) from None
-    if embed:
-        path = write_demo_embedding_model(directory, seed=seed)
-    else:
-        path = write_demo_model(directory, seed=seed, size=size, fim=fim)  # type: ignore[arg-type]
-    logging.getLogger("cortex").info("demo model written to %s", path)
-    click.echo(str(path))
 
 
 def _register_fleet_commands() -> None:

@@ -120,13 +120,20 @@ class Served(NamedTuple):
     models_toml: str
 
 
+def _write_demo_model(directory: Path, size: str) -> None:
+    """Run ``cortex demo-model``, the transformers harness's command, as a user would: this
+    launcher imports no harness (nor torch)."""
+    command = [sys.executable, "-m", "cortex", "demo-model", str(directory), "--size", size]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise SystemExit(f"could not write the demo model: {why}")
+
+
 def _demo() -> Served:
     model_dir = HOME / "demo-model"
     if not (model_dir / "config.json").exists():
-        from cortex_transformers.demo import write_demo_model
-
-        size = os.environ.get("CORTEX_DEMO_SIZE", "tiny")
-        write_demo_model(model_dir, size=size)  # type: ignore[arg-type]
+        _write_demo_model(model_dir, os.environ.get("CORTEX_DEMO_SIZE", "tiny"))
     toml = _models_toml(DEMO_ID, "demo-model", "vram_gb = 0.5")
     return Served(DEMO_ID, "the demo model (random weights: expect gibberish)", [HOME], toml)
 

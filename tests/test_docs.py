@@ -92,3 +92,54 @@ def test_docs_install_the_harness_from_a_checkout_not_pypi() -> None:
         text = page.read_text(encoding="utf-8")
         assert "pip install 'cortex-harness-transformers" not in text, page.name
         assert "pip install cortex-harness-transformers" not in text, page.name
+
+
+ROOT = DOCS.parent
+# The package design notes the docs guard covers beside docs/.
+PACKAGE_READMES = [
+    ROOT / "cortex" / "gateway" / "README.md",
+    ROOT / "cortex" / "neuron" / "README.md",
+    ROOT / "harnesses" / "transformers" / "README.md",
+    ROOT / "harnesses" / "transformers" / "cortex_transformers" / "README.md",
+    ROOT / "harnesses" / "example" / "README.md",
+]
+# A path ending in .py, its folders and stem possibly brace lists: `gateway/{a,b}.py`.
+MODULE_PATH = re.compile(
+    r"(?<![\w./{}-])((?:[\w.-]+/|\{[\w.,/-]+\}/)*(?:[\w-]+|\{[\w,.-]+\})\.py)\b"
+)
+
+
+def _expand(path: str) -> list[str]:
+    """`gateway/{a,b}.py` -> [`gateway/a.py`, `gateway/b.py`]."""
+    match = re.search(r"\{([^}]*)\}", path)
+    if match is None:
+        return [path]
+    head, tail = path[: match.start()], path[match.end() :]
+    return [p for alt in match.group(1).split(",") for p in _expand(head + alt + tail)]
+
+
+def _missing_modules(page: Path) -> list[str]:
+    """Module paths named on ``page`` that exist neither beside it, nor from the repository
+    root, nor under cortex/ (docs write `gateway/loads.py` for cortex/gateway/loads.py)."""
+    bases = (page.parent, ROOT, ROOT / "cortex")
+    named = {p for found in MODULE_PATH.findall(page.read_text()) for p in _expand(found)}
+    return sorted(p for p in named if not any((base / p).is_file() for base in bases))
+
+
+@pytest.mark.parametrize(
+    "page",
+    [*sorted(DOCS.glob("*.md")), ROOT / "README.md", *PACKAGE_READMES],
+    ids=lambda page: page.relative_to(ROOT).as_posix(),
+)
+def test_every_module_a_doc_names_exists(page: Path) -> None:
+    assert not _missing_modules(page), f"{page.relative_to(ROOT)} names missing modules"
+
+
+def test_a_renamed_module_is_caught(tmp_path: Path) -> None:
+    page = tmp_path / "README.md"
+    (tmp_path / "here.py").write_text("")
+    page.write_text(
+        "See `here.py`, `cortex/gateway/{snapshot,state}.py` and gateway/loads.py; "
+        "not tests/e2e/nowhere.py.\n"
+    )
+    assert _missing_modules(page) == ["cortex/gateway/state.py", "tests/e2e/nowhere.py"]

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import json
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from cortex_transformers.demo import main, write_demo_model
+from click.testing import CliRunner
+from cortex_transformers.commands import demo_model
+from cortex_transformers.demo import write_demo_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cortex.cli import COMMANDS_GROUP, main
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -32,10 +38,27 @@ def test_demo_model_loads_with_from_pretrained(demo_dir: Path) -> None:
         assert tokenizer.convert_ids_to_tokens(tokenizer.encode(token)) == [token]
 
 
-def test_module_entry_point_writes_the_model(tmp_path: Path, capsys) -> None:
-    main([str(tmp_path / "cli"), "--seed", "2"])
+def test_demo_model_is_a_cortex_command_through_the_harness_entry_point() -> None:
+    found = entry_points(group=COMMANDS_GROUP, name="demo-model")
+    assert found, (
+        "the transformers harness's cortex.commands entry point is not installed; "
+        "`make install` installs it (pip install -e harnesses/transformers)"
+    )
+    assert next(iter(found)).load() is demo_model
+
+
+def test_cortex_demo_model_writes_the_model_and_its_variants(tmp_path: Path) -> None:
+    runner = CliRunner()
+    plain = runner.invoke(main, ["demo-model", str(tmp_path / "cli"), "--seed", "2"])
+    assert plain.exit_code == 0, plain.output
     assert (tmp_path / "cli" / "model.safetensors").exists()
-    assert str(tmp_path / "cli") in capsys.readouterr().out
+    assert str(tmp_path / "cli") in plain.output
+    fim = runner.invoke(main, ["demo-model", str(tmp_path / "fim"), "--fim"])
+    assert fim.exit_code == 0, fim.output
+    assert "<|fim_prefix|>" in (tmp_path / "fim" / "tokenizer.json").read_text()
+    embed = runner.invoke(main, ["demo-model", str(tmp_path / "embed"), "--embed"])
+    assert embed.exit_code == 0, embed.output
+    assert json.loads((tmp_path / "embed" / "modules.json").read_text())
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ special tokens and EOS handling are those of a real Qwen3 checkpoint. Everything
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Iterator
@@ -185,21 +184,3 @@ def write_demo_embedding_model(directory: Path, *, seed: int = 0) -> Path:
     (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     (directory / "2_Normalize").mkdir(exist_ok=True)
     return directory
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=list(_SHAPES), default="tiny")
-    parser.add_argument("--fim", action="store_true", help="add fill-in-the-middle tokens")
-    parser.add_argument("--embed", action="store_true", help="the tiny embedding model instead")
-    args = parser.parse_args(argv)
-    if args.embed:
-        print(write_demo_embedding_model(args.directory, seed=args.seed))
-    else:
-        print(write_demo_model(args.directory, seed=args.seed, size=args.size, fim=args.fim))
-
-
-if __name__ == "__main__":
-    main()
