@@ -214,9 +214,20 @@ async def test_unload_waits_for_in_flight_requests_to_finish(
 ) -> None:
     harness.step_s = 0.02
     await load(client)
+    model_of(harness).hold = hold = asyncio.Event()  # the request runs until we let it finish
     request = asyncio.create_task(chat(client, "say:0123456789"))
     await until(lambda: _in_flight(client, 1))
-    resp = await client.post("/models/unload", json={"model": "tiny", "drain_s": 5})
+    unload = asyncio.create_task(
+        client.post("/models/unload", json={"model": "tiny", "drain_s": 5})
+    )
+
+    async def unloading() -> bool:
+        return [m["state"] for m in (await status(client))["models"]] == ["unloading"]
+
+    await until(unloading)
+    assert not unload.done()  # it is draining
+    hold.set()
+    resp = await unload
     assert (await resp.json())["cancelled"] == 0
     code, body = await request
     assert code == 200 and body["choices"][0]["message"]["content"] == "0123456789"
@@ -425,6 +436,7 @@ async def test_max_concurrency_queues_the_rest(start: MakeClient, harness: FakeH
     client = await start(max_concurrency=1)
     harness.step_s = 0.01
     await load(client)
+    model_of(harness).hold = hold = asyncio.Event()  # the first holds the one place meanwhile
     first = asyncio.create_task(chat(client, "forever", max_tokens=40))
     second = asyncio.create_task(chat(client, "forever", max_tokens=40))
 
@@ -433,6 +445,7 @@ async def test_max_concurrency_queues_the_rest(start: MakeClient, harness: FakeH
         return bool(body["in_flight"] == 1 and body["models"][0]["queued"] == 1)
 
     await until(queued)
+    hold.set()
     assert [r[0] for r in await asyncio.gather(first, second)] == [200, 200]
 
 
