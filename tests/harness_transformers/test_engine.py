@@ -243,21 +243,22 @@ async def test_a_packed_prefill_gives_each_sequence_its_own_logits(
 @asynccontextmanager
 async def _arriving_together(scheduler: Scheduler, count: int) -> AsyncIterator[None]:
     """Test double on the scheduler's entry: submissions made in the block are held back until
-    ``count`` of them arrived, then handed to the worker at once, so one iteration sees them all."""
+    ``count`` of them arrived, then submitted in one call, so one iteration sees them all."""
     held: list[Generation] = []
-    scheduler.submit = held.append  # type: ignore[method-assign]
+    all_in = asyncio.Event()
+
+    def hold(*seqs: Generation) -> None:
+        held.extend(seqs)
+        if len(held) == count:
+            all_in.set()
+
+    scheduler.submit = hold  # type: ignore[method-assign]
     try:
         yield
-        for _ in range(500):
-            if len(held) >= count:
-                break
-            await asyncio.sleep(0.01)
-        assert len(held) == count
+        await asyncio.wait_for(all_in.wait(), timeout=10)
     finally:
         del scheduler.submit
-        with scheduler._lock:
-            scheduler._waiting.extend(held)
-        scheduler._wake.set()
+        scheduler.submit(*held)
 
 
 async def test_short_prompts_arriving_together_share_prefill_passes(demo) -> None:
@@ -268,19 +269,19 @@ async def test_short_prompts_arriving_together_share_prefill_passes(demo) -> Non
     prompts = [_prompt(demo, f"question number {i} about {'x' * i}") for i in range(8)]
     sequential = [await _collect(demo, p, GREEDY) for p in prompts]
     passes: list[int] = []
-    real = scheduler._runner.prefill
+    real = scheduler.runner.prefill
 
     def counting(chunks):  # type: ignore[no-untyped-def]
         passes.append(len(chunks))
         return real(chunks)
 
-    scheduler._runner.prefill = counting  # type: ignore[method-assign]
+    scheduler.runner.prefill = counting  # type: ignore[method-assign]
     try:
         async with _arriving_together(scheduler, len(prompts)):
             tasks = [asyncio.create_task(_collect(demo, p, GREEDY)) for p in prompts]
         together = await asyncio.gather(*tasks)
     finally:
-        del scheduler._runner.prefill
+        del scheduler.runner.prefill
     assert together == sequential
     assert sum(passes) == 8 and len(passes) <= 2, passes
 
@@ -343,13 +344,13 @@ async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path)
         assert 64 < len(prompts["medium"]) < 200
         loop = asyncio.get_running_loop()
         started = asyncio.Event()
-        real = scheduler._runner.prefill
+        real = scheduler.runner.prefill
 
         def spying(chunks):  # type: ignore[no-untyped-def]  # test spy: the long one has begun
             loop.call_soon_threadsafe(started.set)
             return real(chunks)
 
-        scheduler._runner.prefill = spying  # type: ignore[method-assign]
+        scheduler.runner.prefill = spying  # type: ignore[method-assign]
         firsts: list[str] = []
 
         async def recorded(name: str) -> list:
@@ -363,7 +364,7 @@ async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path)
         long_task = asyncio.create_task(recorded("long"))
         await started.wait()
         together = await asyncio.gather(long_task, recorded("medium"), recorded("short"))
-        del scheduler._runner.prefill
+        del scheduler.runner.prefill
         alone = [await _collect(model, prompts[name], GREEDY) for name in prompts]  # cache hits
     finally:
         model.unload()
