@@ -13,7 +13,7 @@ import pytest
 import torch
 from cortex_transformers import sampling
 from cortex_transformers.block_manager import BlockManager, BlockTable
-from cortex_transformers.generation import Generation
+from cortex_transformers.generation import Generation, Status
 from cortex_transformers.harness import TransformersModel
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.runner import ModelRunner
@@ -170,6 +170,43 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
     assert await asyncio.gather(*healthy) == sequential
     assert len(draws) == 4  # two tokens, then the batched step and its retry alone
     await _wait_idle(demo)
+
+
+async def _to_the_end(seq: Generation) -> list:
+    items = [await seq.queue.get()]
+    while not isinstance(items[-1], BaseException) and items[-1].finish_reason is None:
+        items.append(await seq.queue.get())
+    return items
+
+
+async def test_only_the_worker_ends_a_sequence_and_only_once(demo) -> None:
+    """The event loop only asks for a cancellation: one that crosses a sequence's last token
+    leaves it finished; one in flight ends it and frees its blocks before the next sequence
+    (submitted after it) is run."""
+    scheduler = demo._scheduler
+    assert scheduler is not None
+    await _wait_idle(demo)
+    done = _sequence(_prompt(demo, "a short answer"))
+    scheduler.submit(done)
+    assert (await _to_the_end(done))[-1].finish_reason == "length"
+    scheduler.cancel(done)  # too late: it has ended
+    going = Generation(
+        _prompt(demo, "a long answer"),
+        SamplingParams(max_new_tokens=500, ignore_eos=True),
+        eos_ids=frozenset(),
+        context_length=4096,
+        decode=lambda ids: "",
+        loop=asyncio.get_running_loop(),
+    )
+    scheduler.submit(going)
+    await going.queue.get()
+    scheduler.cancel(going)
+    after = _sequence(_prompt(demo, "the next one"))
+    scheduler.submit(after)  # the worker takes the cancellations first
+    assert (await _to_the_end(after))[-1].finish_reason == "length"
+    assert done.status is Status.FINISHED and after.status is Status.FINISHED
+    assert going.status is Status.CANCELLED and not going.table.blocks
+    assert _blocks(demo).free_blocks == _blocks(demo).num_blocks
 
 
 def _runner(model: TransformersModel | PreTrainedModel) -> tuple[ModelRunner, BlockManager]:
