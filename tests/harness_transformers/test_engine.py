@@ -126,11 +126,7 @@ async def test_a_hang_up_frees_its_blocks(demo) -> None:
     await anext(stream)
     assert blocks.free_blocks < blocks.num_blocks
     await stream.aclose()
-    await _wait_idle(demo)
-    for _ in range(100):
-        if blocks.free_blocks == blocks.num_blocks:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_idle(demo)  # finish frees a sequence's blocks before it leaves the batch
     assert blocks.free_blocks == blocks.num_blocks
 
 
@@ -162,8 +158,18 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
     # Long and EOS-proof, so the healthy rows are surely still decoding when the poison fails.
     long = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
     sequential = [await _collect(demo, p, long) for p in prompts]
-    healthy = [asyncio.create_task(_collect(demo, p, long)) for p in prompts]
-    await asyncio.sleep(0.05)  # the healthy rows are decoding when the poisoned one joins
+    decoding = [asyncio.Event() for _ in prompts]
+
+    async def healthy_run(i: int) -> list:
+        events = []
+        async for event in demo.generate(prompts[i], long):
+            events.append(_plain(event))
+            decoding[i].set()
+        return events
+
+    healthy = [asyncio.create_task(healthy_run(i)) for i in range(len(prompts))]
+    # The healthy rows are decoding (200 steps to go) when the poisoned one joins.
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in decoding)), timeout=30)
     poisoned = SamplingParams(max_new_tokens=40, temperature=1.0, top_k=7)
     with pytest.raises(InternalError, match="poisoned row"):
         await _collect(demo, _prompt(demo, "poison"), poisoned)
