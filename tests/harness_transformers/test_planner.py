@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from cortex_transformers.block_manager import BlockManager, BlockTable
-from cortex_transformers.planner import Plan, schedule
+from cortex_transformers.planner import Joins, Plan, schedule
 
 BS = 4
 _ids = itertools.count(1000)
@@ -55,7 +55,7 @@ def plan_of(
     blocks: BlockManager,
     budget: int = 64,
     max_batch: int = 8,
-    joins=always,  # type: ignore[no-untyped-def]
+    joins: Joins[Fake] = always,
 ) -> Plan[Fake]:
     return schedule(queue, rows, blocks, budget=budget, max_batch=max_batch, joins=joins)
 
@@ -94,8 +94,12 @@ def names(seqs: list[Fake]) -> list[str]:
         ([30, 50], 64, always, [], [[("a", 30), ("b", 33)]]),
     ],
 )
-def test_admission_order_and_chunk_sizes(  # type: ignore[no-untyped-def]
-    lengths: list[int], budget: int, joins, express: list, prefill: list
+def test_admission_order_and_chunk_sizes(
+    lengths: list[int],
+    budget: int,
+    joins: Joins[Fake],
+    express: list[list[tuple[str, int]]],
+    prefill: list[list[tuple[str, int]]],
 ) -> None:
     blocks = BlockManager(256, BS)
     queue = [waiting("abcdefgh"[i], n) for i, n in enumerate(lengths)]
