@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cortex.protocol.bounds import check_nesting, check_normal
+from cortex.protocol.embeddings import MAX_INPUTS
 from cortex.protocol.openai import MaxTokens, StopStr, Temperature, TopK, TopP
 
 
@@ -165,6 +166,37 @@ class CountTokensRequest(_Strict):
     generate_content_request: GenerateContentRequest | None = None
 
 
+# --------------------------------------------------------------------------- embeddings
+
+TaskType = Literal[
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+]
+
+
+class EmbedContentRequest(_Strict):
+    """``:embedContent``, and each of ``:batchEmbedContents``' requests."""
+
+    content: Content
+    model: str | None = None  # "models/ID"; in a batch, the model of the path
+    task_type: TaskType | None = None
+    title: str | None = None
+    output_dimensionality: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
+
+
+class BatchEmbedContentsRequest(_Strict):
+    requests: Annotated[
+        list[EmbedContentRequest], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)
+    ]
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -205,6 +237,18 @@ class GenerateContentResponse(_Wire):
     usage_metadata: UsageMetadata | None = None
     model_version: str | None = None
     response_id: str | None = None
+
+
+class ContentEmbedding(_Wire):
+    values: list[float]
+
+
+class EmbedContentResponse(_Wire):
+    embedding: ContentEmbedding
+
+
+class BatchEmbedContentsResponse(_Wire):
+    embeddings: list[ContentEmbedding]
 
 
 class CountTokensResponse(_Wire):

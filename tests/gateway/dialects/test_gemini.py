@@ -10,7 +10,12 @@ import pytest
 from cortex import protocol
 from cortex.errors import InvalidRequest, Overloaded, UpstreamError
 from cortex.gateway.dialects.gemini.stream import GeminiStreamWriter
-from cortex.gateway.dialects.gemini.translate import error_body, lower_schema, to_openai
+from cortex.gateway.dialects.gemini.translate import (
+    embed_to_openai,
+    error_body,
+    lower_schema,
+    to_openai,
+)
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
 from tests.gateway.dialects import chunk
@@ -198,3 +203,67 @@ def test_errors_mid_stream_close_the_array() -> None:
 def test_error_envelope_names_google_statuses() -> None:
     body = json.loads(error_body(Overloaded("queue full")))
     assert body == {"error": {"code": 429, "message": "queue full", "status": "RESOURCE_EXHAUSTED"}}
+
+
+DIM = {"outputDimensionality": 16}
+
+
+def _batch(*requests: dict[str, Any]) -> list[gm.EmbedContentRequest]:
+    body = json.dumps({"requests": list(requests)}).encode()
+    return protocol.decode(body, gm.BatchEmbedContentsRequest).requests
+
+
+def _embed(*requests: dict[str, Any]) -> Any:
+    return embed_to_openai(_batch(*requests), "e", lambda name: {"alias": "e"}.get(name, name))
+
+
+def test_embed_requests_become_one_embeddings_request() -> None:
+    text = {"parts": [{"text": "a"}, {"text": "b"}]}
+    got = _embed(
+        {"model": "models/e", "content": text, "outputDimensionality": 16},
+        {"model": "models/alias", "content": {"role": "user", "parts": [{"text": "c"}]}, **DIM},
+    )
+    assert (got.model, got.input, got.dimensions, got.truncate) == ("e", ["a\n\nb", "c"], 16, False)
+    assert _embed({"content": text, "taskType": "TASK_TYPE_UNSPECIFIED"}).dimensions is None
+
+
+@pytest.mark.parametrize(
+    ("requests", "param"),
+    [
+        ([{"model": "models/other", "content": {"parts": [{"text": "a"}]}}], "model"),
+        ([{"content": {"parts": [{"text": "a"}]}, "taskType": "RETRIEVAL_QUERY"}], "taskType"),
+        ([{"content": {"parts": [{"text": "a"}]}, "title": "t"}], "title"),
+        (
+            [
+                {"content": {"parts": [{"text": "a"}]}, **DIM},
+                {"content": {"parts": [{"text": "b"}]}},
+            ],
+            "requests[1].outputDimensionality",
+        ),
+        (
+            [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "x"}}]}}],
+            "content.parts[0]",
+        ),
+    ],
+)
+def test_embed_refuses_what_the_models_cannot_honour(
+    requests: list[dict[str, Any]], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        _embed(*requests)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requests": []},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "taskType": "BOGUS"}]},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "outputDimensionality": 0}]},
+        {"requests": [{"content": "a"}]},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "bogus": 1}]},
+    ],
+)
+def test_embed_bodies_that_do_not_decode_are_400s(body: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        protocol.decode(json.dumps(body).encode(), gm.BatchEmbedContentsRequest)

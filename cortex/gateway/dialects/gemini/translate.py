@@ -16,11 +16,15 @@ naming the field. Choices not forced by either API:
   ``responseJsonSchema``/``responseSchema``. ``thinkingConfig`` is accepted: the local models
   expose no thoughts, so none are returned and no budget applies.
 - An absent ``maxOutputTokens`` means up to the context for a neuron (as for Responses).
+- ``:embedContent`` and ``:batchEmbedContents`` are one /v1/embeddings request (a content's
+  text parts joined as above); ``taskType`` and ``title`` are refused (no per-task prompts);
+  an input longer than the model's context is refused, not truncated.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -31,6 +35,7 @@ from cortex.gateway.translate import tool_input
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
+from cortex.protocol.embeddings import EmbeddingRequest
 
 _encoder = msgspec.json.Encoder()
 
@@ -299,4 +304,45 @@ def reply(resp: oa.ChatCompletion, model: str) -> gm.GenerateContentResponse:
         usage_metadata=usage(resp.usage),
         model_version=model,
         response_id=new_response_id(),
+    )
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embed_to_openai(
+    requests: list[gm.EmbedContentRequest], model_id: str, model_of: Callable[[str], str]
+) -> EmbeddingRequest:
+    """``:embedContent`` (one request) or ``:batchEmbedContents`` as one /v1/embeddings
+    request. ``model_of`` resolves a request's own ``model`` ("models/ID") to a catalogue id,
+    which must be the path's. Task types and titles would need per-task prompts the models do
+    not have: they are refused, as are differing ``outputDimensionality`` values."""
+    inputs: list[str | int | list[int]] = []
+    batch = len(requests) > 1
+    for i, req in enumerate(requests):
+        where = f"requests[{i}]." if batch else ""
+        if req.model is not None and model_of(req.model.removeprefix("models/")) != model_id:
+            raise InvalidRequest(
+                f"{req.model} differs from the model of the path, models/{model_id}",
+                param=f"{where}model",
+            )
+        if req.task_type not in (None, "TASK_TYPE_UNSPECIFIED"):
+            raise InvalidRequest(
+                f"taskType {req.task_type} is not supported: cortex's embedding models take "
+                "no task type (omit it)",
+                param=f"{where}taskType",
+            )
+        if req.title is not None:
+            raise InvalidRequest(
+                "title is not supported (it only serves taskType RETRIEVAL_DOCUMENT)",
+                param=f"{where}title",
+            )
+        if req.output_dimensionality != requests[0].output_dimensionality:
+            raise InvalidRequest(
+                "every request of a batch must ask for the same outputDimensionality",
+                param=f"{where}outputDimensionality",
+            )
+        inputs.append(_text(req.content.parts, f"{where}content"))
+    return EmbeddingRequest(
+        model=model_id, input=inputs, dimensions=requests[0].output_dimensionality
     )
