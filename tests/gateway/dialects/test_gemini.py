@@ -51,7 +51,32 @@ def test_lower_schema_lowers_types_at_every_level() -> None:
     assert lower_schema(schema) == {
         "type": "object",
         "properties": {"a": {"type": "array", "items": {"type": "integer"}}},
+        "additionalProperties": False,
     }
+
+
+def test_lower_schema_takes_proto_names_string_counts_nullable_and_ordering() -> None:
+    # what google-genai sends for a dict responseSchema: proto (snake_case) field names
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "max_length": {"type": "STRING", "max_length": "10", "nullable": True},
+            "b": {"type": "ARRAY", "min_items": 1, "items": {"any_of": [{"type": "NUMBER"}]}},
+        },
+        "property_ordering": ["b", "max_length"],
+        "required": ["b"],
+    }
+    lowered = lower_schema(schema)
+    assert lowered == {
+        "type": "object",
+        "properties": {
+            "b": {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "number"}]}},
+            "max_length": {"type": ["string", "null"], "maxLength": 10},
+        },
+        "required": ["b"],
+        "additionalProperties": False,
+    }
+    assert list(lowered["properties"]) == ["b", "max_length"]
 
 
 def test_unknown_fields_are_refused_by_name() -> None:
@@ -96,7 +121,11 @@ def test_tool_config_modes_become_tool_choice(
     assert [t.function.name for t in out.tools or []] == names
     first = (out.tools or [])[0].function.parameters
     if names[0] == "a":
-        assert first == {"type": "object", "properties": {"x": {"type": "string"}}}
+        assert first == {
+            "type": "object",
+            "properties": {"x": {"type": "string"}},
+            "additionalProperties": False,
+        }
 
 
 def test_tools_cortex_does_not_run_and_unknown_names_are_400s() -> None:

@@ -225,18 +225,53 @@ def _tools(
     return out, choice
 
 
+# Google's Schema fields by their proto names (google-genai sends these inside responseSchema)
+_SCHEMA_NAMES = {
+    "any_of": "anyOf",
+    "max_items": "maxItems",
+    "min_items": "minItems",
+    "max_length": "maxLength",
+    "min_length": "minLength",
+    "max_properties": "maxProperties",
+    "min_properties": "minProperties",
+    "property_ordering": "propertyOrdering",
+}
+_COUNTS = {"maxItems", "minItems", "maxLength", "minLength", "maxProperties", "minProperties"}
+
+
 def lower_schema(schema: Any) -> Any:
-    """Google's OpenAPI-subset schema as JSON schema: ``"type": "OBJECT"`` -> ``"object"``
-    (the rest of the subset is already JSON schema)."""
-    if isinstance(schema, dict):
-        out = {k: lower_schema(v) for k, v in schema.items()}
-        kind = out.get("type")
-        if isinstance(kind, str):
-            out["type"] = kind.lower()
-        return out
-    if isinstance(schema, list):
-        return [lower_schema(v) for v in schema]
-    return schema
+    """Google's OpenAPI-subset schema as JSON schema: ``"type": "OBJECT"`` -> ``"object"``;
+    field names in either spelling (``max_length``, ``maxLength``), counts that proto JSON
+    writes as strings (``"10"``) as numbers; ``nullable`` as a ``null`` type; and
+    ``propertyOrdering`` as the order of ``properties`` (the order the grammar writes them).
+    Property names, the keys of ``properties``, are left as they are."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        name = _SCHEMA_NAMES.get(key, key)
+        if name == "properties" and isinstance(value, dict):
+            value = {prop: lower_schema(sub) for prop, sub in value.items()}
+        elif name == "items":
+            value = lower_schema(value)
+        elif name == "anyOf" and isinstance(value, list):
+            value = [lower_schema(sub) for sub in value]
+        elif name in _COUNTS and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        out[name] = value
+    kind = out.get("type")
+    if isinstance(kind, str):
+        out["type"] = kind.lower()
+        if out.pop("nullable", False) is True:
+            out["type"] = [out["type"], "null"]
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)  # Gemini writes the declared keys only
+    order = out.pop("propertyOrdering", None)
+    props = out.get("properties")
+    if isinstance(order, list) and isinstance(props, dict):
+        first = {k: props[k] for k in order if isinstance(k, str) and k in props}
+        out["properties"] = first | props
+    return out
 
 
 def _response_format(gen: gm.GenerationConfig) -> oa.ResponseFormat | None:
