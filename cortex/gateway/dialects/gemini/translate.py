@@ -249,7 +249,7 @@ def lower_schema(schema: Any) -> Any:
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        name = _SCHEMA_NAMES.get(key, key)
+        name: str = _SCHEMA_NAMES.get(key) or key
         if name == "properties" and isinstance(value, dict):
             value = {prop: lower_schema(sub) for prop, sub in value.items()}
         elif name == "items":
