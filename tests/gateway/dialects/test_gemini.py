@@ -82,8 +82,6 @@ def test_lower_schema_takes_proto_names_string_counts_nullable_and_ordering() ->
 def test_unknown_fields_are_refused_by_name() -> None:
     with pytest.raises(InvalidRequest, match="temprature"):
         _req(generationConfig={"temprature": 1})
-    with pytest.raises(InvalidRequest, match="generation_config"):
-        _req(generation_config={})
 
 
 def test_generation_config_maps_onto_sampling_fields() -> None:
@@ -296,3 +294,45 @@ def test_embed_refuses_what_the_models_cannot_honour(
 def test_embed_bodies_that_do_not_decode_are_400s(body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         protocol.decode(json.dumps(body).encode(), gm.BatchEmbedContentsRequest)
+
+
+def _snake(body: dict[str, Any], kind: type[Any] = gm.GenerateContentRequest) -> Any:
+    return gm.decode(json.dumps(body).encode(), kind)
+
+
+def test_proto_field_names_are_taken_as_google_takes_them() -> None:
+    camel = {
+        "contents": [{"role": "user", "parts": [{"text": "hi", "thought_signature": "s"}]}],
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "generationConfig": {"maxOutputTokens": 5, "responseMimeType": "application/json"},
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY"}},
+        "tools": [{"functionDeclarations": [{"name": "f", "parametersJsonSchema": {}}]}],
+    }
+    snake = {
+        "contents": [{"role": "user", "parts": [{"text": "hi", "thought_signature": "s"}]}],
+        "system_instruction": {"parts": [{"text": "be brief"}]},
+        "generation_config": {"max_output_tokens": 5, "response_mime_type": "application/json"},
+        "tool_config": {"function_calling_config": {"mode": "ANY"}},
+        "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {}}]}],
+    }
+    assert _snake(snake) == _snake(camel) == _snake({**camel, "tools": snake["tools"]})
+    # the keys of free-form objects (arguments, schemas) are data, never renamed
+    call = {"functionCall": {"name": "f", "args": {"max_output_tokens": 1}}}
+    turn = _snake({"contents": [{"role": "model", "parts": [call]}], "generation_config": {}})
+    assert turn.contents[0].parts[0].function_call.args == {"max_output_tokens": 1}
+    batch = {"requests": [{"content": {"parts": [{"text": "a"}]}, "output_dimensionality": 8}]}
+    assert _snake(batch, gm.BatchEmbedContentsRequest).requests[0].output_dimensionality == 8
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"contents": USER, "generation_config": {}, "generationConfig": {}}, "generationConfig"),
+        ({"contents": USER, "generation_config": {"temprature": 1}}, "temprature"),
+        ({"contents": USER, "generation_config": {"max_output_tokens": -1}}, "maxOutputTokens"),
+        ({"contents": USER, "bogus_field": 1}, "bogus_field"),
+    ],
+)
+def test_proto_names_still_refuse_what_camel_case_refuses(body: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidRequest, match=named):
+        _snake(body)

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from cortex import protocol
 from cortex.errors import NotFound
 from cortex.gateway import admin, embeddings
 from cortex.gateway.core import GATEWAY, Gateway, Resolved
@@ -109,7 +108,7 @@ async def _generation(
     gateway: Gateway, request: web.Request, ex: Exchange, stream: bool
 ) -> web.StreamResponse:
     resolved, name = _resolve(gateway, request)
-    req = protocol.decode(await request.read(), gm.GenerateContentRequest)
+    req = gm.decode(await request.read(), gm.GenerateContentRequest)
     ex.stream = stream
     neuron = resolved.entry is not None
     chat = to_openai(req, resolved.model_id, accepts_images(resolved), neuron, stream)
@@ -129,7 +128,7 @@ async def _generation(
 async def count_tokens(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     resolved, _ = _resolve(gateway, request)
-    req = protocol.decode(await request.read(), gm.CountTokensRequest)
+    req = gm.decode(await request.read(), gm.CountTokensRequest)
     inner = req.generate_content_request or gm.GenerateContentRequest(contents=req.contents or [])
     chat = to_openai(inner, resolved.model_id, accepts_images(resolved), False, False)
     body = TokenizeRequest(model=resolved.model_id, messages=chat.messages, tools=chat.tools)
@@ -142,9 +141,9 @@ async def embed(gateway: Gateway, request: web.Request, ex: Exchange) -> web.Str
     resolved, _ = _resolve(gateway, request)
     body = await request.read()
     if _target(request)[1] == "embedContent":
-        requests = [protocol.decode(body, gm.EmbedContentRequest)]
+        requests = [gm.decode(body, gm.EmbedContentRequest)]
     else:
-        requests = protocol.decode(body, gm.BatchEmbedContentsRequest).requests
+        requests = gm.decode(body, gm.BatchEmbedContentsRequest).requests
     oa_req = embed_to_openai(requests, resolved.model_id, lambda n: gateway.resolve(n).model_id)
     values = [
         gm.ContentEmbedding(values=v)
