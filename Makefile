@@ -59,8 +59,11 @@ pytest: $(STAMP) $(CLIENTS)/.installed browser model-fetch
 
 test: lint typecheck pytest
 
+# MODEL=demo serves the random-weight demo model; MODEL=path/to/file.gguf or a safetensors
+# directory serves that instead of SmolLM2.
+MODEL ?=
 serve: $(STAMP)
-	$(BIN)/python -m cortex.serve_demo
+	CORTEX_SERVE_MODEL="$(MODEL)" $(BIN)/python -m cortex.serve_demo
 
 # Source RPMs of cortex and helexa-neuron from the working tree, into build/srpm/.
 srpm:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import msgspec
 
+from cortex.config import GB, SamplingDefaults
 from cortex.protocol.admin import ActionResult, GatewayStatus, ModelAction
 from cortex.protocol.openai import ModelList
 
@@ -29,9 +30,20 @@ def _request(gateway: str, key: str | None, method: str, path: str, body: bytes 
             data: bytes = resp.read()
             return data
     except urllib.error.HTTPError as exc:
-        raise click.ClickException(f"{exc.code}: {_error_message(exc.read())}") from None
+        message = _error_message(exc.read())
+        if exc.code == 401:  # the gateway's hint is for HTTP clients; say how the CLI sends it
+            message = _key_hint(message, admin=path.startswith("/cortex/"))
+        raise click.ClickException(f"{exc.code}: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"cannot reach the gateway at {gateway}: {exc}") from None
+
+
+def _key_hint(message: str, admin: bool) -> str:
+    """A 401's reason ("Missing admin key", "Invalid API key") and how to give the CLI a key."""
+    reason = message.split(":", 1)[0].rstrip(".")
+    env = "CORTEX_ADMIN_KEY" if admin else "CORTEX_API_KEY (or CORTEX_ADMIN_KEY)"
+    kind = "an admin key" if admin else "a client or admin key"
+    return f"{reason}: this gateway needs {kind}; pass --key KEY or set {env}."
 
 
 def _error_message(body: bytes) -> str:
@@ -42,8 +54,9 @@ def _error_message(body: bytes) -> str:
         return body.decode(errors="replace")[:200]
 
 
-def _gib(n: int) -> str:
-    return f"{n / 1e9:.1f}G"
+def _gb(n: int) -> str:
+    """Bytes in GB (1e9), the unit of every ``*_gb`` config key, the log and /ui."""
+    return f"{n / GB:.1f} GB"
 
 
 def _bar(used: int, total: int, width: int = 20) -> str:
@@ -66,7 +79,7 @@ def render_status(status: GatewayStatus) -> str:
             lines.append(f"{first}  {'-':<11} {n.error or ''}")
         for i, d in enumerate(n.devices):
             used = d.total_bytes - d.free_bytes
-            mem = f"{_bar(used, d.total_bytes)} {_gib(used)}/{_gib(d.total_bytes)}"
+            mem = f"{_bar(used, d.total_bytes)} {used / GB:.1f}/{_gb(d.total_bytes)}"
             lines.append(f"{first if i == 0 else ' ' * len(first)}  {d.id:<11} {mem}")
     for u in status.upstreams:
         state = "up" if u.up else "down"
@@ -83,7 +96,15 @@ def render_status(status: GatewayStatus) -> str:
         lines.append(
             f"{m.id:<25} {m.state:<10} {pin:<4} {m.queued:>5}  {m.in_flight:>9}  {where or '-'}"
         )
+        if m.sampling is not None:
+            lines.append(f"{'':<25} defaults: {_sampling(m.sampling)}")
     return "\n".join(lines)
+
+
+def _sampling(defaults: SamplingDefaults) -> str:
+    """``temperature 0.2, top_p 0.9``: the sampling defaults that are set."""
+    values = msgspec.structs.asdict(defaults)
+    return ", ".join(f"{name} {value:g}" for name, value in values.items() if value is not None)
 
 
 _gateway_option = click.option(

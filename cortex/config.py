@@ -113,6 +113,33 @@ class CortexConfig(_Strict, frozen=True):
 # --------------------------------------------------------------------------- models.toml
 
 
+class SamplingDefaults(_Strict, frozen=True):
+    """What a request gets for the sampling fields it omits (``[models.sampling]``; the bounds
+    are the request fields'). Unset keys fall back to the model's own generation_config.json,
+    then to OpenAI's defaults (temperature 1, top_p 1, no top_k, no repetition penalty)."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] | None = None
+
+    def over(self, base: SamplingDefaults) -> SamplingDefaults:
+        """These values, each unset one taken from ``base``."""
+        return SamplingDefaults(
+            **{
+                name: mine if (mine := getattr(self, name)) is not None else getattr(base, name)
+                for name in self.__struct_fields__
+            }
+        )
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__struct_fields__)
+
+
+NO_SAMPLING_DEFAULTS = SamplingDefaults()
+
+
 class ModelEntry(_Strict, frozen=True):
     id: Name
     source: Annotated[str, msgspec.Meta(min_length=1)]
@@ -121,6 +148,8 @@ class ModelEntry(_Strict, frozen=True):
     dtype: DType = "auto"
     vram_gb: Gigabytes = 0.0
     context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A reply's length when a request gives no max_tokens; 0: cortex's default (1024).
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
     nodes: tuple[Name, ...] = ()
     pinned: bool = False
     priority: int = 0
@@ -133,6 +162,7 @@ class ModelEntry(_Strict, frozen=True):
     # "generate": chat and text completions; "embed": /v1/embeddings only.
     task: Task = "generate"
     max_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: see output_limit
+    sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS  # over the model's generation_config.json
 
 
 class ModelsConfig(_Strict, frozen=True):

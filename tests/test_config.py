@@ -189,3 +189,23 @@ def test_cli_version_and_help() -> None:
     help_text = _check("--help").stdout
     for word in ("--role", "--config", "--check", "demo-model", "status", "serve"):
         assert word in help_text
+
+
+def test_models_sampling_table_applies_to_its_entry_and_is_bounded(tmp_path: Path) -> None:
+    text = (
+        '[[models]]\nid = "a"\nsource = "a"\n[models.sampling]\ntemperature = 0.2\ntop_p = 0.9\n'
+        '[[models]]\nid = "b"\nsource = "b"\n'
+    )
+    a, b = config.load_models(_write(tmp_path, "models.toml", text)).models
+    assert a.sampling == config.SamplingDefaults(temperature=0.2, top_p=0.9)
+    assert b.sampling.empty
+    bad = '[[models]]\nid = "a"\nsource = "a"\n[models.sampling]\ntemperature = 3.0\n'
+    with pytest.raises(ConfigError) as err:
+        config.load_models(_write(tmp_path, "bad.toml", bad))
+    assert str(err.value).startswith("bad.toml: models[0].sampling.temperature: expected `float`")
+
+
+def test_sampling_defaults_fill_only_what_is_unset() -> None:
+    mine = config.SamplingDefaults(temperature=0.2)
+    own = config.SamplingDefaults(temperature=0.6, top_k=20)
+    assert mine.over(own) == config.SamplingDefaults(temperature=0.2, top_k=20)

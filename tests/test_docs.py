@@ -7,6 +7,7 @@ route either role registers must appear in docs/api.md. Apps are built, never st
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import msgspec
@@ -55,3 +56,39 @@ def test_routes_documented() -> None:
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     missing = sorted(p for p in paths if f"`{p}`" not in text and f" {p}`" not in text)
     assert not missing, f"routes missing from docs/api.md: {missing}"
+
+
+def _worked_example() -> str:
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    start = text.index("## Worked example")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_the_worked_example_configs_parse_and_hold_together(tmp_path: Path) -> None:
+    """Each TOML block of the Qwen3 example loads as the file it stands for; every model it
+    defines is downloaded by a command above it; the gateway stays on loopback (behind TLS)."""
+    section = _worked_example()
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    kinds = {"[neuron]": config.load_neuron, "[gateway]": config.load_cortex}
+    parsed: dict[str, object] = {}
+    for block in blocks:
+        first = block.lstrip().split("\n", 1)[0]
+        loader = kinds.get(first, config.load_models)
+        path = tmp_path / "example.toml"
+        path.write_text(block)
+        parsed[first] = loader(path)
+    gateway = parsed["[gateway]"]
+    models = parsed["[[models]]"]
+    assert isinstance(gateway, config.CortexConfig) and isinstance(models, config.ModelsConfig)
+    assert gateway.gateway.listen.startswith("127.0.0.1:")
+    downloaded = set(re.findall(r"--local-dir /var/lib/cortex/models/(\S+)", section))
+    assert {m.source for m in models.models} <= downloaded
+
+
+def test_docs_install_the_harness_from_a_checkout_not_pypi() -> None:
+    """cortex-harness-transformers is not on PyPI: no doc may tell anyone to pip install it."""
+    for page in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]:
+        text = page.read_text(encoding="utf-8")
+        assert "pip install 'cortex-harness-transformers" not in text, page.name
+        assert "pip install cortex-harness-transformers" not in text, page.name

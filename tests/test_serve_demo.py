@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cortex import serve_demo
+from cortex import serve_demo, starter
 
 
 @pytest.fixture
@@ -53,3 +53,34 @@ def test_banner_names_the_venv_script_when_cortex_is_not_on_path(
     script = Path(sys.executable).parent / "cortex"
     assert command != "cortex"
     assert Path(command).resolve() == script.resolve()
+
+
+def test_the_smollm2_entry_samples_as_its_model_card_does(tmp_path: Path) -> None:
+    from cortex import config, starter
+
+    toml = serve_demo._models_toml(
+        starter.MODEL_ID, starter.SOURCE, "", serve_demo.SMOLLM2_SAMPLING
+    )
+    (tmp_path / "models.toml").write_text(toml)
+    (entry,) = config.load_models(tmp_path / "models.toml").models
+    assert entry.sampling == config.SamplingDefaults(temperature=0.2, top_p=0.9)
+
+
+def test_readme_shows_the_banner_make_serve_prints() -> None:
+    served = serve_demo.Served(
+        starter.MODEL_ID, "SmolLM2-135M-Instruct (small: quick, not clever)", [], ""
+    )
+    shown = serve_demo.banner(
+        served, "http://127.0.0.1:31313", "http://127.0.0.1:31314", ".venv/bin/cortex"
+    )
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert shown.strip() in readme
+
+
+def test_given_model_path_is_served_from_its_parent(tmp_path: Path) -> None:
+    gguf = tmp_path / "My-Model.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    served = serve_demo._given(gguf)
+    assert served.model_id == "my-model.q4_k_m"
+    assert served.roots == [tmp_path.resolve()]
+    assert 'source = "My-Model.Q4_K_M.gguf"' in served.models_toml

@@ -11,15 +11,18 @@ from aiohttp import web
 from cortex import __version__, protocol
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.gateway import idle
+from cortex.gateway.catalogue import sampling_in_use
 from cortex.gateway.core import GATEWAY, Gateway
 from cortex.protocol import anthropic
 from cortex.protocol.admin import (
     ActionResult,
     GatewayStatus,
+    HistoryPoint,
     ModelAction,
     ModelView,
     NeuronView,
     Rates,
+    RecentError,
     ResidentView,
     UpstreamView,
 )
@@ -38,7 +41,8 @@ def cards(gateway: Gateway) -> list[ModelCard]:
     upstream_models = {
         name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
     }
-    return gateway.catalogue.model_cards(gateway.fleet.view(), upstream_models)
+    fleet = gateway.fleet
+    return gateway.catalogue.model_cards(fleet.view(), upstream_models, fleet.pin_overrides)
 
 
 def _anthropic(request: web.Request) -> bool:
@@ -75,6 +79,8 @@ async def get_model(request: web.Request) -> web.Response:
 def build_status(gateway: Gateway) -> GatewayStatus:
     fleet = gateway.fleet
     view = fleet.view()
+    history = gateway.history
+    per_model, per_node = history.by(lambda d: d.model), history.by(lambda d: d.node)
     neurons = []
     for name, state in sorted(fleet.neurons.items()):
         status = state.status
@@ -86,6 +92,8 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 error=state.error,
                 last_seen=state.last_seen,
                 in_flight=status.in_flight if status else 0,
+                requests_per_s=per_node.get(name, (0.0, 0.0))[0],
+                tokens_per_s=per_node.get(name, (0.0, 0.0))[1],
                 devices=list(status.devices) if status and state.health != "down" else [],
             )
         )
@@ -101,6 +109,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
     now, default_ttl = time.time(), gateway.config.eviction.default_ttl_s
     for entry in catalogue.values():
         ttl = idle.ttl_of(entry, default_ttl)
+        holders = list(view.holders(entry.id))
         placements = [
             ResidentView(
                 node=node.name,
@@ -113,7 +122,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 progress=progress.get((entry.id, node.name)),
                 ttl_left_s=idle.ttl_left(copy, ttl, now),
             )
-            for node, copy in view.holders(entry.id)
+            for node, copy in holders
         ]
         states = {p.state for p in placements}
         gate = gateway.loader.gates.get(entry.id)
@@ -124,9 +133,15 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 pinned=entry.pinned,
                 priority=entry.priority,
                 vram_gb=entry.vram_gb,
+                context_length=entry.context_length
+                or max((c.context_length for _, c in view.holders(entry.id)), default=0),
+                quantization=entry.quantization,
                 queued=gate.waiting if gate else 0,
                 in_flight=sum(p.in_flight for p in placements),
+                requests_per_s=per_model.get(entry.id, (0.0, 0.0))[0],
+                tokens_per_s=per_model.get(entry.id, (0.0, 0.0))[1],
                 placements=placements,
+                sampling=sampling_in_use(entry.sampling, [copy for _, copy in holders]),
             )
         )
     upstreams = [
@@ -135,14 +150,43 @@ def build_status(gateway: Gateway) -> GatewayStatus:
         )
         for name, up in sorted(fleet.upstreams.items())
     ]
-    rps, tps = gateway.rates.rates()
+    history.sample_queue(sum(m.queued + sum(p.queued for p in m.placements) for m in models))
+    minute = history.last_minute()
     return GatewayStatus(
         version=__version__,
         neurons=neurons,
         models=models,
         upstreams=upstreams,
-        rates=Rates(requests_per_s=rps, tokens_per_s=tps, ttft_p50_s=gateway.rates.ttft_p50()),
+        rates=Rates(
+            requests_per_s=minute.requests_per_s,
+            tokens_per_s=minute.tokens_per_s,
+            error_rate=minute.error_rate,
+            ttft_p50_s=minute.ttft_p50_s,
+            ttft_p95_s=minute.ttft_p95_s,
+        ),
         evictions=gateway.loader.stats.evictions,
+        history=[
+            HistoryPoint(
+                t=bucket.start,
+                requests_per_s=w.requests_per_s,
+                tokens_per_s=w.tokens_per_s,
+                error_rate=w.error_rate,
+                ttft_p50_s=w.ttft_p50_s,
+                ttft_p95_s=w.ttft_p95_s,
+                queue_depth=bucket.queue_depth,
+            )
+            for bucket, w in history.buckets()
+        ],
+        recent_errors=[
+            RecentError(
+                at=e.at,
+                request_id=e.request_id,
+                status=e.status,
+                model=e.model,
+                message=e.error or "",
+            )
+            for e in history.recent_errors()
+        ],
     )
 
 

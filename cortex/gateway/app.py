@@ -60,9 +60,20 @@ POOL_IDLE_S = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_OPENAI_ONLY = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
+
 def _is_anthropic(request: web.Request) -> bool:
-    """Anthropic's routes, and any route asked by an Anthropic SDK (it sends anthropic-version)."""
-    return request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
+    """The path decides where it names a dialect: Anthropic's routes are Anthropic, OpenAI's
+    own routes OpenAI whatever headers came along (an OpenAI SDK cannot parse Anthropic's
+    envelope or its 529). Elsewhere (``/v1/models``, which both SDKs list, and unknown paths)
+    an ``anthropic-version`` header marks an Anthropic SDK."""
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return True
+    if path.startswith(_OPENAI_ONLY):
+        return False
+    return "anthropic-version" in request.headers
 
 
 def _error_response(request: web.Request, err: CortexError) -> web.Response:
@@ -104,7 +115,7 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
     if exc.status == 413:
         return PayloadTooLarge(exc.text or "request body too large")
     if exc.status == 405:
-        return InvalidRequest(f"method not allowed ({exc.reason})")
+        return edge.not_allowed(request, exc)
     return InvalidRequest(exc.text or exc.reason)
 
 
@@ -143,13 +154,38 @@ def _loopback(request: web.Request) -> bool:
         return False
 
 
-def _refuse(given: str | None, kind: str) -> Unauthorized:
-    if given is None:
-        return Unauthorized(
+def _refuse(request: web.Request, given: str | None, kind: str) -> Unauthorized:
+    """The 401, saying what was wrong (never quoting the key), and its log line."""
+    auth = request.headers.get("authorization", "").strip()
+    if given is not None:
+        err = Unauthorized(f"Invalid {kind} key.")
+    elif auth and auth.lower() != "bearer":
+        # A key sent as `Authorization: sk-...` (no scheme) or with a scheme we do not take.
+        scheme = auth.split(None, 1)[0] if " " in auth else ""
+        named = f"'{scheme}' is not a scheme cortex takes" if _plain_word(scheme) else "no scheme"
+        err = Unauthorized(
+            f"The Authorization header has {named}: send 'Authorization: Bearer KEY' "
+            "(the word Bearer, a space, then the key) or 'x-api-key: KEY'."
+        )
+    else:
+        err = Unauthorized(
             f"Missing {kind} key: send Authorization: Bearer KEY or x-api-key"
             " (Gemini clients: x-goog-api-key or ?key=)."
         )
-    return Unauthorized(f"Invalid {kind} key.")
+    log.warning(
+        "401 %s %s from %s: %s",
+        request.method,
+        request.path,
+        request.remote,
+        err.message,
+        extra={"fields": {"id": request[REQUEST_ID], "status": 401}},
+    )
+    return err
+
+
+def _plain_word(text: str) -> bool:
+    """A scheme worth naming back (Basic, Token): short letters only, never a key."""
+    return 0 < len(text) <= 16 and text.isascii() and text.isalpha()
 
 
 OLLAMA_PREFIX = "/api/"
@@ -173,12 +209,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if _client_route(path) and section.api_keys:
         given = _key_of(request)
         if not edge.key_matches(given, section.api_keys + section.admin_keys):
-            raise _refuse(given, "API")
+            raise _refuse(request, given, "API")
     if path.startswith("/cortex/"):
         if section.admin_keys:
             given = _key_of(request)
             if not edge.key_matches(given, section.admin_keys):
-                raise _refuse(given, "admin")
+                raise _refuse(request, given, "admin")
         elif not _loopback(request):
             raise Forbidden("the admin API is loopback-only while admin_keys is empty")
     return await handler(request)
@@ -226,8 +262,13 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
-    """GET and HEAD /: Claude Code probes its base URL before the first request."""
-    return web.json_response({"name": "cortex", "status": "ok"})
+    """GET and HEAD /: Claude Code probes its base URL before the first request; a browser
+    (it asks for HTML) is sent on to the dashboard, and the JSON names it too."""
+    if "text/html" in request.headers.get("accept", ""):
+        raise web.HTTPSeeOther("/ui")
+    return web.json_response(
+        {"name": "cortex", "status": "ok", "dashboard": "/ui", "api": "/v1", "docs": "docs/api.md"}
+    )
 
 
 async def drop_events(request: web.Request) -> web.Response:
@@ -302,7 +343,10 @@ def make_app(
     app.router.add_post(
         "/v1/messages", _exchange_handler("anthropic", "/v1/messages", messages.create)
     )
-    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
+    app.router.add_post(
+        "/v1/messages/count_tokens",
+        _exchange_handler("anthropic", "/v1/messages/count_tokens", messages.count_tokens),
+    )
     app.router.add_post(
         "/v1/responses", _exchange_handler("responses", "/v1/responses", responses.create)
     )

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
 from cortex.config import CortexConfig, ModelEntry
-from cortex.errors import CortexError, ModelNotFound, Unavailable
+from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
+from cortex.gateway.history import Finished, History
 from cortex.gateway.loads import Loader
 from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
@@ -31,7 +31,6 @@ request_log = logging.getLogger("cortex.request")
 
 MAX_ATTEMPTS = 3
 EMBEDDINGS_PATH = "/embeddings"  # the one upstream path an embed model serves
-RATE_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,33 +40,6 @@ class Resolved:
     model_id: str
     entry: ModelEntry | None
     upstream: bool = False  # served by [[upstreams]] (one or several replicas), not a neuron
-
-
-class RateWindow:
-    """Requests, tokens and time to first token of the last minute, for `cortex status` and /ui."""
-
-    def __init__(self) -> None:
-        self._events: deque[tuple[float, int, float | None]] = deque()
-
-    def add(self, tokens: int, ttft_s: float | None = None) -> None:
-        self._events.append((time.monotonic(), tokens, ttft_s))
-
-    def rates(self) -> tuple[float, float]:
-        """(requests/s, tokens/s) over the window."""
-        self._expire()
-        tokens = sum(t for _, t, _ in self._events)
-        return len(self._events) / RATE_WINDOW_S, tokens / RATE_WINDOW_S
-
-    def ttft_p50(self) -> float | None:
-        """Median time to first token of the window's requests that produced one."""
-        self._expire()
-        ttfts = sorted(t for _, _, t in self._events if t is not None)
-        return ttfts[len(ttfts) // 2] if ttfts else None
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - RATE_WINDOW_S
-        while self._events and self._events[0][0] < cutoff:
-            self._events.popleft()
 
 
 class Gateway:
@@ -86,7 +58,7 @@ class Gateway:
         self.fleet = fleet
         self.loader = loader
         self.session = session
-        self.rates = RateWindow()
+        self.history = History()
         self.observers: list[ExchangeObserver] = []
         gw = config.gateway
         # Non-stream: the first byte is the whole answer. Streams: neurons send the role chunk
@@ -152,6 +124,8 @@ class Gateway:
                 await self.fleet.refresh_now(target.node)
                 last_error = err.message
                 continue
+            if isinstance(err, ContextLengthExceeded):
+                err.message += self.catalogue.too_long_hint(resolved.model_id, err.message)
             raise err
         raise Unavailable(
             f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0
@@ -215,8 +189,20 @@ class Gateway:
         if error is not None:
             exchange.status = error.status
             exchange.error = error.message
-        ttft = None if exchange.first_token is None else exchange.first_token - exchange.started
-        self.rates.add(exchange.completion_tokens, ttft)
+        exchange.settle_usage()
+        first = exchange.first_token
+        self.history.record(
+            Finished(
+                at=time.time(),
+                request_id=exchange.request_id,
+                model=exchange.model or "-",
+                node=exchange.node or "-",
+                status=exchange.status,
+                tokens=exchange.completion_tokens,
+                ttft_s=first - exchange.started if exchange.stream and first is not None else None,
+                error=exchange.error,
+            )
+        )
         for observer in self.observers:
             observer.finished(exchange)
         request_log.info("request", extra={"fields": _log_fields(exchange)})
@@ -234,6 +220,7 @@ def _log_fields(ex: Exchange) -> dict[str, object]:
     fields: dict[str, object] = {
         "id": ex.request_id,
         "dialect": ex.dialect,
+        "route": ex.route,
         "model": ex.model or "-",
         "node": ex.node or "-",
         "session": ex.session or "-",

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
 from cortex import protocol
 from cortex.errors import InvalidRequest, UpstreamError
-from cortex.gateway.core import GATEWAY, Gateway, Resolved
-from cortex.gateway.neuron_client import NeuronUnreachable
+from cortex.gateway.core import Gateway, Resolved
 from cortex.gateway.proxy import Exchange, UpstreamResponse
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.sessions import session_key
@@ -33,7 +34,7 @@ from cortex.protocol import anthropic, openai
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
 log = logging.getLogger("cortex.gateway")
-TOKENIZE_TIMEOUT_S = 60.0  # counting a long prompt may wait behind a busy tokenizer
+TOKENIZE_PATH = "/tokenize"  # the neuron's /v1/tokenize
 _encoder = msgspec.json.Encoder()
 _tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 # A context error's numbers: the context and the prompt's own size, in cortex's (and OpenAI's)
@@ -128,39 +129,49 @@ class CountCache:
 COUNT_CACHE: web.AppKey[CountCache] = web.AppKey("count_cache", CountCache)
 
 
-async def count_tokens(request: web.Request) -> web.Response:
+async def count_tokens(gateway: Gateway, request: web.Request, ex: Exchange) -> web.Response:
     """The prompt's tokens with the model's own template; never ``max_tokens`` (it has none)
-    and never a refusal for length: a client counts precisely to learn whether it fits."""
-    gateway = request.app[GATEWAY]
+    and never a refusal for length: a client counts precisely to learn whether it fits. An
+    exchange like any other: routed with the session's affinity, logged and metered."""
     cache = request.app[COUNT_CACHE]
     req = protocol.decode(await request.read(), anthropic.CountTokensRequest)
     resolved = gateway.resolve(req.model)
+    ex.model = resolved.model_id
     as_messages = anthropic.MessagesRequest(
         model=req.model, messages=req.messages, max_tokens=1, system=req.system, tools=req.tools
     )
     oa_req = messages_to_openai(as_messages, resolved.model_id, accepts_images(resolved))
+    ex.session = session_key(request.headers, oa_req.user, oa_req.messages)
     body = TokenizeRequest(model=resolved.model_id, messages=oa_req.messages, tools=oa_req.tools)
     encoded = _encoder.encode(body)  # after prefix hygiene: per-request noise misses no cache
     key = hashlib.blake2b(encoded, digest_size=16).digest()
     count = cache.get(key)
     if count is None:
-        count = await count_prompt(gateway, resolved, encoded)
+        count = await count_prompt(gateway, resolved, encoded, ex)
         cache.put(key, count)
     return web.Response(
         body=_encoder.encode(anthropic.CountTokensResponse(count)), content_type="application/json"
     )
 
 
-async def count_prompt(gateway: Gateway, resolved: Resolved, body: bytes) -> int:
-    """``body``: an encoded TokenizeRequest."""
+async def count_prompt(gateway: Gateway, resolved: Resolved, body: bytes, ex: Exchange) -> int:
+    """``body``: an encoded TokenizeRequest, sent through ``Gateway.open`` like a generation
+    (routed, counted in flight, retried before the first byte; the caller's exchange handler
+    logs and meters it). It may load the model, as a generation would."""
     if resolved.entry is None:
         # A plain upstream has no tokenizer endpoint: about four bytes a token.
+        ex.model = resolved.model_id
         return max(1, len(body) // 4)
-    node = await gateway.loader.route(resolved.entry)
-    ref = gateway.fleet.neurons[node].ref
+    upstream = await gateway.open(resolved, TOKENIZE_PATH, body, ex)
     try:
-        raw = await gateway.fleet.client.post(ref, "/v1/tokenize", body, TOKENIZE_TIMEOUT_S)
+        raw = await upstream.resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("node %s could not count tokens: %r", ex.node, exc)
+        raise UpstreamError(f"node {ex.node} could not count tokens") from None
+    finally:
+        upstream.close()
+    ex.upstream_done = time.perf_counter()
+    try:
         return _tokenize_decoder.decode(raw).count
-    except (NeuronUnreachable, msgspec.DecodeError) as exc:
-        log.warning("node %s could not count tokens: %s", node, exc)
-        raise UpstreamError(f"node {node} could not count tokens") from None
+    except msgspec.DecodeError:
+        raise UpstreamError(f"node {ex.node} sent a token count that is not JSON") from None

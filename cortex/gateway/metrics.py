@@ -34,7 +34,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import Counter, Histogram
 from prometheus_client.registry import Collector
 
+from cortex import edge
 from cortex import metric_families as families
+from cortex.errors import CortexError, InvalidRequest, NotFound, openai_body
 from cortex.gateway.core import ExchangeObserver, Gateway
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import LoadObserver
@@ -237,6 +239,25 @@ def metrics_handler(
     return handler
 
 
+def _metrics_port_error(request: web.Request, exc: web.HTTPException) -> CortexError:
+    if exc.status == 404:
+        return NotFound(
+            f"No route for {request.method} {request.path}: this port serves GET /metrics only "
+            "(the API is on the gateway's listen port)"
+        )
+    if exc.status == 405:
+        return edge.not_allowed(request, exc)
+    return InvalidRequest(exc.text or exc.reason)
+
+
+_metrics_port_errors = edge.errors_middleware(
+    lambda _, err: edge.error_response(err, openai_body(err), err.status),
+    _metrics_port_error,
+    log,
+    "internal error; see the gateway log",
+)
+
+
 def listener(
     host: str, port: int
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
@@ -247,7 +268,7 @@ def listener(
 
     @contextlib.asynccontextmanager
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
-        metrics_app = web.Application()
+        metrics_app = web.Application(middlewares=[_metrics_port_errors])
         metrics_app.router.add_get("/metrics", metrics_handler(app[METRICS]))
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()

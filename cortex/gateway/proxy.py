@@ -79,6 +79,9 @@ class Exchange:
     queue_wait_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Chunks that carried output, counted as they are relayed (a neuron sends one per decode
+    # step): the completion's size when a stream ends without its usage chunk (a hang-up).
+    output_chunks: int = 0
     error: str | None = None
     claim: Claim | None = None  # this request's in-flight count on (model, node)
 
@@ -86,6 +89,11 @@ class Exchange:
         if usage is not None:
             self.prompt_tokens = usage.prompt_tokens
             self.completion_tokens = usage.completion_tokens
+
+    def settle_usage(self) -> None:
+        """At the end: a stream cut before its usage chunk counts the output it relayed."""
+        if not self.completion_tokens:
+            self.completion_tokens = self.output_chunks
 
 
 class NodeDown(Exception):
@@ -218,8 +226,10 @@ def _failed(upstream: UpstreamResponse, where: str, cause: BaseException | str) 
 
 def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
     """Note first token and usage; drop the usage-only event if the client did not ask."""
-    if exchange.first_token is None and _TOKEN.search(batch):
-        exchange.first_token = time.perf_counter()
+    if outputs := len(_TOKEN.findall(batch)):
+        exchange.output_chunks += outputs
+        if exchange.first_token is None:
+            exchange.first_token = time.perf_counter()
     if _USAGE.search(batch) is None:
         return batch
     out = []

@@ -115,10 +115,10 @@ class TranslatedRelay:
             return self._translator.keepalive() if _holds_comment(raw) else b""
         out = []
         for chunk in chunks:
-            if self._ex.first_token is None and any(
-                c.delta.content or c.delta.tool_calls for c in chunk.choices
-            ):
-                self._ex.first_token = time.perf_counter()
+            if any(c.delta.content or c.delta.tool_calls for c in chunk.choices):
+                self._ex.output_chunks += 1
+                if self._ex.first_token is None:
+                    self._ex.first_token = time.perf_counter()
             self._ex.take_usage(chunk.usage)
             self._matched = next(
                 (c.stop_reason for c in chunk.choices if c.stop_reason), self._matched

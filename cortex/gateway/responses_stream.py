@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
-from cortex import protocol, sse
+from cortex import protocol
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway import deltas
 from cortex.gateway.translate_responses import finished_response, incomplete, new_id
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
-
-KEEPALIVE = sse.comment(b"keep-alive")
 
 
 class ResponsesStreamTranslator:
@@ -82,9 +80,17 @@ class ResponsesStreamTranslator:
         return protocol.encode_events(events)
 
     def keepalive(self) -> bytes:
-        """An SSE comment: the Responses stream has no keep-alive event, and SSE clients skip
-        comments (Codex's parser among them)."""
-        return b"" if self._done else KEEPALIVE
+        """``response.in_progress`` again, the response as it stands: the dialect's own event
+        for a response still being worked on. Codex ends a stream silent for its
+        ``stream_idle_timeout_ms`` and SSE comments do not count, while any event does, so a
+        prefill longer than that limit no longer fails the turn."""
+        if self._done:
+            return b""
+        if events := self._start():
+            return protocol.encode_events(events)
+        response = msgspec.structs.replace(self._skeleton, output=list(self._output))
+        progress = rs.ResponseInProgress(sequence_number=self._next(), response=response)
+        return protocol.encode_events([progress])
 
     def _next(self) -> int:
         self._seq += 1

@@ -22,7 +22,7 @@ from typing import Literal
 
 import msgspec
 
-from cortex.config import GB, ModelEntry
+from cortex.config import GB, ModelEntry, SamplingDefaults
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NeuronStatus
 
 NodeHealth = Literal["up", "suspect", "down"]
@@ -68,6 +68,7 @@ class Resident(msgspec.Struct, frozen=True, kw_only=True):
     pinned: bool = False
     priority: int = 0
     allowed_nodes: tuple[str, ...] = ()
+    sampling: SamplingDefaults | None = None  # the neuron's defaults in use, once loaded
 
     @property
     def occupancy(self) -> int:
@@ -240,4 +241,5 @@ def _resident(
         pinned=entry.pinned if entry else False,
         priority=entry.priority if entry else 0,
         allowed_nodes=entry.nodes if entry else (),
+        sampling=status.sampling,
     )

@@ -19,6 +19,9 @@ Choices that are not forced by either spec:
 - Per-request noise is removed from the system prompt (Claude Code's
   ``x-anthropic-billing-header: ...; cch=<random>;`` line), so every turn of a session starts
   with byte-identical tokens and the neuron's prefix cache can reuse them.
+- ``thinking`` becomes ``reasoning_effort`` (``disabled``: none; ``enabled``: on) and
+  ``thinking_token_budget`` (``budget_tokens``), which the neuron turns into the chat
+  template's thinking switch and a think block closed when its budget is spent.
 - Thinking blocks are dropped (a local model cannot verify their signatures); documents, server
   tools and file-id images are refused. Images inside a tool result, for a model without vision,
   become a short text note (a screenshot tool must not end the session); an image in the user's
@@ -35,7 +38,8 @@ Choices that are not forced by either spec:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, assert_never
 
 import msgspec
@@ -47,6 +51,8 @@ from cortex.protocol import anthropic as an
 from cortex.protocol import openai as oa
 
 _encoder = msgspec.json.Encoder()
+# A stream silent this long (a prefill) gets empty text deltas instead of pings (keepalive).
+TEXT_KEEPALIVE_AFTER_S = 60.0
 
 
 def new_message_id() -> str:
@@ -86,6 +92,8 @@ def messages_to_openai(
         elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
     tool_choice, parallel = _tool_choice(req.tool_choice, req.tools) if req.tools else (None, None)
+    level = _effort(req)
+    effort, budget = _thinking(req.thinking, _EFFORT[level] if level else None)
     return oa.ChatCompletionRequest(
         model=model_id,
         messages=messages,
@@ -101,7 +109,8 @@ def messages_to_openai(
         parallel_tool_calls=parallel,
         user=req.metadata.user_id if req.metadata else None,
         response_format=_response_format(req),
-        reasoning_effort=_EFFORT[effort] if (effort := _effort(req)) else None,
+        reasoning_effort=effort,
+        thinking_token_budget=budget,
     )
 
 
@@ -127,6 +136,23 @@ def _response_format(req: an.MessagesRequest) -> oa.ResponseFormat | None:
         return None
     schema = oa.JsonSchemaFormat(name="output", schema=fmt.schema, strict=True)
     return oa.ResponseFormat(type="json_schema", json_schema=schema)
+
+
+def _thinking(
+    thinking: an.ThinkingConfig | None, effort: oa.ReasoningEffort | None
+) -> tuple[oa.ReasoningEffort | None, int | None]:
+    """Anthropic's ``thinking`` as OpenAI's ``reasoning_effort`` (which reaches the chat
+    template's switch, Qwen3's ``enable_thinking``, where it has one) and vLLM's
+    ``thinking_token_budget``: ``disabled`` turns thinking off; ``enabled`` on (at ``effort``,
+    else medium) within ``budget_tokens``; ``adaptive`` (or none) leaves it to ``effort`` and
+    the template's default."""
+    if thinking is None:
+        return effort, None
+    if thinking.type == "disabled":
+        return "none", None
+    if thinking.type == "enabled":
+        return effort or "medium", thinking.budget_tokens
+    return effort, None
 
 
 def _system_prompt(system: str | list[an.TextBlock] | None, messages: list[an.Message]) -> str:
@@ -355,7 +381,15 @@ class AnthropicStreamTranslator:
     message_delta. After ``finish`` or ``error`` every call returns b"".
     """
 
-    def __init__(self, model: str, message_id: str, input_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        message_id: str,
+        input_tokens: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._created = clock()
         self._model = model
         self._message_id = message_id
         self._input_tokens = input_tokens
@@ -408,10 +442,22 @@ class AnthropicStreamTranslator:
         return protocol.encode_events([error])
 
     def keepalive(self) -> bytes:
-        """A ``ping`` (Anthropic's own keep-alive event) while the upstream is silent."""
+        """What keeps the stream alive while the upstream is silent (a long prefill): a
+        ``ping`` (Anthropic's own keep-alive event) for the first ``TEXT_KEEPALIVE_AFTER_S``;
+        after that an empty ``text_delta`` in the answer's text block, opened now if none is
+        open (the answer's first text goes on in it). Claude Code's stream watchdog (300 s at
+        least) skips ``ping`` when it resets, so pings alone let it drop a prefill that long;
+        any other event resets it. The deltas carry no text: nothing is invented."""
         if self._done:
             return b""
-        return protocol.encode_events(self._start() or [an.Ping()])
+        if events := self._start():
+            return protocol.encode_events(events)
+        if self._clock() - self._created < TEXT_KEEPALIVE_AFTER_S or self._open_tool is not None:
+            return protocol.encode_events([an.Ping()])
+        opened = [] if self._open else self._open_block(an.OutText(""), None)
+        return protocol.encode_events(
+            [*opened, an.ContentBlockDelta(self._index, an.TextDelta(""))]
+        )
 
     def _start(self) -> list[an.StreamEvent]:
         if self._started:

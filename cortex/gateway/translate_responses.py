@@ -99,7 +99,15 @@ def responses_to_openai(
         parallel_tool_calls=None if req.parallel_tool_calls or not tools else False,
         user=req.user,
         response_format=_response_format(req.text),
+        reasoning_effort=_effort(req.reasoning),
     )
+
+
+def _effort(reasoning: rs.Reasoning | None) -> oa.ReasoningEffort | None:
+    """``reasoning.effort`` as chat's ``reasoning_effort`` (the chat template's thinking
+    switch where it has one); a level chat does not know changes nothing."""
+    effort = reasoning.effort if reasoning is not None else None
+    return effort if effort in typing.get_args(oa.ReasoningEffort) else None  # type: ignore[return-value]
 
 
 class _Conversation:

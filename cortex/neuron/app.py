@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -79,6 +80,10 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    # Libraries draw tqdm bars while loading (transformers' weights, a GGUF's conversion, hub
+    # downloads): animations for a terminal, noise in a server log. tqdm reads TQDM_* when it
+    # is first imported, which is after this (harness discovery below imports the libraries).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     models = (
         load_models(resolve_relative(config_path, config.neuron.models))
         if config.neuron.models
@@ -133,6 +138,8 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
         return PayloadTooLarge(f"Request body exceeds {MAX_BODY_BYTES} bytes.")
     if exc.status == 404:
         return NotFound(f"No route {request.method} {request.path}.")
+    if exc.status == 405:
+        return edge.not_allowed(request, exc)
     return InvalidRequest(exc.reason)
 
 
@@ -149,6 +156,7 @@ def _auth(token: str) -> Middleware:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
         if token and request.path not in _PUBLIC and not edge.key_matches(given, expected):
+            log.warning("401 %s %s from %s", request.method, request.path, request.remote)
             raise Unauthorized("Missing or incorrect bearer token.")
         return await handler(request)
 

@@ -31,10 +31,11 @@ def error_event(err: CortexError) -> bytes:
 
 
 class ChunkEncoder:
-    """Encodes the chunks of one stream (one completion id, model and creation time)."""
+    """Encodes the chunks of one choice of a stream (one completion id, model and creation
+    time; ``index`` the choice's, for a request with ``n`` > 1)."""
 
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
-        self._id, self._created, self._model = completion_id, created, model
+    def __init__(self, completion_id: str, created: int, model: str, index: int = 0) -> None:
+        self._id, self._created, self._model, self._index = completion_id, created, model, index
         raw = self._encode(openai.Delta(content=_SENTINEL), None)
         head, tail = raw.split(_encoder.encode(_SENTINEL))
         self._head, self._tail = b"data: " + head, tail + b"\n\n"
@@ -66,7 +67,11 @@ class ChunkEncoder:
         logprobs: openai.ChoiceLogprobs | None = None,
     ) -> bytes:
         choice = openai.ChunkChoice(
-            delta=delta, finish_reason=finish, stop_reason=stop_reason, logprobs=logprobs
+            index=self._index,
+            delta=delta,
+            finish_reason=finish,
+            stop_reason=stop_reason,
+            logprobs=logprobs,
         )
         chunk = openai.ChatCompletionChunk(
             id=self._id, created=self._created, model=self._model, choices=[choice]

@@ -58,6 +58,7 @@ class SamplingFeatures(msgspec.Struct, frozen=True, kw_only=True):
     logit_bias: bool = False
     max_top_logprobs: int = -1  # -1: no logprobs; 0: the chosen token's; k: up to k alternatives
     max_n: int = 1  # choices per request
+    thinking_budget: bool = False  # SamplingParams.thinking_budget: a think block is cut short
 
 
 class TopLogprob(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import InvalidRequest
 from cortex.neuron.constraints import Constraint, SamplingFeatures, TokenLogprob
 from cortex.protocol.neuron import LoadRequest
@@ -44,6 +45,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: float = 1.0  # vLLM/HF: scales logits of tokens in prompt or reply
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     logprobs: int | None = None  # None: no logprobs; k >= 0: the chosen token's and k more
+    # At most this many tokens inside the reply's think block (<think>...</think>), then the
+    # block is closed; None: no limit. A model without think tokens never thinks: nothing to do.
+    thinking_budget: int | None = None
 
 
 class TokenEvent(msgspec.Struct, kw_only=True):
@@ -99,6 +103,14 @@ class LoadedModel(ABC):
     device: str  # "cpu" or "cuda:N"
     bytes_used: int  # weights plus reserved cache, as measured after loading
     context_length: int
+    sampling_defaults: SamplingDefaults = NO_SAMPLING_DEFAULTS
+    """The model's own defaults for omitted sampling fields (the transformers harness reads
+    generation_config.json); models.toml's ``[models.sampling]`` goes over them."""
+
+    chat_variables: frozenset[str] = frozenset()
+    """The extra variables its chat template reads (Qwen3's ``enable_thinking``, gpt-oss's
+    ``reasoning_effort``, ...): a request may set these (``chat_template_kwargs``), the others
+    are refused by name. Empty: none (the default for a harness without templates)."""
 
     @abstractmethod
     def encode_chat(
@@ -106,13 +118,16 @@ class LoadedModel(ABC):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         """Apply the chat template (with the generation prompt), append ``prefix`` and tokenize.
 
         ``messages`` are chat-template dicts: role, content (str), optional tool_calls (with
         ``function.arguments`` as a dict) and tool_call_id. ``prefix`` is assistant text the
-        reply starts with (a forced tool call's opening, tools.py). Raises InvalidRequest when
-        the template rejects the conversation or cannot render ``tools``.
+        reply starts with (a forced tool call's opening, tools.py). ``variables`` are passed to
+        the template (only names in ``chat_variables``; the neuron checked them). Raises
+        InvalidRequest when the template rejects the conversation or cannot render ``tools``.
         """
 
     @abstractmethod

@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from cortex.config import GB, NeuronSection
 from cortex.errors import (
     Conflict,
@@ -172,6 +174,8 @@ class ModelManager:
             raise Conflict(f"model {request.model!r} is being unloaded; load it again after")
         if slot.state == "loading" and slot.loading is not None:
             await asyncio.shield(slot.loading)
+        # Sampling defaults are no part of the weights: the latest models.toml values apply.
+        slot.request = msgspec.structs.replace(slot.request, sampling=request.sampling)
         return LoadResponse(model=slot.status(), already_loaded=True)
 
     def _begin_load(self, request: LoadRequest) -> Slot:
@@ -186,6 +190,12 @@ class ModelManager:
                 f"harness {info.name!r} does not support quantization {request.quantization!r} "
                 f"(supports: {', '.join(info.quantizations)})",
                 param="quantization",
+            )
+        if request.sampling.repetition_penalty not in (None, 1.0) and not info.sampling.penalties:
+            raise InvalidRequest(
+                f"harness {info.name!r} has no penalties; remove repetition_penalty from the "
+                f"[models.sampling] of {request.model}",
+                param="sampling.repetition_penalty",
             )
         path = resolve_source(
             request.source,

@@ -99,10 +99,10 @@ class NeuronMetrics:
         c.queue_wait.observe(admitted - started)
         if outcome.prompt_tokens:
             c.prompt.inc(outcome.prompt_tokens)
-            c.cache_hit.inc(outcome.cached_tokens)
-            c.cache_miss.inc(outcome.prompt_tokens - outcome.cached_tokens)
-        if outcome.completion_tokens:
-            c.completion.inc(outcome.completion_tokens)
+            c.cache_hit.inc(outcome.cache_hits)
+            c.cache_miss.inc(outcome.cache_misses)
+        if outcome.all_completion_tokens:
+            c.completion.inc(outcome.all_completion_tokens)
         first = outcome.first_token
         if first is not None:
             c.ttft.observe(first - started)

@@ -18,7 +18,9 @@ from cortex.protocol import openai
 class Outcome:
     """How a request went: ``handle`` stamps admission and status, ``texts`` the generation.
 
-    Times are perf_counter stamps; metrics.py reads them once the request is done.
+    Times are perf_counter stamps; metrics.py reads them once the request is done. A request
+    for ``n`` choices runs ``n`` sequences: this Outcome is the first one's, ``others`` holds
+    the rest (their generation fields only), and the totals below count them all.
     """
 
     __slots__ = (
@@ -27,6 +29,7 @@ class Outcome:
         "completion_tokens",
         "finish_reason",
         "first_token",
+        "others",
         "prompt_tokens",
         "started",
         "status",
@@ -43,6 +46,23 @@ class Outcome:
         self.cached_tokens = 0  # prompt tokens the harness took from its prefix cache
         self.finish_reason: openai.FinishReason = "stop"
         self.stop_string: str | None = None  # reported as the vLLM-style ``stop_reason``
+        self.others: list[Outcome] = []  # choices 1..n-1 of a request for n > 1
+
+    @property
+    def all_completion_tokens(self) -> int:
+        """Tokens generated for every choice (usage's ``completion_tokens``)."""
+        return self.completion_tokens + sum(o.completion_tokens for o in self.others)
+
+    @property
+    def cache_hits(self) -> int:
+        """Prompt tokens read from the prefix cache, summed over the request's sequences: the
+        choices after the first find the prompt's full blocks there (one prefill, shared)."""
+        return self.cached_tokens + sum(o.cached_tokens for o in self.others)
+
+    @property
+    def cache_misses(self) -> int:
+        """Prompt tokens computed, summed over the request's sequences."""
+        return (1 + len(self.others)) * self.prompt_tokens - self.cache_hits
 
 
 @contextlib.contextmanager

@@ -2,24 +2,26 @@
 sampling parameters. Pure functions; every rejection is an InvalidRequest naming the field.
 
 Completion budget: the requested ``max_tokens`` (or ``max_completion_tokens``) capped at what
-the context leaves. When a request sets neither, the cap is ``DEFAULT_MAX_TOKENS``, so a client
-that forgets the limit cannot hold a slot for the whole context (OpenAI's own default is "the
-rest of the context"; the cap is ours).
+the context leaves. When a request sets neither, the cap is the model's ``default_max_tokens``
+(models.toml), else ``DEFAULT_MAX_TOKENS``, so a chat client that omits the limit gets a reply
+of chat length instead of one that runs on for minutes at temperature 1 (OpenAI's own default
+is "the rest of the context"; the cap is ours).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.constraints import Constraint
 from cortex.neuron.harness import SamplingParams
 from cortex.neuron.tools import ToolParser
 from cortex.protocol import openai
 
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 1024  # docs/configuration.md, `default_max_tokens`
 
 _args_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -75,14 +77,44 @@ def tool_call_prefix(
     return prefix
 
 
-def completion_budget(prompt_tokens: int, requested: int | None, context_length: int) -> int:
-    """max_new_tokens for the request: ``requested`` (else the default cap), but never more than
+THINKING_OFF = ("none", "minimal")
+
+
+def template_variables(
+    request: openai.ChatCompletionRequest, readable: frozenset[str], model_id: str
+) -> dict[str, Any]:
+    """The chat-template variables a request sets: ``reasoning_effort`` becomes
+    ``enable_thinking`` (false for none/minimal: Qwen3's switch) and ``reasoning_effort``
+    (gpt-oss reads it) where the template reads them, and has no effect on a template with
+    neither; vLLM's ``chat_template_kwargs`` go through as they are (over the effort's) and
+    must name variables the template reads (``readable``), else a 400 naming the key."""
+    variables: dict[str, Any] = {}
+    if (effort := request.reasoning_effort) is not None:
+        switch = {"enable_thinking": effort not in THINKING_OFF, "reasoning_effort": effort}
+        variables = {name: value for name, value in switch.items() if name in readable}
+    for key, value in (request.chat_template_kwargs or {}).items():
+        if key not in readable:
+            settable = ", ".join(sorted(readable)) or "none"
+            raise InvalidRequest(
+                f"the chat template of {model_id} does not read {key!r} "
+                f"(the variables it reads: {settable})",
+                param=f"chat_template_kwargs.{key}",
+            )
+        variables[key] = value
+    return variables
+
+
+def completion_budget(
+    prompt_tokens: int, requested: int | None, context_length: int, default: int = 0
+) -> int:
+    """max_new_tokens for the request: ``requested`` (else ``default``, the model's own cap, or
+    when that is 0 ``DEFAULT_MAX_TOKENS``), but never more than
     the context leaves. ``max_tokens`` is a ceiling, not a demand: Claude Code asks for 32000 or
     128000 on every request, more than most local contexts hold, and expects a truncated answer
     (finish "length") rather than a refusal. Only a prompt that leaves no room for one token
     raises ContextLengthExceeded. ``context_length`` 0 means unknown: no check.
     """
-    wanted = requested if requested is not None else DEFAULT_MAX_TOKENS
+    wanted = requested if requested is not None else (default or DEFAULT_MAX_TOKENS)
     if context_length <= 0:
         return wanted
     if prompt_tokens >= context_length:
@@ -100,28 +132,68 @@ def prompt_too_long(prompt_tokens: int, context_length: int) -> ContextLengthExc
     )
 
 
+class SamplingRequest(Protocol):
+    """The sampling fields chat and text completions share (``openai.ChatCompletionRequest``,
+    ``completions.CompletionRequest``)."""
+
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def ignore_eos(self) -> bool: ...
+    @property
+    def frequency_penalty(self) -> float | None: ...
+    @property
+    def presence_penalty(self) -> float | None: ...
+    @property
+    def repetition_penalty(self) -> float | None: ...
+    @property
+    def logit_bias(self) -> dict[str, float] | None: ...
+    @property
+    def logprob_count(self) -> int | None: ...
+
+
 def sampling_params(
-    request: openai.ChatCompletionRequest,
+    request: SamplingRequest,
     max_new_tokens: int,
     constraint: Constraint | None = None,
+    defaults: SamplingDefaults = NO_SAMPLING_DEFAULTS,
+    thinking_budget: int | None = None,
 ) -> SamplingParams:
-    """OpenAI defaults: temperature 1.0 and top_p 1.0 when absent; temperature 0 is greedy."""
+    """A field the request omits takes the model's default (``Slot.sampling_defaults``), else
+    OpenAI's: temperature 1.0, top_p 1.0; temperature 0 is greedy."""
     return SamplingParams(
         max_new_tokens=max_new_tokens,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=request.top_k or 0,
+        temperature=_first(request.temperature, defaults.temperature, 1.0),
+        top_p=_first(request.top_p, defaults.top_p, 1.0),
+        top_k=_first(request.top_k, defaults.top_k, 0),
         seed=request.seed,
         ignore_eos=request.ignore_eos,
         constraint=constraint,
         frequency_penalty=request.frequency_penalty or 0.0,
         presence_penalty=request.presence_penalty or 0.0,
-        repetition_penalty=request.repetition_penalty or 1.0,
+        repetition_penalty=_first(request.repetition_penalty, defaults.repetition_penalty, 1.0),
         logit_bias={int(k): v for k, v in request.logit_bias.items()} or None
         if request.logit_bias
         else None,
-        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        logprobs=request.logprob_count,
+        thinking_budget=thinking_budget,
     )
+
+
+N = TypeVar("N", int, float)
+
+
+def _first(asked: N | None, default: N | None, fallback: N) -> N:
+    """The request's value, else the model's default, else ``fallback``."""
+    if asked is not None:
+        return asked
+    return default if default is not None else fallback
 
 
 def _assistant(msg: openai.AssistantMessage, where: str, vision: bool) -> dict[str, Any]:

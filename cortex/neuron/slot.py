@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from cortex.config import NO_SAMPLING_DEFAULTS, SamplingDefaults
 from cortex.errors import Unavailable
 from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import LoadedModel
@@ -116,6 +117,13 @@ class Slot:
             return 0
         return self.model.bytes_used if self.model is not None else self.reserved
 
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What requests get for omitted sampling fields: models.toml's ``[models.sampling]``
+        over the model's own (its generation_config.json, as the harness read it)."""
+        own = self.model.sampling_defaults if self.model is not None else NO_SAMPLING_DEFAULTS
+        return self.request.sampling.over(own)
+
     def add(self, lease: Lease) -> None:
         self.leases.add(lease)
         self.idle.clear()
@@ -144,4 +152,5 @@ class Slot:
             queued=len(self.leases) - running,
             error=self.error,
             progress=self.progress if self.state == "loading" else None,
+            sampling=self.sampling_defaults if model is not None else None,
         )

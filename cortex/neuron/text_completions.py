@@ -23,18 +23,20 @@ from aiohttp import web
 from cortex import sse
 from cortex.errors import ContextLengthExceeded, CortexError, InternalError, InvalidRequest
 from cortex.neuron import chunks
-from cortex.neuron.completions import HEARTBEAT, Plan, _paced, texts
-from cortex.neuron.harness import LoadedModel, SamplingParams
+from cortex.neuron.capabilities import refuse_unsupported
+from cortex.neuron.completions import HEARTBEAT, Plan, _paced, texts, usage
+from cortex.neuron.constraints import TokenLogprob
 from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.metrics import METRICS
 from cortex.neuron.outcome import Outcome, recording
-from cortex.neuron.prompt import completion_budget
+from cortex.neuron.prompt import completion_budget, sampling_params
 from cortex.neuron.slot import Lease
 from cortex.protocol import decode, openai
 from cortex.protocol.completions import (
     DEFAULT_MAX_TOKENS,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
 )
 
@@ -54,15 +56,16 @@ async def _answer(
 ) -> web.StreamResponse:
     head = _Head(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model)
     async with manager.lease(body.model) as lease:  # 404 / 429 / 400 (task)
-        plan, echo = await _plan(body, lease.model)
+        plan, echo = await _plan(body, lease)
         outcome.prompt_tokens = len(plan.prompt_ids)
+        head.offset = len(echo)
         if not body.stream:
             await manager.admit(lease)
             outcome.admitted = time.perf_counter()
             async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
                 text = echo + "".join([piece async for piece in stream])
-            answer = head.chunk(text, outcome.finish_reason, outcome.stop_string)
-            answer.usage = _usage(plan, outcome)
+            answer = head.chunk(text, outcome.finish_reason, outcome.stop_string, plan)
+            answer.usage = usage([plan], outcome)
             return web.Response(body=_encoder.encode(answer), content_type="application/json")
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)  # headers before admission, as for chat
@@ -106,39 +109,77 @@ async def _stream(
         await response.write(head.event(echo))
     async with contextlib.aclosing(texts(lease.model, plan, outcome)) as stream:
         async for text in _paced(stream, manager.heartbeat_s, ping):
-            await response.write(head.event(text))
-    await response.write(head.event("", outcome.finish_reason, outcome.stop_string))
+            await response.write(head.event(text, plan=plan))
+    await response.write(head.event("", outcome.finish_reason, outcome.stop_string, plan))
     if body.wants_usage_chunk:
-        usage = head.chunk(None)
-        usage.usage = _usage(plan, outcome)
-        await response.write(sse.frame(_encoder.encode(usage)))
+        last = head.chunk(None)
+        last.usage = usage([plan], outcome)
+        await response.write(sse.frame(_encoder.encode(last)))
 
 
 class _Head:
-    """The fields every chunk of one answer repeats."""
+    """The fields every chunk of one answer repeats, and where the next token's text starts
+    in the choice's text (``text_offset`` of the legacy logprobs)."""
 
     def __init__(self, ident: str, created: int, model: str) -> None:
         self.ident, self.created, self.model = ident, created, model
+        self.offset = 0
 
     def chunk(
-        self, text: str | None, finish: openai.FinishReason | None = None, stop: str | None = None
+        self,
+        text: str | None,
+        finish: openai.FinishReason | None = None,
+        stop: str | None = None,
+        plan: Plan | None = None,
     ) -> Completion:
-        """A chunk of ``text``; None: no choices (the usage-only chunk)."""
-        choices = (
-            []
-            if text is None
-            else [CompletionChoice(text=text, finish_reason=finish, stop_reason=stop)]
-        )
+        """A chunk of ``text`` with the logprobs ``plan`` gathered since the last one; None:
+        no choices (the usage-only chunk)."""
+        if text is None:
+            choices = []
+        else:
+            logprobs = self._logprobs(plan) if plan is not None else None
+            choices = [
+                CompletionChoice(
+                    text=text, finish_reason=finish, stop_reason=stop, logprobs=logprobs
+                )
+            ]
         return Completion(id=self.ident, created=self.created, model=self.model, choices=choices)
 
     def event(
-        self, text: str, finish: openai.FinishReason | None = None, stop: str | None = None
+        self,
+        text: str,
+        finish: openai.FinishReason | None = None,
+        stop: str | None = None,
+        plan: Plan | None = None,
     ) -> bytes:
-        return sse.frame(_encoder.encode(self.chunk(text, finish, stop)))
+        return sse.frame(_encoder.encode(self.chunk(text, finish, stop, plan)))
+
+    def _logprobs(self, plan: Plan) -> CompletionLogprobs | None:
+        """The tokens gathered so far (taken from ``plan``), in the legacy shape."""
+        if plan.logprobs is None:
+            return None
+        taken, plan.logprobs = plan.logprobs, []
+        out = CompletionLogprobs()
+        for entry in taken:
+            out.tokens.append(entry.token)
+            out.token_logprobs.append(entry.logprob)
+            out.top_logprobs.append(_top(entry))
+            out.text_offset.append(self.offset)
+            self.offset += len(entry.token)
+        return out
 
 
-async def _plan(body: CompletionRequest, model: LoadedModel) -> tuple[Plan, str]:
+def _top(entry: TokenLogprob) -> dict[str, float]:
+    """The alternatives as the legacy shape has them: text -> logprob (the chosen one too)."""
+    top = {alt.token: alt.logprob for alt in entry.top}
+    top.setdefault(entry.token, entry.logprob)
+    return top
+
+
+async def _plan(body: CompletionRequest, lease: Lease) -> tuple[Plan, str]:
     """The prompt ids and sampling, and the text ``echo`` puts before the output."""
+    model, slot = lease.model, lease.slot
+    refuse_unsupported(body, slot.sampling, model.model_id, count_field="logprobs")
     prompt = body.single_prompt
     if isinstance(prompt, str):
         ids = await asyncio.to_thread(model.encode_prompt, prompt, body.suffix)
@@ -158,22 +199,8 @@ async def _plan(body: CompletionRequest, model: LoadedModel) -> tuple[Plan, str]
             param="prompt",
         )
     wanted = body.max_tokens if body.max_tokens is not None else DEFAULT_MAX_TOKENS
-    params = SamplingParams(
-        max_new_tokens=completion_budget(len(ids), wanted, context),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-    )
+    budget = completion_budget(len(ids), wanted, context)
+    params = sampling_params(body, budget, defaults=slot.sampling_defaults)
+    if params.logit_bias:
+        await asyncio.to_thread(model.prepare, params)  # token ids out of range: a 400
     return Plan(ids, params, body.stop_list, None), echoed if body.echo else ""
-
-
-def _usage(plan: Plan, outcome: Outcome) -> openai.Usage:
-    prompt_tokens = len(plan.prompt_ids)
-    return openai.Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        total_tokens=prompt_tokens + outcome.completion_tokens,
-        prompt_tokens_details=openai.PromptTokensDetails(cached_tokens=outcome.cached_tokens),
-    )

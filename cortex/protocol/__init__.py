@@ -4,6 +4,7 @@ of named SSE events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from cortex.protocol.bounds import MAX_NESTING
 from cortex.validation import MISSING, split_error, value_at
 
 T = TypeVar("T")
+_GOT_TYPE = re.compile(r", got `[^`]*`$")
 
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _encoder = msgspec.json.Encoder()
@@ -64,8 +66,11 @@ def _rejection(text: str, body: bytes) -> InvalidRequest:
     if param is None:
         return InvalidRequest(f"Invalid request body: {text}")
     got = _value_at(body, param)
-    shown = "" if got is MISSING or text.startswith("Invalid") else f", got {_short(got)}"
-    return InvalidRequest(f"Invalid value for '{param}': {text}{shown}.", param=param)
+    if got is not MISSING and not text.startswith("Invalid"):
+        # msgspec may already say which type it got ("expected `str`, got `int`"): the value
+        # replaces that, so the message says "got" once.
+        text = _GOT_TYPE.sub("", text) + f", got {_short(got)}"
+    return InvalidRequest(f"Invalid value for '{param}': {text}.", param=param)
 
 
 def _value_at(body: bytes, path: str) -> Any:

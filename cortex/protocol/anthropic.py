@@ -149,10 +149,12 @@ class Metadata(msgspec.Struct, kw_only=True):
 
 
 class ThinkingConfig(msgspec.Struct, kw_only=True):
-    """Accepted and ignored: a local model thinks (or not) by its own chat template."""
+    """``enabled`` (within ``budget_tokens``), ``disabled`` or ``adaptive``: the translator maps
+    it onto the chat template's thinking switch and the engine's thinking budget. Other types
+    (a newer API's) are accepted and change nothing."""
 
     type: str
-    budget_tokens: int | None = None
+    budget_tokens: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
 
 
 class MessagesRequest(msgspec.Struct, kw_only=True):

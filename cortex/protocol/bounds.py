@@ -48,6 +48,13 @@ def check_normal(value: float | None, field: str) -> None:
         )
 
 
+def check_logit_bias(bias: dict[str, float] | None) -> None:
+    """``logit_bias`` keys are token ids (JSON object keys are strings)."""
+    for key in bias or ():
+        if not key.isdigit():
+            refuse("logit_bias", f"logit_bias keys are token ids; got {key!r}")
+
+
 def refuse(field: str, why: str) -> None:
     """Reject a top-level field the server does not implement, naming it."""
     raise msgspec.ValidationError(f"{why} - at `$.{field}`")

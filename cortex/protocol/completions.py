@@ -3,6 +3,10 @@
 Editors' autocomplete (Continue, llama.vscode, Tabby, edit prediction) sends these with a
 ``suffix`` for fill-in-the-middle. One prompt per request: OpenAI's batch form (a list of
 prompts, ``n``, ``best_of``) is refused with a 400 naming the field rather than half served.
+The sampling fields are chat's (penalties, ``logit_bias``, vLLM's ``repetition_penalty``) and
+map onto the harness the same way (``neuron.prompt.sampling_params``); ``logprobs`` is this
+route's integer (the chosen token's and up to that many alternatives), answered in its own
+shape (``CompletionLogprobs``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from cortex.protocol.bounds import check_normal, refuse
+from cortex.protocol.bounds import check_logit_bias, check_normal, refuse
 from cortex.protocol.openai import (
     SAMPLING_FLOATS,
     FinishReason,
+    LogitBias,
     MaxTokens,
     Seed,
     StopStr,
@@ -55,22 +60,18 @@ class CompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     ignore_eos: bool = False  # vLLM's extension, as on chat completions
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     best_of: Annotated[int, msgspec.Meta(ge=1, le=1)] | None = None
-    logprobs: Annotated[int, msgspec.Meta(ge=0, le=0)] | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] | None = None
-    logit_bias: dict[str, float] | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] | None = None  # vLLM's
+    logit_bias: Annotated[dict[str, LogitBias], msgspec.Meta(max_length=1024)] | None = None
     user: str | None = None
 
     def __post_init__(self) -> None:
         for name in SAMPLING_FLOATS:
             check_normal(getattr(self, name, None), name)
         self._check_prompt()
-        # Not mapped onto sampling yet: refused rather than ignored.
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name):
-                refuse(name, f"{name} is not supported on /v1/completions; omit it or send 0")
-        if self.logit_bias:
-            refuse("logit_bias", "logit_bias is not supported on /v1/completions")
+        check_logit_bias(self.logit_bias)
         if self.echo and self.suffix is not None:
             refuse("echo", "echo cannot be combined with suffix")
 
@@ -97,6 +98,11 @@ class CompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         return prompt[0]  # type: ignore[return-value]
 
     @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token asked for; None: no logprobs."""
+        return self.logprobs
+
+    @property
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -107,11 +113,21 @@ class CompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class CompletionLogprobs(msgspec.Struct, kw_only=True):
+    """The legacy logprobs shape: per generated token its text, log-probability, the most
+    likely alternatives (text -> logprob) and where it starts in the choice's ``text``."""
+
+    tokens: list[str] = msgspec.field(default_factory=list)
+    token_logprobs: list[float] = msgspec.field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = msgspec.field(default_factory=list)
+    text_offset: list[int] = msgspec.field(default_factory=list)
+
+
 class CompletionChoice(msgspec.Struct, kw_only=True):
     index: int = 0
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     stop_reason: str | None = None  # vLLM's extension: the stop string that ended it
 
 

@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from cortex.config import DType, Gigabytes, ModelEntry, Name, Quantization
+from cortex.config import (
+    NO_SAMPLING_DEFAULTS,
+    DType,
+    Gigabytes,
+    ModelEntry,
+    Name,
+    Quantization,
+    SamplingDefaults,
+)
 from cortex.protocol.openai import Message, Tool
 from cortex.tasks import Task
 
@@ -24,11 +32,14 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     dtype: DType = "auto"
     device: str | None = None
     context_length: Annotated[int, msgspec.Meta(ge=0)] = 0
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: prompt.DEFAULT_MAX_TOKENS
     vram_gb: Gigabytes = 0.0
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False
     task: Task = "generate"
+    # models.toml's [models.sampling]: over the model's own defaults; not part of the spec
+    sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> LoadRequest:
@@ -41,17 +52,20 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
             dtype=entry.dtype,
             device=device,
             context_length=entry.context_length,
+            default_max_tokens=entry.default_max_tokens,
             vram_gb=entry.vram_gb,
             chat_template=entry.chat_template,
             tool_parser=entry.tool_parser,
             trust_remote_code=entry.trust_remote_code,
             task=entry.task,
+            sampling=entry.sampling,
         )
 
     def same_spec(self, other: LoadRequest) -> bool:
         """Equal in everything that changes the loaded weights (device None means any)."""
-        mine = msgspec.structs.replace(self, device=None, vram_gb=0.0)
-        theirs = msgspec.structs.replace(other, device=None, vram_gb=0.0)
+        ignored = {"device": None, "vram_gb": 0.0, "default_max_tokens": 0}
+        mine = msgspec.structs.replace(self, **ignored, sampling=NO_SAMPLING_DEFAULTS)
+        theirs = msgspec.structs.replace(other, **ignored, sampling=NO_SAMPLING_DEFAULTS)
         same_device = self.device is None or other.device is None or self.device == other.device
         return mine == theirs and same_device
 
@@ -81,6 +95,9 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     queued: int = 0
     error: str | None = None
     progress: LoadProgress | None = None
+    # The defaults requests get for omitted sampling fields (models.toml over the model's own
+    # generation_config.json); None until loaded.
+    sampling: SamplingDefaults | None = None
 
 
 class DeviceStatus(msgspec.Struct, kw_only=True):

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cortex.protocol.bounds import check_nesting, check_normal, refuse
+from cortex.config import SamplingDefaults
+from cortex.protocol.bounds import check_logit_bias, check_nesting, check_normal, refuse
 
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
@@ -188,6 +189,9 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     reasoning_effort: ReasoningEffort | None = None
+    # vLLM's: at most this many reasoning tokens, then the think block is closed (Anthropic's
+    # thinking.budget_tokens arrives here)
+    thinking_token_budget: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
     # vLLM's: extra variables for the chat template (Qwen3's enable_thinking, ...)
     chat_template_kwargs: Annotated[dict[str, Any], msgspec.Meta(max_length=32)] | None = None
     metadata: dict[str, Any] | None = None
@@ -197,9 +201,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
             check_normal(getattr(self, name), name)
         if self.top_logprobs is not None and not self.logprobs:
             refuse("top_logprobs", "top_logprobs needs logprobs: true")
-        for key in self.logit_bias or ():
-            if not key.isdigit():
-                refuse("logit_bias", f"logit_bias keys are token ids; got {key!r}")
+        check_logit_bias(self.logit_bias)
         self._check_tool_choice()
 
     def _check_tool_choice(self) -> None:
@@ -222,6 +224,11 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def logprob_count(self) -> int | None:
+        """Alternatives per token asked for (``top_logprobs``); None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def completion_limit(self) -> int | None:
@@ -340,6 +347,9 @@ class CortexModelInfo(msgspec.Struct, kw_only=True):
     nodes: list[str] = msgspec.field(default_factory=list)  # where loaded or loading
     context_length: int = 0  # 0 = unknown
     pinned: bool = False
+    # Defaults for omitted sampling fields: those a neuron uses (models.toml over the model's
+    # generation_config.json) once loaded, else the models.toml values; None when neither.
+    sampling: SamplingDefaults | None = None
 
 
 class TopProvider(msgspec.Struct, kw_only=True):

@@ -136,7 +136,7 @@ class TextConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Reasoning(msgspec.Struct, kw_only=True):
-    """Accepted and echoed; local models reason (or not) as their template says."""
+    """Echoed; ``effort`` becomes chat's ``reasoning_effort`` (the template's thinking switch)."""
 
     effort: str | None = None
     summary: str | None = None

@@ -28,7 +28,7 @@ from typing import Any
 
 READY_TIMEOUT_S = 90.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TomlValue = str | int | float | bool | list[str]
+TomlValue = str | int | float | bool | list[str] | Mapping[str, float]
 
 
 def free_port() -> int:
@@ -49,10 +49,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 def toml_table(name: str, values: Mapping[str, TomlValue]) -> str:
-    """One TOML table from flat values (JSON string/array syntax is valid TOML for these)."""
+    """One TOML table from flat values (JSON string/array syntax is valid TOML for these; a
+    mapping of numbers becomes an inline table)."""
     lines = [f"[{name}]"]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: TomlValue) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 class NeuronProcess:

@@ -8,6 +8,7 @@ model emit TEXT, which then goes through the real hermes parser, neuron, gateway
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import NeuronProcess
+from tests.prometheus_samples import samples, total
 
 pytestmark = pytest.mark.slow
 
@@ -204,6 +206,12 @@ def test_count_tokens_uses_the_model_template_and_is_cached(
     assert claude.messages.count_tokens(**args).input_tokens == count
     with_tools = claude.messages.count_tokens(**args, tools=TOOLS).input_tokens
     assert with_tools == count + len("get_weatherget_time")
+    # An exchange like any other (issue 25): in the request log and the request metrics.
+    route = "/v1/messages/count_tokens"
+    assert f"route={route}" in gateway.log_text()
+    with urllib.request.urlopen(gateway.metrics_url + "/metrics", timeout=10) as resp:
+        found = samples(resp.read())
+    assert total(found, "cortex_requests_total", route=route, status="200") >= 3
 
 
 def test_errors_use_anthropic_types(claude: anthropic.Anthropic) -> None:

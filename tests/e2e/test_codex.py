@@ -52,7 +52,10 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     demo: NeuronProcess = start_neuron(name="codex", model_roots=[model_root])
     scripted: NeuronProcess = start_neuron(
-        name="scripted", model_roots=[model_root], module="tests.e2e.scripted_neuron"
+        name="scripted",
+        model_roots=[model_root],
+        module="tests.e2e.scripted_neuron",
+        heartbeat_s=0.5,  # well inside the idle limit the prefill test gives Codex
     )
     models = [
         {
@@ -82,8 +85,9 @@ def gateway(
     gw.stop()
 
 
-def codex_home(path: Path, base_url: str) -> Path:
-    """A CODEX_HOME whose config.toml points Codex at the gateway (docs/clients.md's set-up)."""
+def codex_home(path: Path, base_url: str, provider: str = "") -> Path:
+    """A CODEX_HOME whose config.toml points Codex at the gateway (docs/clients.md's set-up);
+    ``provider``: more lines for its [model_providers.cortex] table."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(
         f"""model = "gpt-5.1-codex"
@@ -98,17 +102,19 @@ env_key = "CORTEX_API_KEY"
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
-"""
+{provider}"""
     )
     return path
 
 
-def codex_exec(gateway: GatewayProcess, tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+def codex_exec(
+    gateway: GatewayProcess, tmp_path: Path, *args: str, provider: str = ""
+) -> list[dict[str, Any]]:
     """Run ``codex exec --json ARGS`` in an empty directory; its JSONL events, checked for
     errors: only the metadata advisory may be an error item, no error event, no failed turn."""
     if not CODEX.exists():
         pytest.skip(f"Codex CLI not installed at {CODEX} (run `make clients`)")
-    home = codex_home(tmp_path / "codex-home", gateway.url)
+    home = codex_home(tmp_path / "codex-home", gateway.url, provider)
     work = tmp_path / "work"
     work.mkdir()
     run = subprocess.run(
@@ -182,6 +188,23 @@ def test_codex_runs_a_tool_and_answers_from_its_output(
     assert command["exit_code"] == 0 and command["aggregated_output"] == "user: say:Done."
     assert [i["text"] for i in completed(events, "agent_message")] == ["Done."]
     assert logged_statuses(gateway, "coder", session_of(events)) == [200, 200]
+
+
+def test_a_prefill_longer_than_codex_idle_limit_completes_the_turn(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """Codex fails a stream silent for ``stream_idle_timeout_ms`` and SSE comments do not
+    count; the gateway's response.in_progress events during the prefill do. Here the model is
+    silent 4 s (as a long prefill is) against a 2 s limit, then answers."""
+    events = codex_exec(
+        gateway,
+        tmp_path,
+        "-m",
+        "coder",
+        "wait:4 say:Done.",
+        provider="stream_idle_timeout_ms = 2000\n",
+    )
+    assert [i["text"] for i in completed(events, "agent_message")] == ["Done."]
 
 
 def test_a_repeated_codex_prompt_reports_cached_tokens(gateway: GatewayProcess) -> None:

@@ -121,6 +121,48 @@ def test_echo_token_prompts_and_stop(oai: openai.OpenAI) -> None:
     assert not set(stopped.choices[0].text) & set("aeiou")
 
 
+def test_logprobs_in_the_legacy_shape_stream_and_non_stream(oai: openai.OpenAI) -> None:
+    asked: Any = {"model": "tiny", "prompt": "Hello", "max_tokens": 6, "temperature": 0}
+    asked |= {"logprobs": 2, "echo": True, "extra_body": {"ignore_eos": True}}
+    whole = oai.completions.create(**asked)
+    (choice,) = whole.choices
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.tokens is not None
+    assert len(logprobs.tokens) == 6
+    assert choice.text == "Hello" + "".join(logprobs.tokens)
+    assert logprobs.text_offset is not None and logprobs.text_offset[0] == len("Hello")
+    assert logprobs.top_logprobs is not None
+    for token, logprob, top in zip(
+        logprobs.tokens, logprobs.token_logprobs or [], logprobs.top_logprobs, strict=True
+    ):
+        assert logprob <= 0 and token in top and len(top) <= 3  # the chosen one and 2 more
+        assert max(top.values()) == logprob  # greedy: the most likely
+    streamed = [
+        token
+        for chunk in oai.completions.create(**asked, stream=True)
+        for c in chunk.choices
+        if c.logprobs is not None
+        for token in c.logprobs.tokens or []
+    ]
+    assert streamed == logprobs.tokens
+
+
+def test_penalties_and_logit_bias_reach_the_sampler(oai: openai.OpenAI) -> None:
+    plain: Any = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0}
+    plain |= {"logprobs": 0, "extra_body": {"ignore_eos": True}}
+    first = oai.completions.create(**plain).choices[0].logprobs
+    assert first is not None and first.tokens is not None
+    forced_id = 40  # a byte token of the demo tokenizer
+    forced = oai.completions.create(**plain, logit_bias={str(forced_id): 100})
+    tokens = forced.choices[0].logprobs.tokens  # type: ignore[union-attr]
+    assert tokens is not None and len(set(tokens)) == 1
+    # A strong frequency penalty forbids repeating a token the forced reply is made of.
+    mixed = oai.completions.create(
+        **plain, logit_bias={str(forced_id): 5}, frequency_penalty=2.0, presence_penalty=2.0
+    )
+    assert len(set(mixed.choices[0].logprobs.tokens or [])) > 1  # type: ignore[union-attr]
+
+
 def test_suffix_without_fim_tokens_is_400_naming_suffix(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         oai.completions.create(model="tiny", prompt=PREFIX, suffix=SUFFIX)
@@ -183,8 +225,8 @@ BAD = [
     ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": "a", "n": 2}, "n"),
     ("/v1/completions", {"model": "tiny", "prompt": "a", "best_of": 3}, "best_of"),
-    ("/v1/completions", {"model": "tiny", "prompt": "a", "logprobs": 2}, "logprobs"),
-    ("/v1/completions", {"model": "tiny", "prompt": "a", "presence_penalty": 1}, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logprobs": 21}, "logprobs"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"999999": 1}}, None),
     ("/v1/completions", {"model": "fim", "prompt": "a", "suffix": "b", "echo": True}, "echo"),
     ("/v1/completions", {"model": "fim", "prompt": [1, 2], "suffix": "b"}, "suffix"),
     ("/v1/completions", {"model": "tiny", "prompt": [999999]}, None),

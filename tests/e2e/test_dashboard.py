@@ -8,12 +8,16 @@ where apt-get can).
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
@@ -25,6 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODELS = [
     {"id": "dash-model", "source": "tiny", "vram_gb": 0.3, "context_length": 1024},
     {"id": "dash-cold", "source": "tiny", "vram_gb": 0.3, "context_length": 1024},
+    {"id": "dash-huge", "source": "tiny", "vram_gb": 1000.0},  # fits nowhere: a 503
 ]
 
 
@@ -82,3 +87,50 @@ def test_dashboard_renders_the_fleet_in_a_browser(gateway: GatewayProcess, tmp_p
     assert 'data-model="dash-cold"' in dom
     # The resident model shows as such, the cold one as available, the node as up.
     assert ">resident<" in dom and ">available<" in dom and ">up<" in dom
+
+
+def _row(dom: str, model: str) -> str:
+    start = dom.index(f'data-model="{model}"')
+    return dom[start : dom.index("</tr>", start)]
+
+
+def _series(dom: str, chart: str) -> list[list[float | None]]:
+    svg = re.search(rf'<svg id="{chart}".*?</svg>', dom, re.S)
+    assert svg is not None, chart
+    return [json.loads(html.unescape(v)) for v in re.findall(r'data-values="([^"]*)"', svg[0])]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_dashboard_charts_traffic_lists_errors_and_offers_only_possible_actions(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    for _ in range(3):
+        stream = client.chat.completions.create(
+            model="dash-model",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        assert sum(1 for _ in stream) > 0
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="dash-huge", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+    assert refused.value.status_code >= 500
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", gateway.url + "/ui")
+    [requests] = _series(dom, "chart-rps")
+    [tokens] = _series(dom, "chart-tps")
+    p50, p95 = _series(dom, "chart-ttft")
+    [queue] = _series(dom, "chart-queue")
+    assert requests and sum(v or 0 for v in requests) > 0, requests
+    assert sum(v or 0 for v in tokens) > 0 and any(v is not None for v in p50 + p95)
+    assert len(queue) == len(requests)
+    errors = dom[dom.index('id="recent-errors"') :]
+    assert "dash-huge" in errors[: errors.index("</tbody>")]
+    resident, cold = _row(dom, "dash-model"), _row(dom, "dash-cold")
+    assert re.search(r'data-action="load"[^>]*disabled', resident), resident
+    assert not re.search(r'data-action="unload"[^>]*disabled', resident)
+    assert re.search(r'data-action="unload"[^>]*disabled', cold), cold
+    assert ">1,024<" in resident and ">none<" in resident  # context length, quantisation

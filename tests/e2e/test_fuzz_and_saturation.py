@@ -2,10 +2,10 @@
 one decode place and two queue places on the neuron, so it saturates at once).
 
 Fuzz: every hostile body or header gets a 4xx in the client's dialect (OpenAI envelope,
-Anthropic's on /v1/messages* and for any request carrying anthropic-version, Ollama's on /api/*,
-Google's on /v1beta/*), never a 5xx, and
-both processes stay healthy. aiohttp's own parser rejections (a malformed head) are answered
-before any route or dialect is known: those must be a 400, in any body.
+Anthropic's on /v1/messages* and, off the OpenAI routes, for a request carrying
+anthropic-version, Ollama's on /api/*, Google's on /v1beta/*), never a 5xx, and both processes
+stay healthy. aiohttp's own parser rejections (a malformed head) are answered before any route
+or dialect is known: those must be a 400, in any body.
 Logs: no key, no traceback for a client hang-up.
 Saturation: past the neuron's queue bound a request gets 429 with Retry-After at once; queued
 streams wait longer than the gateway's idle_timeout_s, yet finish normally (the neuron sends

@@ -3,7 +3,8 @@
 A real gateway in front of a real neuron process whose harness is the scripted ``fake`` test
 double: ``wait:0.6`` keeps it silent 0.6 s before its first token, as a long prompt's prefill
 does, while the neuron sends a heartbeat every 0.05 s. Anthropic clients must see them as
-``ping`` events, Responses clients (Codex) as SSE comments, and both SDKs must read the stream.
+``ping`` events, Responses clients (Codex) as ``response.in_progress`` events (Codex's idle
+timer skips comments), and both SDKs must read the stream.
 """
 
 from __future__ import annotations
@@ -71,11 +72,14 @@ def test_anthropic_clients_get_pings_until_the_first_token(gateway: GatewayProce
         assert "".join(s.text_stream) == "ababab"
 
 
-def test_responses_clients_get_comments_until_the_first_token(gateway: GatewayProcess) -> None:
+def test_responses_clients_get_in_progress_events_until_the_first_token(
+    gateway: GatewayProcess,
+) -> None:
     body = {"model": "coder", "input": SILENT, "max_output_tokens": 3, "stream": True}
     text = _stream(gateway, "/v1/responses", body)
     head, _, tail = text.partition("event: response.output_item.added")
-    assert head.count(": keep-alive\n\n") >= 3, head
+    assert head.count("event: response.in_progress\n") >= 4, head  # one, then heartbeats
+    assert ": keep-alive" not in text
     assert "event: response.incomplete" in tail  # three tokens of "ab", cut by the limit
     sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     events = list(

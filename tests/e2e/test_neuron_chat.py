@@ -12,6 +12,7 @@ import pytest
 from tests.e2e.neuron_process import NeuronProcess
 
 CONTEXT = 4096  # the demo model's own; long enough that a hang-up test cannot finish first
+DEFAULT_MAX_TOKENS = 24  # the entry's default_max_tokens: a reply's length without max_tokens
 MESSAGES = [{"role": "user", "content": "Tell me about the weather"}]
 
 
@@ -21,7 +22,13 @@ def neuron(start_neuron: Callable[..., NeuronProcess], model_root: Path) -> Neur
     neuron = start_neuron(
         model_roots=[model_root],
         models=[
-            {"id": "tiny", "source": "tiny", "harness": "transformers", "context_length": CONTEXT}
+            {
+                "id": "tiny",
+                "source": "tiny",
+                "harness": "transformers",
+                "context_length": CONTEXT,
+                "default_max_tokens": DEFAULT_MAX_TOKENS,
+            }
         ],
         preload=["tiny"],
         harnesses=["transformers"],
@@ -53,6 +60,17 @@ async def test_non_stream_reports_length_and_usage(client: openai.AsyncOpenAI) -
     choice = completion.choices[0]
     assert choice.finish_reason == "length" and choice.message.content
     assert completion.usage is not None and completion.usage.completion_tokens == 12
+
+
+async def test_a_request_without_max_tokens_stops_at_the_model_default(
+    client: openai.AsyncOpenAI,
+) -> None:
+    completion = await client.chat.completions.create(
+        model="tiny", messages=MESSAGES, extra_body={"ignore_eos": True}
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == DEFAULT_MAX_TOKENS
 
 
 async def test_stream_matches_non_stream_and_reports_usage(client: openai.AsyncOpenAI) -> None:
@@ -212,3 +230,10 @@ async def test_a_short_request_is_answered_during_long_prefills(
     assert await ask("hi") == "length"
     assert not all(turn.done() for turn in first_turns)
     assert await asyncio.gather(*first_turns) == ["length"] * 3
+
+
+def test_the_log_holds_lines_not_progress_bars(neuron: NeuronProcess) -> None:
+    """Weight loading (and a GGUF's conversion) draws tqdm bars; a server log gets none."""
+    text = neuron.log_text()
+    assert "loaded tiny on cpu" in text
+    assert "\r" not in text and "it/s]" not in text, text[-2000:]

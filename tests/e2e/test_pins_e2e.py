@@ -69,3 +69,25 @@ def test_runtime_pin_survives_restart_and_a_hang_up_during_its_cold_load(
         gw.wait_for(lambda p: p.get("y") == ["n1"], timeout=30)
     finally:
         gw.stop()
+
+
+def _listed_pins(gw: GatewayProcess) -> dict[str, bool]:
+    _, listing = gw.call("GET", "/v1/models")
+    return {card["id"]: card["cortex"]["pinned"] for card in listing["data"]}
+
+
+def test_models_list_and_status_agree_on_pins_after_pin_and_unpin(
+    start_neuron: Callable[..., NeuronProcess], model_root: Path, tmp_path: Path
+) -> None:
+    """Issue 25: ``cortex unpin`` of a model pinned in models.toml left /v1/models saying
+    pinned while /cortex/status said not."""
+    neuron = start_neuron(name="n1", model_roots=[model_root], cpu_memory_budget_gb=1.0)
+    models = [{**MODELS[0], "pinned": True}, MODELS[1]]
+    gw = GatewayProcess.start(tmp_path, neurons={"n1": neuron}, models=models)
+    try:
+        assert _listed_pins(gw) == _pinned(gw) == {"x": True, "y": False}
+        assert gw.call("POST", "/cortex/models/x/unpin")[0] == 200
+        assert gw.call("POST", "/cortex/models/y/pin")[0] == 200
+        assert _listed_pins(gw) == _pinned(gw) == {"x": False, "y": True}
+    finally:
+        gw.stop()

@@ -308,3 +308,24 @@ def test_fill_in_the_middle_is_refused_without_fim_tokens(
     assert "FIM" in refused.value.message
     plain = oai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4)
     assert plain.usage is not None and plain.usage.completion_tokens >= 1
+
+
+def test_a_restart_reads_the_kept_conversion_instead_of_converting(
+    gguf: Path, reference: str, start_neuron: Any
+) -> None:
+    """The module's neuron converted the GGUF once and kept the result beside it
+    (gguf_cache.py); another neuron on the same file reads that (~4 s here, not ~30-60 s)."""
+    again: NeuronProcess = start_neuron(
+        name="again",
+        model_roots=[str(gguf.parents[1])],
+        cpu_memory_budget_gb=2.0,
+        models=[{"id": MODEL, "source": starter.SOURCE, "context_length": 2048}],
+        preload=[MODEL],
+    )
+    try:
+        again.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=120)
+        log = again.log_text()
+        assert "reading its tokenizer from the kept conversion" in log
+        assert "reading its float32 from the kept conversion" in log
+    finally:
+        again.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from cortex.config import SamplingDefaults
 from cortex.gateway.catalogue import Catalogue, CortexModelInfo
 from cortex.gateway.snapshot import FleetView
 from cortex.protocol.openai import ModelCard, ModelList
@@ -154,6 +155,7 @@ def test_model_list_encodes_the_cortex_object() -> None:
         "nodes": ["gpu1"],
         "context_length": 0,
         "pinned": True,
+        "sampling": None,
     }
     assert msgspec.json.decode(msgspec.json.encode(listed), type=ModelList) == listed
     assert isinstance(listed.data[0].cortex, CortexModelInfo)
@@ -197,3 +199,45 @@ def test_a_resident_copy_gives_the_window_an_entry_lacks() -> None:
     view = fleet(node("gpu1", model("qwen3-8b", 8, context_length=8192)))
     card = next(c for c in CATALOGUE.model_cards(view, {}) if c.id == "qwen3-8b")
     assert card.max_model_len == 8192 and card.max_output_tokens == 2048
+
+
+def test_cards_show_the_sampling_defaults_a_neuron_reports_else_models_toml() -> None:
+    configured = SamplingDefaults(temperature=0.2, top_p=0.9)
+    catalogue = Catalogue([entry("smol", 1, sampling=configured), entry("plain", 1)])
+    available = {c.id: c.cortex for c in catalogue.model_cards(fleet(node("gpu1")), {})}
+    assert available["smol"] is not None and available["smol"].sampling == configured
+    assert available["plain"] is not None and available["plain"].sampling is None
+    in_use = SamplingDefaults(temperature=0.2, top_p=0.9, top_k=20)
+    loaded = msgspec.structs.replace(model("smol", 1), sampling=in_use)
+    listed = catalogue.model_cards(fleet(node("gpu1", loaded)), {})
+    assert listed[0].cortex is not None and listed[0].cortex.sampling == in_use
+
+
+TOO_LONG = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+    "9000 tokens. Please reduce the length of the messages."
+)
+
+
+@pytest.mark.parametrize(
+    ("models", "hint"),
+    [
+        pytest.param(
+            [entry("small", 1, context_length=8192), entry("big", 9, context_length=32768)],
+            " 'small' holds 8192 tokens; a model with a larger window: 'big' (32768 tokens).",
+            id="names-the-bigger-model",
+        ),
+        pytest.param(
+            [entry("small", 1, context_length=8192), entry("same", 2, context_length=8192)],
+            " 'small' holds 8192 tokens and no model here holds more: shorten the conversation "
+            "or send fewer tools (docs/clients.md, fitting a small context).",
+            id="none-bigger",
+        ),
+    ],
+)
+def test_a_prompt_too_long_is_told_where_it_fits(models: list[object], hint: str) -> None:
+    assert Catalogue(models).too_long_hint("small", TOO_LONG) == hint  # type: ignore[arg-type]
+
+
+def test_other_errors_get_no_hint() -> None:
+    assert CATALOGUE.too_long_hint("qwen3-8b", "something else went wrong") == ""

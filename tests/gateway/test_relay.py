@@ -1,5 +1,5 @@
 """The translating relay: the neuron's heartbeat comments reach Anthropic and Responses clients
-as their dialect's keep-alive, so a long prefill is not a silent stream."""
+as their dialect's keep-alive events, so a long prefill is not a silent stream."""
 
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ def test_a_heartbeat_before_any_chunk_starts_the_anthropic_message() -> None:
     assert out.startswith(b"event: message_start\n") and out.count(b"event: ping\n") == 1
 
 
-def test_heartbeats_during_prefill_reach_responses_clients_as_comments() -> None:
+def test_heartbeats_during_prefill_reach_responses_clients_as_in_progress_events() -> None:
     relay = TranslatedRelay(
         Exchange("responses", "/v1/responses"),
         ResponsesStreamTranslator(response_skeleton(request(input="hi"))),
     )
     assert b"response.created" in relay.batch(ROLE)
-    assert relay.batch(HEARTBEAT) == b": keep-alive\n\n"
+    assert relay.batch(HEARTBEAT).startswith(b"event: response.in_progress\n")
     relay.batch(TEXT)
     assert b"response.completed" in relay.finish()
     assert relay.batch(HEARTBEAT) == b""

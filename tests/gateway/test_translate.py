@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import anthropic
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from cortex.errors import InvalidRequest, Overloaded, UpstreamError
 from cortex.gateway.translate import (
     IMAGE_NOTE,
+    TEXT_KEEPALIVE_AFTER_S,
     AnthropicStreamTranslator,
     messages_to_openai,
     new_message_id,
@@ -686,3 +690,64 @@ def test_structured_outputs_and_effort_become_chat_fields() -> None:
     )
     legacy = messages_to_openai(beta, "m", vision=False)
     assert legacy.response_format is not None and legacy.reasoning_effort is None
+
+
+def test_a_long_prefill_is_kept_alive_with_empty_text_deltas_after_pings() -> None:
+    """Claude Code's watchdog ignores ping: past TEXT_KEEPALIVE_AFTER_S of silence the answer's
+    text block opens and empty deltas (no invented text) keep the stream alive; the answer's
+    first text then goes on in that block."""
+    now = [0.0]
+    translator = AnthropicStreamTranslator("m", "msg_1", clock=lambda: now[0])
+    early = parse_sse(translator.keepalive() + translator.keepalive())
+    assert shape(early) == [("message_start",), ("ping",), ("ping",)]
+    now[0] = TEXT_KEEPALIVE_AFTER_S
+    late = parse_sse(translator.keepalive() + translator.keepalive())
+    assert shape(late) == [
+        ("start", 0, "text"),
+        ("delta", 0, "text_delta"),
+        ("delta", 0, "text_delta"),
+    ]
+    assert all(e.delta.text == "" for e in late if isinstance(e, an.ContentBlockDelta))
+    rest = parse_sse(translator.feed(chunk("Paris", finish="stop")) + translator.finish())
+    assert shape(rest)[:2] == [("delta", 0, "text_delta"), ("stop", 0)]
+
+
+def test_a_tool_call_after_a_long_prefill_follows_the_empty_text_block() -> None:
+    now = [0.0]
+    translator = AnthropicStreamTranslator("m", "msg_1", clock=lambda: now[0])
+    now[0] = TEXT_KEEPALIVE_AFTER_S
+    translator.keepalive()  # message_start
+    translator.keepalive()  # the text block opens
+    rest = parse_sse(translator.feed(chunk(tool_calls=[tool_delta(0, "f", "{}")])))
+    assert shape(rest) == [("stop", 0), ("start", 1, "tool_use")]
+
+
+async def test_the_anthropic_sdk_reads_a_stream_kept_alive_with_empty_text_deltas() -> None:
+    """The shape a long prefill produces (pings, the text block opened early, empty deltas,
+    then the answer) is a stream the SDK's own accumulator accepts."""
+    now = [0.0]
+    translator = AnthropicStreamTranslator("m", "msg_1", clock=lambda: now[0])
+    body = translator.keepalive() + translator.keepalive()
+    now[0] = TEXT_KEEPALIVE_AFTER_S
+    body += translator.keepalive() + translator.keepalive()
+    body += translator.feed(chunk("Paris", finish="stop")) + translator.finish()
+
+    async def messages(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        client = anthropic.AsyncAnthropic(
+            base_url=str(server.make_url("")), api_key="k", max_retries=0
+        )
+        async with client.messages.stream(
+            model="m", max_tokens=8, messages=[{"role": "user", "content": "capital?"}]
+        ) as stream:
+            final = await stream.get_final_message()
+    finally:
+        await server.close()
+    assert [b.type for b in final.content] == ["text"]
+    assert final.content[0].text == "Paris" and final.stop_reason == "end_turn"  # type: ignore[union-attr]

@@ -322,3 +322,21 @@ def test_stream_refuses_interleaved_tool_calls() -> None:
     t.feed(chunk(call=call_delta(1, "g", "{")))
     with pytest.raises(UpstreamError, match="interleaved"):
         t.feed(chunk(call=call_delta(0, None, "}")))
+
+
+def test_a_silent_upstream_gets_response_in_progress_events() -> None:
+    """Codex's idle timer skips SSE comments but counts any event: a prefill is kept alive with
+    the dialect's own response.in_progress, numbered in sequence like every event."""
+    t = ResponsesStreamTranslator(response_skeleton(request(input="hi")))
+    raw = t.keepalive() + t.keepalive() + t.keepalive()
+    raw += t.feed(chunk(content="ok", finish="stop")) + t.finish(None)
+    got = events(raw)
+    assert [e["type"] for e in got[:4]] == [
+        "response.created",
+        "response.in_progress",
+        "response.in_progress",
+        "response.in_progress",
+    ]
+    assert all(e["response"]["status"] == "in_progress" for e in got[1:4])
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    assert t.keepalive() == b""

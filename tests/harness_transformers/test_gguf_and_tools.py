@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from cortex_transformers import loading
+from cortex_transformers import gguf_cache, loading
 from cortex_transformers.gguf_source import GGUFHeaderError, tensor_shapes
 from cortex_transformers.harness import TransformersHarness
 
@@ -93,13 +93,14 @@ def test_a_gguf_loads_dequantised_and_requantised_with_bitsandbytes(llama_gguf: 
     """transformers refuses a quantization_config with gguf_file: 4bit is a second pass."""
     pytest.importorskip("bitsandbytes")
     spec = {"model": "g", "source": str(llama_gguf), "dtype": "float32"}
-    plain = loading.load_model(LoadRequest(**spec), str(llama_gguf), "cpu", LoadOptions())  # type: ignore[arg-type]
+    # 4bit first: the requantizing path runs on a GGUF not converted before (gguf_cache.py).
     four = loading.load_model(
         LoadRequest(**spec, quantization="4bit"),  # type: ignore[arg-type]
         str(llama_gguf),
         "cpu",
         LoadOptions(),
     )
+    plain = loading.load_model(LoadRequest(**spec), str(llama_gguf), "cpu", LoadOptions())  # type: ignore[arg-type]
     assert type(plain.model.layers[0].mlp.up_proj).__name__ == "Linear"
     assert type(four.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
     assert four.get_memory_footprint() < 0.5 * plain.get_memory_footprint()
@@ -195,3 +196,51 @@ def test_prefix_is_the_start_of_the_assistant_turn(demo) -> None:
     prefix = '<tool_call>\n{"name": "get_weather", "arguments": '
     text = demo._tokenizer.decode(demo.encode_chat(HELLO, TOOLS, prefix=prefix))
     assert text.endswith("<|im_start|>assistant\n" + prefix)
+
+
+def _copy(gguf_file: Path, into: Path) -> Path:
+    into.mkdir()
+    copy = into / gguf_file.name
+    copy.write_bytes(gguf_file.read_bytes())
+    return copy
+
+
+def test_a_gguf_conversion_is_kept_and_read_back_identical(
+    llama_gguf: Path, tmp_path: Path
+) -> None:
+    source = _copy(llama_gguf, tmp_path / "root")
+    request = LoadRequest(model="g", source=str(source), dtype="float32")
+    first = loading.load_model(request, str(source), "cpu", LoadOptions())
+    kept = gguf_cache.converted(str(source), "float32")
+    assert kept is not None and (kept / "model.safetensors").is_file()
+    assert kept.parent.parent == source.parent / gguf_cache.CACHE_DIR
+    again = loading.load_model(request, str(source), "cpu", LoadOptions())
+    assert getattr(again, "hf_quantizer", None) is None  # a plain checkpoint this time
+    ours, theirs = first.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_changed_gguf_is_converted_again(llama_gguf: Path, tmp_path: Path) -> None:
+    source = _copy(llama_gguf, tmp_path / "root")
+    request = LoadRequest(model="g", source=str(source), dtype="float32")
+    loading.load_model(request, str(source), "cpu", LoadOptions())
+    with source.open("ab") as f:
+        f.write(b"\0" * 32)  # other bytes under the same name: another key
+    assert gguf_cache.converted(str(source), "float32") is None
+
+
+def test_a_read_only_root_loads_without_keeping(
+    llama_gguf: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _copy(llama_gguf, tmp_path / "root")
+    request = LoadRequest(model="g", source=str(source), dtype="float32")
+
+    def refuse(into: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(into))
+
+    gguf_cache.keep(str(source), "float32", refuse)
+    assert "its conversion was not kept" in caplog.text
+    assert gguf_cache.converted(str(source), "float32") is None
+    assert not list((source.parent / gguf_cache.CACHE_DIR).rglob("*.safetensors"))
+    loading.load_model(request, str(source), "cpu", LoadOptions())  # still loads

@@ -4,7 +4,8 @@ Prompt ids are one per character of ``role: content`` lines. The reply is script
 user message: ``say:TEXT`` streams TEXT (a literal ``\\n`` in it becomes a newline) two
 characters per token then stops (EOS); ``boom``
 fails at the second step; ``wait:SECONDS`` is silent that long first, as a long prompt's prefill
-is, then streams like anything else: ``"ab"`` until max_new_tokens. Every step
+is, then streams like anything else: ``"ab"`` until max_new_tokens (``wait:SECONDS say:TEXT``:
+then TEXT, as ``say:`` does). Every step
 sleeps ``step_s`` so tests can hang up or unload mid-generation.
 """
 
@@ -15,6 +16,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+from cortex.config import SamplingDefaults
+from cortex.neuron.constraints import SamplingFeatures
 from cortex.neuron.harness import (
     Harness,
     HarnessInfo,
@@ -38,6 +41,9 @@ class FakeModel(LoadedModel):
         self.step_s = step_s
         self.running = 0  # sequences inside generate right now
         self.cancelled = 0  # sequences closed before their end
+        self.params: list[SamplingParams] = []  # every sequence's, in submission order
+        self.chat_variables = frozenset({"enable_thinking"})  # a Qwen3-like switch
+        self.variables: dict[str, Any] | None = None  # the last encode_chat's
         self.unloaded = False
 
     def encode_chat(
@@ -45,7 +51,10 @@ class FakeModel(LoadedModel):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
+        self.variables = variables
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         if tools:
             text += "".join(t["function"]["name"] for t in tools)
@@ -55,14 +64,19 @@ class FakeModel(LoadedModel):
         self, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[TokenEvent]:
         last_user = "".join(map(chr, prompt_ids)).rsplit("user: ", 1)[-1].split("\n", 1)[0]
+        wait_s = 0.0
+        if last_user.startswith("wait:"):
+            seconds, _, rest = last_user[5:].partition(" ")
+            wait_s, last_user = float(seconds), rest
         # A literal backslash-n in the script stands for a newline (prompt lines end at "\n").
         script = last_user[4:].replace("\\n", "\n") if last_user.startswith("say:") else None
         pieces = [script[i : i + 2] for i in range(0, len(script), 2)] if script else []
+        self.params.append(params)
         self.running += 1
         done = False
         try:
-            if last_user.startswith("wait:"):
-                await asyncio.sleep(float(last_user[5:]))
+            if wait_s:
+                await asyncio.sleep(wait_s)
             for n in range(1, params.max_new_tokens + 1):
                 await asyncio.sleep(self.step_s)
                 if script is not None and n > len(pieces):
@@ -97,9 +111,16 @@ class FakeHarness(Harness):
         self.step_s = 0.001
         self.fail_with: Exception | None = None
         self.models: list[FakeModel] = []
+        self.sampling = SamplingFeatures()  # what it declares it honours (set before loading)
+        self.model_defaults = SamplingDefaults()  # what its models read from their own config
 
     def info(self) -> HarnessInfo:
-        return HarnessInfo(name=self.name, quantizations=("none", "4bit"), device_kinds=("cpu",))
+        return HarnessInfo(
+            name=self.name,
+            quantizations=("none", "4bit"),
+            device_kinds=("cpu",),
+            sampling=self.sampling,
+        )
 
     def load(
         self,
@@ -116,5 +137,6 @@ class FakeHarness(Harness):
         if self.fail_with is not None:
             raise self.fail_with
         model = FakeModel(request, device, self.step_s)
+        model.sampling_defaults = self.model_defaults
         self.models.append(model)
         return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -113,6 +114,20 @@ async def test_health_needs_no_token_and_everything_else_does(client: Client) ->
 async def test_unknown_route_gets_a_json_envelope(client: Client) -> None:
     resp = await client.get("/nope")
     assert resp.status == 404 and (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_refused_token_is_logged_without_it(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cortex.neuron")
+    await client.get("/status", headers={"Authorization": "Bearer not-the-token"})
+    assert "401 GET /status" in caplog.text and "not-the-token" not in caplog.text
+
+
+async def test_get_on_a_post_route_is_405_naming_the_method(client: Client) -> None:
+    resp = await client.get("/v1/chat/completions")
+    assert resp.status == 405 and resp.headers["allow"] == "POST"
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
 
 
 async def test_status_reports_the_cpu_device_and_harnesses(client: Client) -> None:

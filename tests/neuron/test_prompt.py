@@ -112,6 +112,21 @@ def test_budget_is_what_was_asked_capped_by_the_context(
     assert prompt.completion_budget(prompt_tokens, requested, context) == budget
 
 
+@pytest.mark.parametrize(
+    ("requested", "default", "context", "budget"),
+    [
+        pytest.param(None, 300, 8192, 300, id="model-default-without-max-tokens"),
+        pytest.param(None, 300, 250, 150, id="model-default-capped-by-context"),
+        pytest.param(2000, 300, 8192, 2000, id="max-tokens-beats-model-default"),
+        pytest.param(None, 0, 8192, 1024, id="zero-means-the-global-default"),
+    ],
+)
+def test_model_default_applies_only_without_max_tokens(
+    requested: int | None, default: int, context: int, budget: int
+) -> None:
+    assert prompt.completion_budget(100, requested, context, default) == budget
+
+
 def test_sampling_defaults_follow_openai() -> None:
     params = prompt.sampling_params(request(), 10)
     assert (params.temperature, params.top_p, params.top_k, params.seed) == (1.0, 1.0, 0, None)

@@ -145,6 +145,13 @@ def test_rejection_names_field_bound_and_value(
         assert fragment in err.value.message
 
 
+def test_a_wrong_type_says_got_once_with_the_value() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        protocol.decode(_body(stop=5), openai.ChatCompletionRequest)
+    assert err.value.message.count("got") == 1, err.value.message
+    assert err.value.message.endswith(", got 5."), err.value.message
+
+
 def test_unknown_role_and_missing_fields_are_named() -> None:
     with pytest.raises(InvalidRequest) as err:
         protocol.decode(

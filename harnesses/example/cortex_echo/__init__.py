@@ -46,9 +46,12 @@ class EchoModel(LoadedModel):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         """Render ``RS role US content`` per message plus the assistant prompt and ``prefix``;
-        ids = code points.
+        ids = code points. It has no template variables (``chat_variables`` is empty), so the
+        neuron refuses every ``chat_template_kwargs`` key and ``variables`` stays empty.
 
         Separator characters inside content are dropped so they cannot forge a message. Tools
         are accepted and ignored: this model never calls one.

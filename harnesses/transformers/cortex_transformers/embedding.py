@@ -135,7 +135,12 @@ class EmbeddingModel(LoadedModel):
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{request.model}")
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, prefix: str = ""
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         raise InvalidRequest(f'model {self.model_id} has task = "embed"', param="model")
 

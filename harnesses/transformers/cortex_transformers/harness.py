@@ -43,15 +43,25 @@ from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.loading import (
     TEMPLATE_ERRORS,
     eos_ids,
+    generation_defaults,
     load_model,
     load_tokenizer,
     resolve_dtype,
+    template_variables,
     tools_template,
 )
 from cortex_transformers.runner import ModelRunner
 from cortex_transformers.scheduler import Scheduler
+from cortex_transformers.thinking import ThinkBudget, ThinkTokens
 
-SAMPLING = SamplingFeatures(constraints=True, penalties=True, logit_bias=True, max_top_logprobs=20)
+SAMPLING = SamplingFeatures(
+    constraints=True,
+    penalties=True,
+    logit_bias=True,
+    max_top_logprobs=20,
+    max_n=8,
+    thinking_budget=True,
+)
 GPU_STEP_TOKENS = 2048
 CPU_STEP_TOKENS = 512
 
@@ -86,6 +96,8 @@ class TransformersModel(LoadedModel):
         self._model: PreTrainedModel | None = model
         self._tokenizer = tokenizer
         self._tools_template = tools_template(tokenizer, request.tool_parser)
+        self.chat_variables = template_variables(tokenizer)
+        self._think = ThinkTokens.find(tokenizer)
         self._fim = fim.find(tokenizer)
         # An infill ends at the FIM family's own end tokens too (<|fim_pad|>, <EOT>, ...).
         self._eos_ids = eos_ids(model, tokenizer) | (fim.end_ids(tokenizer) if self._fim else set())
@@ -123,6 +135,8 @@ class TransformersModel(LoadedModel):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
+        *,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         if tools and self._tools_template is None:
             raise InvalidRequest(
@@ -138,6 +152,7 @@ class TransformersModel(LoadedModel):
                 chat_template=self._tools_template if tools else None,
                 add_generation_prompt=True,
                 tokenize=False,
+                **(variables or {}),
             )
         except TEMPLATE_ERRORS as exc:
             raise InvalidRequest(f"the chat template rejected the conversation: {exc}") from exc
@@ -197,20 +212,25 @@ class TransformersModel(LoadedModel):
                 else None
             ),
             token_bytes=self._token_bytes,
+            think=(
+                ThinkBudget(params.thinking_budget, self._think, prompt_ids)
+                if params.thinking_budget is not None and self._think is not None
+                else None
+            ),
         )
         scheduler = self._scheduler
         scheduler.submit(seq)
+        ended = False  # whether the worker sent the sequence's last item (it has ended it)
         try:
-            while True:
+            while not ended:
                 item = await seq.queue.get()
                 if isinstance(item, BaseException):
-                    seq.finished = True
+                    ended = True
                     raise item
+                ended = item.finish_reason is not None
                 yield item
-                if item.finish_reason is not None:
-                    return
         finally:
-            if not seq.finished:
+            if not ended:  # the consumer left early: the worker ends the sequence
                 scheduler.cancel(seq)
 
     def unload(self) -> None:
@@ -261,6 +281,7 @@ class TransformersHarness(Harness):
             del model
             release_memory(device)
             raise
+        loaded.sampling_defaults = generation_defaults(path)
         progress(0.9, "warm-up")
         try:
             loaded.warm_up()

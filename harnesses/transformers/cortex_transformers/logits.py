@@ -7,7 +7,8 @@ unconstrained greedy request is token-identical to one before these stages exist
 2. repetition penalty (over prompt and reply, as HF and vLLM), frequency and presence penalties
    (over the reply, as OpenAI), logit bias;
 3. the grammar mask (guide.py): one bitmask for the batch, disallowed tokens to -inf;
-4. sampling (sampling.py).
+4. a spent thinking budget (thinking.py): every token but the closing tag to -inf;
+5. sampling (sampling.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def choose(logits: torch.Tensor, seqs: list[Generation]) -> list[Picked]:
         logits = logits.to(torch.float32, copy=True)  # the caller keeps the model's logits
         _penalise(logits, [seqs[i] for i in edited], edited)
         _mask(logits, [seqs[i] for i in edited], edited)
+        _force(logits, [seqs[i] for i in edited], edited)
     tokens = next_tokens(logits, samplers)
     picked: list[Picked] = [(token, None) for token in tokens]
     if raw is not None:
@@ -48,7 +50,8 @@ def choose(logits: torch.Tensor, seqs: list[Generation]) -> list[Picked]:
 def _edits(seq: Generation) -> bool:
     sampler = seq.sampler
     masked = seq.guide is not None and seq.guide.masks
-    return masked or sampler.penalised or bool(sampler.logit_bias)
+    forced = seq.think is not None and seq.think.forced is not None
+    return masked or forced or sampler.penalised or bool(sampler.logit_bias)
 
 
 def _penalise(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:
@@ -112,3 +115,12 @@ def _mask(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None
     index = torch.tensor([row for _, row in masked], device=logits.device)
     block = torch.from_numpy(allowed).to(logits.device) == 0  # [M, V] disallowed
     logits[index] = logits[index].masked_fill(block, float("-inf"))
+
+
+def _force(logits: torch.Tensor, seqs: list[Generation], rows: list[int]) -> None:
+    """Rows whose thinking budget is spent can take only the closing tag."""
+    for seq, row in zip(seqs, rows, strict=True):
+        if seq.think is not None and (token := seq.think.forced) is not None:
+            keep = logits[row, token].clone()
+            logits[row] = float("-inf")
+            logits[row, token] = keep if torch.isfinite(keep) else 0.0

@@ -125,14 +125,13 @@ async def _generation(
         upstream.close()
 
 
-async def count_tokens(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
+async def count_tokens(gateway: Gateway, request: web.Request, ex: Exchange) -> web.Response:
     resolved, _ = _resolve(gateway, request)
     req = gm.decode(await request.read(), gm.CountTokensRequest)
     inner = req.generate_content_request or gm.GenerateContentRequest(contents=req.contents or [])
     chat = to_openai(inner, resolved.model_id, accepts_images(resolved), False, False)
     body = TokenizeRequest(model=resolved.model_id, messages=chat.messages, tools=chat.tools)
-    count = await count_prompt(gateway, resolved, _encoder.encode(body))
+    count = await count_prompt(gateway, resolved, _encoder.encode(body), ex)
     return _json(gm.CountTokensResponse(total_tokens=count))
 
 
@@ -163,7 +162,7 @@ def add_routes(app: web.Application, exchange: Wrap) -> None:
         "streamGenerateContent": exchange(
             "gemini", route + ":streamGenerateContent", stream_generate
         ),
-        "countTokens": count_tokens,
+        "countTokens": exchange("gemini", route + ":countTokens", count_tokens),
         "embedContent": exchange("gemini", route + ":embedContent", embed),
         "batchEmbedContents": exchange("gemini", route + ":batchEmbedContents", embed),
     }
