@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.neuron_process import NeuronProcess
+from tests.e2e.test_constrained_demo import SCHEMA
 
 demo = pytest.importorskip("cortex_transformers.demo")
 ollama = pytest.importorskip("ollama")
@@ -28,16 +29,6 @@ pytestmark = pytest.mark.slow
 KEY = "dialects-key"
 TEXTS = ["first", "a second and somewhat longer text"]
 LONG = "word " * 600  # more tokens than the encoder's 512
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 10},
-        "count": {"type": "integer", "minimum": 0, "maximum": 9},
-        "ok": {"type": "boolean"},
-    },
-    "required": ["name", "count", "ok"],
-    "additionalProperties": False,
-}
 GOOGLE_SCHEMA: dict[str, Any] = {  # SCHEMA in Google's OpenAPI subset (types in capitals)
     "type": "OBJECT",
     "properties": {

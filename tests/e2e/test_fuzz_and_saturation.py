@@ -588,24 +588,16 @@ def _gemini_cases() -> list[Case]:
         ("model-other", _json({"requests": [{**one, "model": "models/nope"}]})),
         ("chat-model", _json({"requests": [one, one]})),
     ]
-    cases += [
-        Case(
-            f"gw-gemini-embed-{n}",
-            "gateway",
-            request("POST", base + ":embedContent", b, key),
-            "gemini",
-        )
-        for n, b in embed_one
-    ]
-    cases += [
-        Case(
-            f"gw-gemini-batch-embed-{n}",
-            "gateway",
-            request("POST", base + ":batchEmbedContents", b, key),
-            "gemini",
-        )
-        for n, b in embed_batch
-    ]
+    for method, rows in ((":embedContent", embed_one), (":batchEmbedContents", embed_batch)):
+        cases += [
+            Case(
+                f"gw-gemini{method}-{n}",
+                "gateway",
+                request("POST", base + method, b, key),
+                "gemini",
+            )
+            for n, b in rows
+        ]
     body = _json(ok)
     cases += [
         Case(
