@@ -8,8 +8,9 @@ it (its ``nodes``), since the files are theirs.
 
 The defaults (what an entry that names only ``id`` and ``source`` gets): harness
 "transformers", quantization "none", dtype "auto", ``vram_gb`` 0 (the neuron's estimate from
-the weights reserves the memory), the store's context length and sampling settings, no
-aliases, not pinned, the default idle TTL.
+the weights reserves the memory), the store's context length and sampling settings, not
+pinned, the default idle TTL; no aliases, except that an Ollama model tagged ``latest`` also
+answers to its bare name (``llama3.2`` for ``llama3.2:latest``), as ``ollama run`` does.
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def discovered_entries(
     }
 
 
+LATEST = ":latest"
+
+
 def _entry(model: DiscoveredModel, nodes: tuple[str, ...]) -> ModelEntry:
+    bare = model.store == "ollama" and model.id.endswith(LATEST)
     return ModelEntry(
         id=model.id,
         source=model.source,
+        aliases=(model.id.removesuffix(LATEST),) if bare else (),
         nodes=nodes,
         context_length=model.context_length,
         sampling=model.sampling,

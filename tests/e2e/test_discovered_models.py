@@ -5,6 +5,7 @@ names them; no network."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -95,6 +96,22 @@ def test_a_discovered_model_answers_a_chat(
     assert all(p.name.startswith("sha256-") for p in blobs.iterdir()), "Ollama's store is read only"
 
 
+def test_an_ollama_client_names_it_as_ollama_does(gateway: GatewayProcess) -> None:
+    """Ollama's own API, with the bare name `ollama run` takes for the latest tag."""
+    status, reply = gateway.call(
+        "POST",
+        "/api/chat",
+        {
+            "model": OLLAMA_ID.removesuffix(":latest"),
+            "messages": [{"role": "user", "content": "hello"}],
+            "stream": False,
+            "options": {"num_predict": 8, "temperature": 0},
+        },
+    )
+    assert status == 200, reply
+    assert reply["done"] is True and reply["eval_count"] > 0
+
+
 def test_cortex_status_names_the_store(gateway: GatewayProcess) -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "cortex", "status", "--gateway", gateway.url],
@@ -106,3 +123,18 @@ def test_cortex_status_names_the_store(gateway: GatewayProcess) -> None:
     ).stdout
     assert f"{HF_ID}" in shown and "found in the huggingface store of n1" in shown
     assert f"{OLLAMA_ID}" in shown and "found in the ollama store of n1" in shown
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Chromium is not installed")
+def test_the_dashboard_names_the_store(gateway: GatewayProcess) -> None:
+    dom = subprocess.run(
+        [
+            "chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--virtual-time-budget=5000", "--dump-dom",
+            gateway.url + "/ui",
+        ],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f'data-model="{OLLAMA_ID}"' in dom
+    assert "found in the ollama store of n1" in dom
+    assert "found in the huggingface store of n1" in dom

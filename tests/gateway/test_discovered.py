@@ -52,6 +52,7 @@ def test_a_discovered_model_is_an_entry_on_the_nodes_that_have_it() -> None:
     assert ollama.entry == ModelEntry(
         id="tiny:latest",
         source="ollama:tiny:latest",
+        aliases=("tiny",),  # as `ollama run tiny` means tiny:latest
         nodes=("n1", "n2"),
         sampling=SamplingDefaults(temperature=0.3),
     )
@@ -142,7 +143,7 @@ async def test_discovered_models_are_listed_after_models_toml() -> None:
         assert [c.id for c in cards] == ["qwen", "org/tiny", "tiny:latest"]
         assert all(c.cortex is not None and c.cortex.state == "available" for c in cards)
         assert cards[1].cortex is not None and cards[1].cortex.context_length == 4096
-        assert merged.resolve("tiny:latest") is not None
+        assert merged.resolve("tiny:latest") is merged.resolve("tiny") is not None
         # A node that did not report it does not make it available
         other = FleetView(nodes=(NodeView(name="n2", health="up"),))
         assert [c.id for c in merged.model_cards(other, {})] == ["qwen"]
