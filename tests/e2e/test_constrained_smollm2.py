@@ -231,4 +231,5 @@ def test_auto_tool_calls_that_the_model_makes_validate(gateway: GatewayProcess) 
     for reply in replies:
         for call in reply.choices[0].message.tool_calls or ():
             jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
-        assert "<tool_call>" not in (reply.choices[0].message.content or "")
+        if reply.choices[0].finish_reason != "length":  # a call cut by the cap stays text
+            assert "<tool_call>" not in (reply.choices[0].message.content or "")
