@@ -96,6 +96,8 @@ def render_status(status: GatewayStatus) -> str:
         lines.append(
             f"{m.id:<25} {m.state:<10} {pin:<4} {m.queued:>5}  {m.in_flight:>9}  {where or '-'}"
         )
+        if m.store is not None:
+            lines.append(f"{'':<25} found in the {m.store} store of {', '.join(m.nodes)}")
         if m.sampling is not None:
             lines.append(f"{'':<25} defaults: {_sampling(m.sampling)}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ Gigabytes = Annotated[float, msgspec.Meta(ge=0, le=MAX_GIGABYTES)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
 Quantization = Literal["4bit", "8bit", "none"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Store = Literal["huggingface", "ollama"]  # model stores a neuron can discover
 
 GB = 1_000_000_000
 
@@ -195,9 +196,14 @@ class NeuronSection(_Strict, frozen=True):
     body_timeout_s: PositiveSeconds = 60.0
     models: str = ""
     log_format: Literal["text", "json"] = "text"
+    # Model stores of other programs whose models this neuron offers (cortex/neuron/stores/).
+    discover: tuple[Store, ...] = ()
+    huggingface_cache: str = ""  # "": $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/...
+    ollama_models: str = ""  # "": $OLLAMA_MODELS, else ~/.ollama/models
 
     def __post_init__(self) -> None:
         _check_listen(listen=self.listen)
+        _unique("neuron.discover", list(self.discover))
         if 0 < self.max_batch_tokens < 16:
             raise msgspec.ValidationError(
                 f"expected 0 (by device) or at least 16, got {self.max_batch_tokens}"

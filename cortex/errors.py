@@ -145,15 +145,6 @@ class UpstreamError(CortexError):
     default_code = "upstream_error"
 
 
-class Unsupported(CortexError):
-    """A route cortex knows but does not serve (yet): not the client's fault, not a failure."""
-
-    status = 501
-    openai_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
-    default_code = "unsupported"
-
-
 class InternalError(CortexError):
     status = 500
 

@@ -209,3 +209,18 @@ def test_sampling_defaults_fill_only_what_is_unset() -> None:
     mine = config.SamplingDefaults(temperature=0.2)
     own = config.SamplingDefaults(temperature=0.6, top_k=20)
     assert mine.over(own) == config.SamplingDefaults(temperature=0.2, top_k=20)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('["lmstudio"]', "neuron.discover[0]: expected one of huggingface, ollama, got 'lmstudio'"),
+        ('["ollama", "ollama"]', "neuron.discover: duplicate name 'ollama'"),
+    ],
+)
+def test_discover_names_known_stores_once(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load_neuron(_write(tmp_path, "neuron.toml", f"[neuron]\ndiscover = {value}\n"))
+    assert str(err.value).startswith(f"neuron.toml: {message}")
+    both = _write(tmp_path, "ok.toml", '[neuron]\ndiscover = ["huggingface", "ollama"]\n')
+    assert config.load_neuron(both).neuron.discover == ("huggingface", "ollama")

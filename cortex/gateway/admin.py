@@ -142,6 +142,8 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 tokens_per_s=per_model.get(entry.id, (0.0, 0.0))[1],
                 placements=placements,
                 sampling=sampling_in_use(entry.sampling, [copy for _, copy in holders]),
+                store=found.store if (found := fleet.discovered.get(entry.id)) else None,
+                nodes=list(entry.nodes),
             )
         )
     upstreams = [

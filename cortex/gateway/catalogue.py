@@ -33,6 +33,10 @@ class Catalogue:
         self.by_id: Mapping[str, ModelEntry] = {m.id: m for m in self.models}
         self.read_at = int(read_at)
 
+    def with_entries(self, extra: Sequence[ModelEntry]) -> Catalogue:
+        """This catalogue with ``extra`` entries after its own (discovered models)."""
+        return Catalogue((*self.models, *extra), self.read_at) if extra else self
+
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry a client's model name means: exact id, then the first matching alias."""
         exact = self.by_id.get(name)

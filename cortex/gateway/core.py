@@ -54,7 +54,8 @@ class Gateway:
         session: aiohttp.ClientSession,
     ) -> None:
         self.config = config
-        self.catalogue = catalogue
+        self.configured = catalogue  # models.toml; ``catalogue`` adds the discovered models
+        self._merged: tuple[object, Catalogue] | None = None
         self.fleet = fleet
         self.loader = loader
         self.session = session
@@ -70,6 +71,21 @@ class Gateway:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=gw.connect_timeout_s, sock_read=gw.idle_timeout_s
         )
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """models.toml's entries, then the models neurons discovered that it does not name
+        (``Fleet.discovered``, replaced whenever it changes: rebuilt only then)."""
+        found = self.fleet.discovered
+        if self._merged is None or self._merged[0] is not found:
+            merged = self.configured.with_entries([f.entry for f in found.values()])
+            self._merged = (found, merged)
+        return self._merged[1]
+
+    @catalogue.setter
+    def catalogue(self, catalogue: Catalogue) -> None:
+        self.configured = catalogue
+        self._merged = None
 
     def resolve(self, name: str) -> Resolved:
         entry = self.catalogue.resolve(name)

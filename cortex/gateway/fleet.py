@@ -26,6 +26,7 @@ import msgspec
 
 from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
 from cortex.errors import CortexError
+from cortex.gateway.discovered import Found, discovered_entries
 from cortex.gateway.neuron_client import (
     HttpNeuronClient,
     NeuronClient,
@@ -116,7 +117,10 @@ class Fleet:
         """``client``: how neurons are reached (default: HTTP over ``session``, which also
         polls the upstreams); tests pass an in-memory fake."""
         self.config = config
-        self._catalogue = dict(catalogue)
+        self._configured = dict(catalogue)  # models.toml
+        # Models the neurons found in their stores (discovered.py); replaced, never mutated
+        self.discovered: dict[str, Found] = {}
+        self._catalogue = dict(catalogue)  # both: models.toml's entries first
         self._session = session
         self.client: NeuronClient = client or HttpNeuronClient(
             session, config.gateway.connect_timeout_s
@@ -182,7 +186,8 @@ class Fleet:
         """
         changes: list[str] = []
         self.config = config
-        self._catalogue = dict(catalogue)
+        self._configured = dict(catalogue)
+        self._rediscover(force=True)
         neurons = {ref.name: ref for ref in config.neurons}
         upstreams = {ref.name: ref for ref in config.upstreams}
         for name in [n for n in self.neurons if n not in neurons]:
@@ -212,6 +217,7 @@ class Fleet:
                 up = self.upstreams[name] = UpstreamState(uref)
                 await self._poll_upstream(up)
                 self._watch_upstream(up)
+        self._rediscover()
         self._notify()
         return changes
 
@@ -355,6 +361,7 @@ class Fleet:
             if state.health != was:
                 log.warning("node %s %s: %s", ref.name, state.health, state.error)
                 if state.health == "down":
+                    self._rediscover()
                     for callback in self.on_node_down:
                         callback(ref.name)
             self._notify()
@@ -368,11 +375,34 @@ class Fleet:
         state.error = None
         state.last_seen = time.time()
         self._settle_loading(ref.name, status)
+        self._rediscover()
         if was != "up":
             log.info("node %s up (%d models resident)", ref.name, len(status.models))
             for callback in self.on_node_up:
                 callback(ref.name)
         self._notify()
+
+    def _rediscover(self, force: bool = False) -> None:
+        """Recompute the discovered entries from the live nodes' statuses; the catalogue is
+        rebuilt (and the change logged) only when they changed, or when ``force``d after
+        models.toml changed."""
+        statuses = {
+            name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
+        }
+        found = discovered_entries(statuses, self._configured)
+        if found == self.discovered and not force:
+            return
+        added = sorted(set(found) - set(self.discovered))
+        gone = sorted(set(self.discovered) - set(found))
+        if added or gone:
+            log.info(
+                "discovered models: %d (new: %s; gone: %s)",
+                len(found),
+                ", ".join(added) or "none",
+                ", ".join(gone) or "none",
+            )
+        self.discovered = found
+        self._catalogue = self._configured | {mid: f.entry for mid, f in found.items()}
 
     def _settle_loading(self, node: str, status: NeuronStatus) -> None:
         """Once the node reports a model, the gateway's own loading marker is redundant."""

@@ -42,10 +42,11 @@ async def reload(gateway: Gateway, config_path: Path) -> bool:
         if getattr(config.gateway, key) != getattr(gateway.config.gateway, key)
     ]
     catalogue = Catalogue(models.models, read_at=time.time())
-    removed = set(gateway.catalogue.by_id) - set(catalogue.by_id)
+    before = set(gateway.catalogue.by_id)
     gateway.config = gateway.loader.config = config
-    gateway.catalogue = catalogue
+    gateway.catalogue = catalogue  # the fleet's discovered models are added to it
     changes = await gateway.fleet.reconfigure(config, catalogue.by_id)
+    removed = before - set(gateway.catalogue.by_id)  # a model still discovered stays
     for node in gateway.fleet.view().nodes:
         for copy in node.models:
             if copy.model_id in removed and copy.state == "loaded":

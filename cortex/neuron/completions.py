@@ -37,7 +37,7 @@ from cortex.neuron.constraints import TokenLogprob, ToolCalls
 from cortex.neuron.harness import LoadedModel, SamplingParams
 from cortex.neuron.lifecycle import ModelManager
 from cortex.neuron.metrics import METRICS
-from cortex.neuron.outcome import Outcome
+from cortex.neuron.outcome import Outcome, recording
 from cortex.neuron.slot import Lease, Slot
 from cortex.neuron.stops import StopMatcher
 from cortex.neuron.tools import ContentEvent, ParsedEvent, ToolParser, get_parser
@@ -83,20 +83,8 @@ class Plan:
 
 async def handle(request: web.Request, manager: ModelManager) -> web.StreamResponse:
     body = decode(await request.read(), openai.ChatCompletionRequest)
-    outcome = Outcome()
-    try:
+    with recording(functools.partial(request.app[METRICS].finished, body.model)) as outcome:
         return await _answer(request, manager, body, outcome)
-    except CortexError as exc:
-        outcome.status = exc.status
-        raise
-    except (asyncio.CancelledError, ConnectionError):
-        outcome.status = 499  # the client hung up
-        raise
-    except Exception:
-        outcome.status = 500
-        raise
-    finally:
-        request.app[METRICS].finished(body.model, outcome)
 
 
 async def _answer(

@@ -31,7 +31,7 @@ async def handle(request: web.Request, manager: ModelManager) -> web.Response:
         async with manager.lease(body.model, task="embed") as lease:
             await manager.admit(lease)
             outcome.admitted = time.perf_counter()
-            result = await lease.model.embed(body.inputs, body.dimensions)
+            result = await lease.model.embed(body.inputs, body.dimensions, truncate=body.truncate)
         outcome.prompt_tokens = result.prompt_tokens
         data = [
             Embedding(index=i, embedding=encode_vector(vector, body.encoding_format))

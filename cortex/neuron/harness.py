@@ -167,12 +167,15 @@ class LoadedModel(ABC):
         """Token ids back to text (special tokens dropped), for ``echo`` of a token prompt."""
         raise InvalidRequest(f"model {self.model_id} cannot decode token ids", param="prompt")
 
-    async def embed(self, inputs: list[str | list[int]], dimensions: int | None) -> Embeddings:
+    async def embed(
+        self, inputs: list[str | list[int]], dimensions: int | None, *, truncate: bool = False
+    ) -> Embeddings:
         """One vector per input (strings are tokenized, token ids used as they are), pooled
         and normalised as the model is meant to be, computed as batches off the event loop.
         ``dimensions``: truncate (and renormalise) to that size where the model was trained
-        for it, else InvalidRequest(param="dimensions"). Raises ContextLengthExceeded for an
-        input longer than the model takes."""
+        for it, else InvalidRequest(param="dimensions"). An input longer than the model takes
+        raises ContextLengthExceeded, or with ``truncate`` is cut to ``context_length`` tokens
+        (its start kept, the tokenizer's closing special tokens too)."""
         raise InvalidRequest(f"model {self.model_id} cannot embed", param="model")
 
 

@@ -37,6 +37,7 @@ from cortex.neuron.gpus import Devices
 from cortex.neuron.harness import Harness, HarnessInfo, LoadedModel, LoadOptions
 from cortex.neuron.slot import Lease, Slot
 from cortex.neuron.sources import resolve_source
+from cortex.neuron.stores import Stores
 from cortex.protocol.neuron import (
     DeviceStatus,
     LoadProgress,
@@ -61,6 +62,7 @@ class ModelManager:
         self.heartbeat_s = config.heartbeat_s  # SSE keep-alive cadence while a stream is silent
         self._harnesses = harnesses
         self._devices = devices
+        self.stores = Stores.from_config(config)  # neuron.toml discover: models found on disk
         self._slots: dict[str, Slot] = {}
         self._admission = asyncio.Semaphore(config.max_concurrency)
         self.running = 0  # sequences admitted and not yet finished, all models
@@ -198,8 +200,8 @@ class ModelManager:
                 param="sampling.repetition_penalty",
             )
         path = resolve_source(
-            request.source,
-            self._config.model_roots,
+            self.stores.locate(request.source),
+            [*self._config.model_roots, *self.stores.roots],
             allow_hub_download=self._config.allow_hub_download,
         )
         device = self._pick_device(request.device, info)

@@ -47,6 +47,7 @@ class Node:
             in_flight=self.manager.running,
             max_concurrency=self.config.neuron.max_concurrency,
             started_at=self.started_at,
+            discovered=self.manager.stores.discovered(),
         )
 
     def start_preloads(self, model_ids: Iterable[str]) -> None:

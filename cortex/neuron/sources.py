@@ -4,9 +4,12 @@ A relative name is looked up in each root in order; an absolute path must alread
 root. Both are resolved (symlinks followed, ``..`` collapsed) before the containment check, so
 neither ``..`` nor a symlink can escape. ``hf:org/name`` is a hub id, allowed only when the
 neuron allows hub downloads. A local source is a directory holding ``*.safetensors`` weights or
-one ``.gguf`` file (llama.cpp / Ollama weights, with tokenizer and chat template inside): pickled
-checkpoints can run code when loaded and are never accepted. Every file of a directory must
-resolve inside the roots too, so a weight file symlinked in from elsewhere is refused.
+one GGUF file (llama.cpp / Ollama weights, with tokenizer and chat template inside; known by its
+magic bytes, as Ollama's blobs have no ``.gguf`` suffix): pickled checkpoints can run code when
+loaded and are never accepted. Sources in other programs' stores (``ollama:``, ``hf-cache:``)
+are turned into such paths first (stores/), and the stores' roots join ``model_roots``. Every
+file of a directory must resolve inside the roots too, so a weight file symlinked in from
+elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from cortex.errors import InvalidRequest
 
 HUB_PREFIX = "hf:"
 GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf(path: Path) -> bool:
+    """A file that starts with GGUF's magic bytes (whatever its name)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
 
 
 def resolve_source(source: str, roots: Sequence[str], *, allow_hub_download: bool) -> str:
@@ -62,14 +75,16 @@ def _inside_roots(source: str, roots: list[Path]) -> Path:
     for candidate in candidates:
         try:
             resolved = candidate.resolve()
-            gguf = resolved.suffix == GGUF_SUFFIX and resolved.is_file()
-            if _within(resolved, roots) and (resolved.is_dir() or gguf):
+            if not _within(resolved, roots):
+                continue
+            if resolved.is_dir() or (
+                resolved.is_file() and (resolved.suffix == GGUF_SUFFIX or is_gguf(resolved))
+            ):
                 return resolved
         except (OSError, RuntimeError, ValueError):
             continue  # name too long, symlink loop (RuntimeError before 3.13), NUL byte
     raise InvalidRequest(
-        f"model source {source!r} is not a directory or {GGUF_SUFFIX} file inside the "
-        "neuron's model_roots",
+        f"model source {source!r} is not a directory or GGUF file inside the neuron's model_roots",
         param="source",
     )
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from cortex.config import SamplingDefaults
+from cortex.config import SamplingDefaults, Store
 from cortex.protocol.neuron import DeviceStatus
 
 
@@ -36,6 +36,9 @@ class ModelView(msgspec.Struct, kw_only=True):
     tokens_per_s: float = 0.0
     placements: list[ResidentView] = msgspec.field(default_factory=list)
     sampling: SamplingDefaults | None = None  # as in /v1/models' cortex object
+    # Where a neuron found it (neuron.toml discover) and which nodes; None: models.toml's
+    store: Store | None = None
+    nodes: list[str] = msgspec.field(default_factory=list)  # the nodes it may load on; []: any
 
 
 class NeuronView(msgspec.Struct, kw_only=True):

@@ -30,6 +30,9 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
     user: str | None = None
+    # cortex extension: cut each input to the model's context (keeping its start) instead of
+    # refusing it; Ollama's /api/embed asks for this by default (its ``truncate``).
+    truncate: bool = False
 
     def __post_init__(self) -> None:
         items = self.inputs

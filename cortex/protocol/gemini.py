@@ -1,18 +1,23 @@
 """Google's Gemini API wire shapes (``/v1beta/models/{model}:generateContent`` and friends).
 
 Only the gateway speaks this dialect; gateway/dialects/gemini maps it onto chat completions.
-Field names are camelCase on the wire (``rename="camel"``), as Google's SDKs send them. Like
+Field names are camelCase on the wire (``rename="camel"``), as Google's SDKs send them; like
+Google's API (proto JSON), ``decode`` also takes the proto names (``generation_config``). Like
 Google's own API, a request with a field this module does not know is refused with a 400
 naming it (``forbid_unknown_fields``), so a misspelt setting never goes silently unused.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import inspect
 
+from cortex import protocol
+from cortex.errors import InvalidRequest
 from cortex.protocol.bounds import check_nesting, check_normal
+from cortex.protocol.embeddings import MAX_INPUTS
 from cortex.protocol.openai import MaxTokens, StopStr, Temperature, TopK, TopP
 
 
@@ -165,6 +170,37 @@ class CountTokensRequest(_Strict):
     generate_content_request: GenerateContentRequest | None = None
 
 
+# --------------------------------------------------------------------------- embeddings
+
+TaskType = Literal[
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+]
+
+
+class EmbedContentRequest(_Strict):
+    """``:embedContent``, and each of ``:batchEmbedContents``' requests."""
+
+    content: Content
+    model: str | None = None  # "models/ID"; in a batch, the model of the path
+    task_type: TaskType | None = None
+    title: str | None = None
+    output_dimensionality: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
+
+
+class BatchEmbedContentsRequest(_Strict):
+    requests: Annotated[
+        list[EmbedContentRequest], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)
+    ]
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -207,6 +243,18 @@ class GenerateContentResponse(_Wire):
     response_id: str | None = None
 
 
+class ContentEmbedding(_Wire):
+    values: list[float]
+
+
+class EmbedContentResponse(_Wire):
+    embedding: ContentEmbedding
+
+
+class BatchEmbedContentsResponse(_Wire):
+    embeddings: list[ContentEmbedding]
+
+
 class CountTokensResponse(_Wire):
     total_tokens: int
 
@@ -234,3 +282,68 @@ class ErrorDetail(msgspec.Struct):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- decoding
+
+T = TypeVar("T")
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """``protocol.decode``, also taking Google's proto field names (``generation_config``,
+    ``function_declarations``) for the camelCase ones, as Google's API does. A camelCase body
+    decodes in one pass; only a body the strict decoder refused is read again, its field names
+    mapped by type (never the keys of free-form objects: schemas, arguments) and converted.
+    Both spellings of one field in one object are a 400."""
+    try:
+        return protocol.decode(body, kind)
+    except InvalidRequest as refused:
+        try:
+            data = msgspec.json.decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            raise refused from None
+        renamed: list[str] = []
+        camel = _camel(data, _type_info(kind), renamed)
+        if not renamed:
+            raise refused from None
+        return protocol.convert(camel, kind, body)
+
+
+_infos: dict[type[Any], inspect.Type] = {}
+
+
+def _type_info(kind: type[Any]) -> inspect.Type:
+    info = _infos.get(kind)
+    if info is None:
+        info = _infos[kind] = inspect.type_info(kind)
+    return info
+
+
+def _camel(data: Any, info: inspect.Type, renamed: list[str]) -> Any:
+    """``data`` with the proto names of ``info``'s fields replaced by their wire names."""
+    if isinstance(info, inspect.UnionType):  # X | None: the struct or list member, if any
+        kinds = [t for t in info.types if isinstance(t, inspect.StructType | inspect.ListType)]
+        if not kinds:
+            return data
+        info = kinds[0]
+    if isinstance(info, inspect.ListType) and isinstance(data, list):
+        return [_camel(item, info.item_type, renamed) for item in data]
+    if not (isinstance(info, inspect.StructType) and isinstance(data, dict)):
+        return data
+    by_wire = {f.encode_name: f for f in info.fields}
+    by_name = {f.name: f for f in info.fields}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        field = by_wire.get(key)
+        if field is None and key in by_name:
+            field = by_name[key]
+            if field.encode_name in data:
+                raise InvalidRequest(
+                    f"{key} and {field.encode_name} are one field; send one of them",
+                    param=field.encode_name,
+                )
+            renamed.append(key)
+        out[field.encode_name if field else key] = (
+            _camel(value, field.type, renamed) if field else value
+        )
+    return out

@@ -14,6 +14,7 @@ from cortex.config import (
     Name,
     Quantization,
     SamplingDefaults,
+    Store,
 )
 from cortex.protocol.openai import Message, Tool
 from cortex.tasks import Task
@@ -112,6 +113,20 @@ class DeviceStatus(msgspec.Struct, kw_only=True):
     utilization: float | None = None
 
 
+class DiscoveredModel(msgspec.Struct, kw_only=True, frozen=True):
+    """A model found in another program's store on the node (neuron.toml ``discover``): what
+    the gateway offers as a catalogue entry when models.toml does not name it."""
+
+    id: str  # "org/name" (Hugging Face) or "name:tag" (Ollama), as that program names it
+    source: str  # the load source: "hf-cache:org/name" or "ollama:name:tag"
+    store: Store
+    format: Literal["safetensors", "gguf"]
+    bytes: int = 0  # the weights on disk
+    context_length: int = 0  # the model's own window when the store says; 0: known once loaded
+    # The store's sampling settings (Ollama's params layer), over the model's own
+    sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS
+
+
 class NeuronStatus(msgspec.Struct, kw_only=True):
     name: str
     version: str
@@ -121,6 +136,7 @@ class NeuronStatus(msgspec.Struct, kw_only=True):
     in_flight: int = 0
     max_concurrency: int = 0
     started_at: float = 0.0
+    discovered: list[DiscoveredModel] = msgspec.field(default_factory=list)
 
 
 class LoadResponse(msgspec.Struct, kw_only=True):

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cortex.protocol.bounds import check_nesting, check_normal
+from cortex.protocol.embeddings import MAX_INPUTS, InputText
 from cortex.protocol.openai import StopStr, Temperature, Tool, TopK
 
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -201,19 +202,29 @@ class ShowRequest(msgspec.Struct, kw_only=True):
 
 
 class EmbedRequest(msgspec.Struct, kw_only=True):
+    """/api/embed (``input``) and the older /api/embeddings (``prompt``)."""
+
     model: ModelName
-    input: str | list[str] = ""
-    prompt: str | None = None  # /api/embeddings (the older route) sends one prompt
-    truncate: bool = True
+    input: InputText | Annotated[list[InputText], msgspec.Meta(max_length=MAX_INPUTS)] = ""
+    prompt: InputText | None = None  # /api/embeddings (the older route) sends one prompt
+    truncate: bool = True  # cut inputs to the context (Ollama's default) instead of a 400
     options: Options | None = None
     keep_alive: KeepAlive | None = None
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_alive is not None:
+            parse_duration(self.keep_alive)
 
     @property
     def inputs(self) -> list[str]:
+        """What to embed; empty (no input, ``""`` or ``[]``) means "load the model", as in
+        Ollama."""
         if self.prompt is not None:
-            return [self.prompt]
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+            return [self.prompt] if self.prompt else []
+        if isinstance(self.input, str):
+            return [self.input] if self.input else []
+        return list(self.input)
 
 
 def _refuse(field: str, why: str) -> None:

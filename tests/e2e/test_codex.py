@@ -7,8 +7,9 @@ tools of several types, ~18k demo-tokenizer tokens).
 - ``gpt-*`` (Codex's own model name) is aliased to the demo model on the transformers harness,
   its context raised above the demo config's 4096 positions (RoPE extends; the weights are
   random anyway). It answers gibberish, which is all the first test needs: a turn that
-  completes with an agent message and no error.
-- ``coder`` runs on the scripted ``fake`` harness (a random model never calls a tool), so the
+  completes with an agent message and no error (when the gibberish opens a tool call, the
+  grammar makes it a valid call and Codex runs it first: a random model cannot be steered).
+- ``coder`` runs on the scripted ``fake`` harness (it says what the test tells it), so the
   second test drives a whole tool loop: the model calls ``exec_command``, Codex runs it and
   sends its output back as a ``function_call_output``, and the model's answer depends on it.
 
@@ -166,10 +167,14 @@ def test_codex_exec_completes_a_turn_on_the_demo_model(
 ) -> None:
     events = codex_exec(gateway, tmp_path, "Say hi")
     messages = [i["text"] for i in completed(events, "agent_message")]
-    assert len(messages) == 1 and messages[0].strip()
+    assert messages and messages[-1].strip()
     usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
     assert usage["input_tokens"] > 10_000 and usage["output_tokens"] > 0
-    assert logged_statuses(gateway, "demo", session_of(events)) == [200]
+    # The random model may open a tool call (the demo tokenizer has <tool_call> as one token);
+    # the grammar then makes it a valid call of one of Codex's tools, which Codex runs before
+    # it asks again: one or more requests, every one answered.
+    statuses = logged_statuses(gateway, "demo", session_of(events))
+    assert statuses and set(statuses) == {200}
 
 
 def test_codex_runs_a_tool_and_answers_from_its_output(

@@ -209,6 +209,19 @@ def test_embedding_formats_dimensions_and_token_inputs(
     assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5
 
 
+def test_truncate_cuts_a_long_input_to_the_context_at_gateway_and_neuron(
+    stack: tuple[GatewayProcess, NeuronProcess],
+) -> None:
+    gw, neuron = stack
+    body = {"model": "embed", "input": ["word " * 600, "hi"], "truncate": True}
+    for status, answer in (
+        gw.call("POST", "/v1/embeddings", body),
+        neuron.api("POST", "/v1/embeddings", body),
+    ):
+        assert status == 200, answer
+        assert len(answer["data"]) == 2 and answer["usage"]["prompt_tokens"] > 512
+
+
 def test_a_model_asked_for_the_other_task_is_400_naming_it(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as chat:
         oai.chat.completions.create(model="embed", messages=[{"role": "user", "content": "hi"}])
@@ -241,6 +254,7 @@ BAD = [
     ("/v1/embeddings", {"model": "embed", "input": [[10**6]]}, None),
     ("/v1/embeddings", {"model": "embed", "input": "word " * 600}, "input"),
     ("/v1/embeddings", {"model": "nope", "input": "a"}, None),
+    ("/v1/embeddings", {"model": "embed", "input": "a", "truncate": "yes"}, "truncate"),
 ]
 
 

@@ -370,6 +370,44 @@ def _ollama_cases() -> list[Case]:
         )
         for n, b in generate
     ]
+    embed_ok = {"model": "tiny", "input": "hi"}
+    embed = [
+        ("empty", b""),
+        ("null", b"null"),
+        ("not-utf8", b"\xff\xfe\xfd{"),
+        ("input-number", _json({**embed_ok, "input": 5})),
+        ("input-token-ids", _json({**embed_ok, "input": [1, 2]})),
+        ("input-nested", _json({**embed_ok, "input": [["a"]]})),
+        ("input-2049", _json({**embed_ok, "input": ["a"] * 2049})),
+        ("dimensions-0", _json({**embed_ok, "dimensions": 0})),
+        ("dimensions-huge", _json({**embed_ok, "dimensions": 10**9})),
+        ("truncate-string", _json({**embed_ok, "truncate": "yes"})),
+        ("keep-alive-bogus", _json({**embed_ok, "keep_alive": "5 parsecs"})),
+        ("options-unknown", _json({**embed_ok, "options": {"temprature": 1}})),
+        ("num-ctx-above-context", _json({**embed_ok, "options": {"num_ctx": 100_000}})),
+        ("model-unknown", _json({**embed_ok, "model": "nope"})),
+        ("chat-model", _json(embed_ok)),  # tiny has task = "generate"
+        ("chat-model-load", _json({"model": "tiny"})),
+        ("chat-model-unload", _json({"model": "tiny", "keep_alive": 0})),
+    ]
+    for path in ("/api/embed", "/api/embeddings"):
+        cases += [
+            Case(
+                f"gw-ollama{path.removeprefix('/api')}-{n}",
+                "gateway",
+                request("POST", path, b, auth),
+                "ollama",
+            )
+            for n, b in embed
+        ]
+    cases.append(
+        Case(
+            "gw-ollama/embeddings-prompt-number",
+            "gateway",
+            request("POST", "/api/embeddings", _json({"model": "tiny", "prompt": 5}), auth),
+            "ollama",
+        )
+    )
     deep = _deep(5000).encode()
     cases += [
         Case(
@@ -437,7 +475,8 @@ def _gemini_cases() -> list[Case]:
         ("role-bogus", _json({"contents": [{"role": "wizard", "parts": [{"text": "x"}]}]})),
         ("part-unknown-field", _json({"contents": [{"role": "user", "parts": [{"bogus": 1}]}]})),
         ("part-empty", _json({"contents": [{"role": "user", "parts": [{}]}]})),
-        ("snake-case", _json({**ok, "generation_config": {"temperature": 1}})),
+        ("snake-and-camel", _json({**ok, "generation_config": {"temperature": 1}})),
+        ("snake-unknown", _json({"contents": user, "generation_config": {"temprature": 1}})),
         ("config-unknown", _json({**ok, "generationConfig": {"temprature": 1}})),
         ("temperature-huge", b'{"contents":[],"generationConfig":{"temperature":1e400}}'),
         ("temperature-subnormal", _json({**ok, "generationConfig": {"temperature": 1.8e-39}})),
@@ -520,12 +559,51 @@ def _gemini_cases() -> list[Case]:
         )
         for n, b in bodies[:10]
     ]
+    text = {"parts": [{"text": "hi"}]}
+    embed_one = [
+        ("empty", b""),
+        ("null", b"null"),
+        ("content-missing", _json({})),
+        ("content-string", _json({"content": "hi"})),
+        ("generation-body", _json(ok)),
+        ("task-type-bogus", _json({"content": text, "taskType": "SOMETHING"})),
+        ("task-type-query", _json({"content": text, "taskType": "RETRIEVAL_QUERY"})),
+        ("title", _json({"content": text, "title": "t"})),
+        ("dimensions-0", _json({"content": text, "outputDimensionality": 0})),
+        ("image", _json({"content": image})),
+        ("model-other", _json({"content": text, "model": "models/nope"})),
+        ("snake-and-camel", _json({"content": text, "task_type": "X", "taskType": "Y"})),
+        ("chat-model", _json({"content": text})),  # tiny has task = "generate"
+    ]
+    one = {"content": text}
+    embed_batch = [
+        ("requests-missing", _json({})),
+        ("requests-empty", _json({"requests": []})),
+        ("requests-2049", _json({"requests": [one] * 2049})),
+        ("requests-object", _json({"requests": one})),
+        (
+            "dimensions-differ",
+            _json({"requests": [{**one, "outputDimensionality": 8}, one]}),
+        ),
+        ("model-other", _json({"requests": [{**one, "model": "models/nope"}]})),
+        ("chat-model", _json({"requests": [one, one]})),
+    ]
+    for method, rows in ((":embedContent", embed_one), (":batchEmbedContents", embed_batch)):
+        cases += [
+            Case(
+                f"gw-gemini{method}-{n}",
+                "gateway",
+                request("POST", base + method, b, key),
+                "gemini",
+            )
+            for n, b in rows
+        ]
     body = _json(ok)
     cases += [
         Case(
             "gw-gemini-method-unknown",
             "gateway",
-            request("POST", base + ":embedContent", body, key),
+            request("POST", base + ":predict", body, key),
             "gemini",
         ),
         Case("gw-gemini-no-method", "gateway", request("POST", base, body, key), "gemini"),

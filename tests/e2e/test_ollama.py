@@ -148,16 +148,18 @@ def test_chat_stream_sends_each_tool_call_whole(client: Any) -> None:
     assert parts[-1].done
 
 
-def test_format_json_and_schema_are_accepted(client: Any) -> None:
+def test_format_on_a_harness_that_cannot_constrain_is_an_ollama_400(client: Any) -> None:
+    # (answers that parse under format: tests/e2e/test_dialects_demo.py, on a real model)
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     for fmt in ("json", schema):
-        reply = client.chat(
-            model="coder",
-            messages=[{"role": "user", "content": 'say:{"a": 1}'}],
-            format=fmt,
-            stream=False,
-        )
-        assert json.loads(reply.message.content) == {"a": 1}
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.chat(
+                model="coder",
+                messages=[{"role": "user", "content": 'say:{"a": 1}'}],
+                format=fmt,
+                stream=False,
+            )
+        assert refused.value.status_code == 400 and "constrain" in refused.value.error
 
 
 def test_generate_with_system_and_options(client: Any) -> None:
@@ -227,7 +229,7 @@ def test_errors_are_ollama_shaped(client: Any, gateway: GatewayProcess) -> None:
     status, body = _raw(gateway, "GET", "/api/tags", key=None)
     assert status == 401 and set(body) == {"error"}
     status, body = _raw(gateway, "POST", "/api/embed", {"model": "coder", "input": "x"})
-    assert status == 501 and "embeddings" in body["error"]
+    assert status == 400 and 'task = "generate"' in body["error"]
     status, body = _raw(
         gateway,
         "POST",

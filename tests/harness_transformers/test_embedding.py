@@ -69,6 +69,24 @@ def test_too_long_and_out_of_vocab_inputs_are_refused(encoder: EmbeddingModel) -
         _embed(encoder, [[10**6]])
 
 
+def test_truncate_cuts_long_inputs_to_the_context_keeping_their_start(
+    encoder: EmbeddingModel,
+) -> None:
+    text = "word " * 600
+    ids = list(encoder._tokenizer.encode(text, add_special_tokens=True))
+    assert len(ids) > encoder.context_length
+    cut = asyncio.run(encoder.embed(["ok", text, ids], None, truncate=True))
+    assert cut.prompt_tokens == len(_ids(encoder, "ok")) + 2 * encoder.context_length
+    (alone,) = _embed(encoder, [ids[: encoder.context_length]])  # the demo adds no [SEP]
+    assert cut.vectors[1] == pytest.approx(alone, abs=1e-5)
+    assert cut.vectors[2] == pytest.approx(alone, abs=1e-5)
+    assert _embed(encoder, ["ok"])[0] == pytest.approx(cut.vectors[0], abs=1e-5)
+
+
+def _ids(model: EmbeddingModel, text: str) -> list[int]:
+    return list(model._tokenizer.encode(text, add_special_tokens=True))
+
+
 def test_a_decoder_body_embeds_with_last_token_pooling(demo_dir: Path) -> None:
     model = _load(demo_dir)
     try:

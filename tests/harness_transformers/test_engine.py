@@ -13,7 +13,7 @@ import pytest
 import torch
 from cortex_transformers import sampling
 from cortex_transformers.block_manager import BlockManager, BlockTable
-from cortex_transformers.generation import Generation
+from cortex_transformers.generation import Generation, Status
 from cortex_transformers.harness import TransformersModel
 from cortex_transformers.kvcache import KVPool, bytes_per_token
 from cortex_transformers.runner import ModelRunner
@@ -126,11 +126,7 @@ async def test_a_hang_up_frees_its_blocks(demo) -> None:
     await anext(stream)
     assert blocks.free_blocks < blocks.num_blocks
     await stream.aclose()
-    await _wait_idle(demo)
-    for _ in range(100):
-        if blocks.free_blocks == blocks.num_blocks:
-            break
-        await asyncio.sleep(0.01)
+    await _wait_idle(demo)  # finish frees a sequence's blocks before it leaves the batch
     assert blocks.free_blocks == blocks.num_blocks
 
 
@@ -162,14 +158,61 @@ async def test_a_row_that_fails_fails_alone(demo, monkeypatch: pytest.MonkeyPatc
     # Long and EOS-proof, so the healthy rows are surely still decoding when the poison fails.
     long = SamplingParams(max_new_tokens=200, temperature=0, ignore_eos=True)
     sequential = [await _collect(demo, p, long) for p in prompts]
-    healthy = [asyncio.create_task(_collect(demo, p, long)) for p in prompts]
-    await asyncio.sleep(0.05)  # the healthy rows are decoding when the poisoned one joins
+    decoding = [asyncio.Event() for _ in prompts]
+
+    async def healthy_run(i: int) -> list:
+        events = []
+        async for event in demo.generate(prompts[i], long):
+            events.append(_plain(event))
+            decoding[i].set()
+        return events
+
+    healthy = [asyncio.create_task(healthy_run(i)) for i in range(len(prompts))]
+    # The healthy rows are decoding (200 steps to go) when the poisoned one joins.
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in decoding)), timeout=30)
     poisoned = SamplingParams(max_new_tokens=40, temperature=1.0, top_k=7)
     with pytest.raises(InternalError, match="poisoned row"):
         await _collect(demo, _prompt(demo, "poison"), poisoned)
     assert await asyncio.gather(*healthy) == sequential
     assert len(draws) == 4  # two tokens, then the batched step and its retry alone
     await _wait_idle(demo)
+
+
+async def _to_the_end(seq: Generation) -> list:
+    items = [await seq.queue.get()]
+    while not isinstance(items[-1], BaseException) and items[-1].finish_reason is None:
+        items.append(await seq.queue.get())
+    return items
+
+
+async def test_only_the_worker_ends_a_sequence_and_only_once(demo) -> None:
+    """The event loop only asks for a cancellation: one that crosses a sequence's last token
+    leaves it finished; one in flight ends it and frees its blocks before the next sequence
+    (submitted after it) is run."""
+    scheduler = demo._scheduler
+    assert scheduler is not None
+    await _wait_idle(demo)
+    done = _sequence(_prompt(demo, "a short answer"))
+    scheduler.submit(done)
+    assert (await _to_the_end(done))[-1].finish_reason == "length"
+    scheduler.cancel(done)  # too late: it has ended
+    going = Generation(
+        _prompt(demo, "a long answer"),
+        SamplingParams(max_new_tokens=500, ignore_eos=True),
+        eos_ids=frozenset(),
+        context_length=4096,
+        decode=lambda ids: "",
+        loop=asyncio.get_running_loop(),
+    )
+    scheduler.submit(going)
+    await going.queue.get()
+    scheduler.cancel(going)
+    after = _sequence(_prompt(demo, "the next one"))
+    scheduler.submit(after)  # the worker takes the cancellations first
+    assert (await _to_the_end(after))[-1].finish_reason == "length"
+    assert done.status is Status.FINISHED and after.status is Status.FINISHED
+    assert going.status is Status.CANCELLED and not going.table.blocks
+    assert _blocks(demo).free_blocks == _blocks(demo).num_blocks
 
 
 def _runner(model: TransformersModel | PreTrainedModel) -> tuple[ModelRunner, BlockManager]:
@@ -243,21 +286,22 @@ async def test_a_packed_prefill_gives_each_sequence_its_own_logits(
 @asynccontextmanager
 async def _arriving_together(scheduler: Scheduler, count: int) -> AsyncIterator[None]:
     """Test double on the scheduler's entry: submissions made in the block are held back until
-    ``count`` of them arrived, then handed to the worker at once, so one iteration sees them all."""
+    ``count`` of them arrived, then submitted in one call, so one iteration sees them all."""
     held: list[Generation] = []
-    scheduler.submit = held.append  # type: ignore[method-assign]
+    all_in = asyncio.Event()
+
+    def hold(*seqs: Generation) -> None:
+        held.extend(seqs)
+        if len(held) == count:
+            all_in.set()
+
+    scheduler.submit = hold  # type: ignore[method-assign]
     try:
         yield
-        for _ in range(500):
-            if len(held) >= count:
-                break
-            await asyncio.sleep(0.01)
-        assert len(held) == count
+        await asyncio.wait_for(all_in.wait(), timeout=10)
     finally:
         del scheduler.submit
-        with scheduler._lock:
-            scheduler._waiting.extend(held)
-        scheduler._wake.set()
+        scheduler.submit(*held)
 
 
 async def test_short_prompts_arriving_together_share_prefill_passes(demo) -> None:
@@ -268,19 +312,19 @@ async def test_short_prompts_arriving_together_share_prefill_passes(demo) -> Non
     prompts = [_prompt(demo, f"question number {i} about {'x' * i}") for i in range(8)]
     sequential = [await _collect(demo, p, GREEDY) for p in prompts]
     passes: list[int] = []
-    real = scheduler._runner.prefill
+    real = scheduler.runner.prefill
 
     def counting(chunks):  # type: ignore[no-untyped-def]
         passes.append(len(chunks))
         return real(chunks)
 
-    scheduler._runner.prefill = counting  # type: ignore[method-assign]
+    scheduler.runner.prefill = counting  # type: ignore[method-assign]
     try:
         async with _arriving_together(scheduler, len(prompts)):
             tasks = [asyncio.create_task(_collect(demo, p, GREEDY)) for p in prompts]
         together = await asyncio.gather(*tasks)
     finally:
-        del scheduler._runner.prefill
+        del scheduler.runner.prefill
     assert together == sequential
     assert sum(passes) == 8 and len(passes) <= 2, passes
 
@@ -343,13 +387,13 @@ async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path)
         assert 64 < len(prompts["medium"]) < 200
         loop = asyncio.get_running_loop()
         started = asyncio.Event()
-        real = scheduler._runner.prefill
+        real = scheduler.runner.prefill
 
         def spying(chunks):  # type: ignore[no-untyped-def]  # test spy: the long one has begun
             loop.call_soon_threadsafe(started.set)
             return real(chunks)
 
-        scheduler._runner.prefill = spying  # type: ignore[method-assign]
+        scheduler.runner.prefill = spying  # type: ignore[method-assign]
         firsts: list[str] = []
 
         async def recorded(name: str) -> list:
@@ -363,7 +407,7 @@ async def test_shorter_prompts_do_not_wait_behind_a_long_prefill(demo_dir: Path)
         long_task = asyncio.create_task(recorded("long"))
         await started.wait()
         together = await asyncio.gather(long_task, recorded("medium"), recorded("short"))
-        del scheduler._runner.prefill
+        del scheduler.runner.prefill
         alone = [await _collect(model, prompts[name], GREEDY) for name in prompts]  # cache hits
     finally:
         model.unload()

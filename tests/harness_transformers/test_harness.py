@@ -52,7 +52,7 @@ def test_load_reports_context_bytes_and_progress(demo_dir: Path) -> None:
 
 
 def test_the_step_budget_defaults_by_device(demo) -> None:
-    assert demo._scheduler._max_tokens == step_tokens("cpu") == 512  # LoadOptions() says 0
+    assert demo._scheduler.max_batch_tokens == step_tokens("cpu") == 512  # LoadOptions() says 0
     assert step_tokens("cuda:0") == 2048
 
 

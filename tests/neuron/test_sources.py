@@ -92,7 +92,7 @@ def test_a_gguf_file_inside_a_root_is_a_source(root: Path) -> None:
 
 
 def test_a_file_that_is_not_gguf_is_refused(root: Path) -> None:
-    with pytest.raises(InvalidRequest, match=r"directory or \.gguf file"):
+    with pytest.raises(InvalidRequest, match=r"directory or GGUF file"):
         resolve("tiny/model.safetensors", root)
 
 

@@ -150,19 +150,29 @@ class EmbeddingModel(LoadedModel):
         raise InvalidRequest(f'model {self.model_id} has task = "embed"', param="model")
         yield  # unreachable: makes this an async generator, as the contract types it
 
-    async def embed(self, inputs: list[str | list[int]], dimensions: int | None) -> Embeddings:
+    async def embed(
+        self, inputs: list[str | list[int]], dimensions: int | None, *, truncate: bool = False
+    ) -> Embeddings:
         self._check_dimensions(dimensions)
-        ids = [self._ids(item, i, len(inputs)) for i, item in enumerate(inputs)]
+        ids = [self._ids(item, i, len(inputs), truncate) for i, item in enumerate(inputs)]
         loop = asyncio.get_running_loop()
         vectors = await loop.run_in_executor(self._worker, self._embed_all, ids, dimensions)
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(x) for x in ids))
 
-    def _ids(self, item: str | list[int], index: int, count: int) -> list[int]:
+    def _ids(self, item: str | list[int], index: int, count: int, truncate: bool) -> list[int]:
         where = "input" if count == 1 else f"input[{index}]"
         if isinstance(item, str):
-            ids = list(self._tokenizer.encode(item, add_special_tokens=True))
+            # truncation keeps the closing special tokens ([SEP], EOS) that pooling may read
+            ids = list(
+                self._tokenizer.encode(
+                    item,
+                    add_special_tokens=True,
+                    truncation=truncate,
+                    max_length=self.context_length if truncate else None,
+                )
+            )
         else:
-            ids = item
+            ids = item[: self.context_length] if truncate else item
             vocab = int(self._model.config.vocab_size) if self._model is not None else 0
             if max(ids) >= vocab:
                 raise InvalidRequest(f"token ids must lie in [0, {vocab})", param=where)

@@ -39,7 +39,7 @@ def weight_bytes(path: Path, quantization: str, dtype: torch.dtype) -> int:
 
 def _all_shapes(path: Path) -> list[tuple[str, list[int]]]:
     if path.is_file():
-        return gguf_source.tensor_shapes(path) if path.suffix == gguf_source.SUFFIX else []
+        return gguf_source.tensor_shapes(path) if gguf_source.is_gguf(str(path)) else []
     return [shape for file in sorted(path.glob("*.safetensors")) for shape in _tensor_shapes(file)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -22,8 +23,23 @@ Item = TokenEvent | BaseException
 """What a consumer's queue carries: an event, or the error that ended the sequence."""
 
 
+class Status(enum.Enum):
+    """Where a sequence is. Written by the decode worker alone (scheduler.py), and set to one of
+    the ended states only by ``Scheduler.finish``."""
+
+    WAITING = "waiting"  # queued for admission, prefilling, or preempted for recompute
+    RUNNING = "running"  # decoding
+    FINISHED = "finished"  # stopped (EOS) or reached its length: its last event says which
+    CANCELLED = "cancelled"  # its consumer went away
+    FAILED = "failed"  # ended with an error, sent to its consumer
+
+    @property
+    def ended(self) -> bool:
+        return self not in (Status.WAITING, Status.RUNNING)
+
+
 class Generation:
-    """State of one sequence. Owned by the worker thread, except ``cancelled`` (set by asyncio).
+    """State of one sequence, owned by the worker thread; asyncio only reads ``queue``.
 
     ``tokens`` is the prompt then every sampled token; the last sampled one is the next decode
     input, so a decoding sequence has ``computed == len(tokens) - 1`` tokens' KV in the pool. A
@@ -54,8 +70,7 @@ class Generation:
         self._token_bytes = token_bytes  # for logprobs' token texts
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.loop = loop
-        self.cancelled = False
-        self.finished = False
+        self.status = Status.WAITING
         self._max_new = params.max_new_tokens
         self._eos_ids = frozenset() if params.ignore_eos else eos_ids
         self._context_length = context_length
@@ -63,9 +78,9 @@ class Generation:
         self._generated = 0
 
     def accept(self, token: int, logprob: TokenLogprob | None = None) -> TokenEvent:
-        """Record the token sampled for this sequence and return the event to send."""
+        """Record the token sampled for this sequence and return the event to send; an event
+        with a ``finish_reason`` is its last (the worker then ends it)."""
         if token in self._eos_ids:
-            self.finished = True
             return TokenEvent(
                 text=self._detok.flush(),
                 completion_tokens=self._generated,
@@ -83,7 +98,6 @@ class Generation:
         text = self._detok.add(token)
         full = len(self.prompt) + self._generated >= self._context_length
         if self._generated >= self._max_new or full:
-            self.finished = True
             text += self._detok.flush()
             return TokenEvent(
                 text=text,
@@ -116,17 +130,19 @@ class Generation:
         return raw.decode("utf-8", errors="replace"), list(raw)
 
 
-def deliver(items: Iterable[tuple[Generation, Item]]) -> None:
-    """Hand items to their consumers: one ``call_soon_threadsafe`` per event loop per step."""
+def deliver(items: Iterable[tuple[Generation, Item]]) -> list[Generation]:
+    """Hand items to their consumers: one ``call_soon_threadsafe`` per event loop per step.
+    Returns the sequences whose consumer's event loop is closed: nobody listens to them any more."""
+    gone: list[Generation] = []
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Item]]] = defaultdict(list)
     for seq, item in items:
         by_loop[seq.loop].append((seq, item))
     for loop, batch in by_loop.items():
         try:
             loop.call_soon_threadsafe(_put_all, batch)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-            for seq, _ in batch:
-                seq.cancelled = True
+        except RuntimeError:  # the consumer's loop is closed
+            gone += [seq for seq, _ in batch]
+    return gone
 
 
 def _put_all(batch: list[tuple[Generation, Item]]) -> None:

@@ -12,6 +12,10 @@ Layout, keyed by the file's content (a file replaced under the same name is conv
         float32/     config, generation config and model.safetensors at that dtype (bfloat16/
                      on a GPU); the dequantised size: ~4 bytes a parameter in fp32, 2 in bf16
 
+A GGUF not named ``*.gguf`` lives in another program's store (Ollama's ``blobs/sha256-...``):
+its conversion goes to cortex's own cache instead, ``$CORTEX_CACHE/converted/<digest>/`` (by
+default ``~/.cache/cortex/converted``), so that store is never written to.
+
 Each directory is written under a temporary name and renamed once complete, so a crash never
 leaves half a conversion. Best effort: where the model root is read-only (or the disk full) the
 load goes on and the log says so in one line. Delete ``.cortex-converted`` to reclaim the space.
@@ -31,9 +35,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from cortex import starter
+from cortex.neuron.sources import GGUF_SUFFIX
+
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cortex-converted"
+SHARED_DIR = "converted"  # under cortex's cache, for GGUFs in other programs' stores
 TOKENIZER = "tokenizer"
 
 
@@ -86,7 +94,10 @@ def save_dequantised(model: PreTrainedModel, into: Path) -> None:
 def _entry(path: str, part: str) -> Path:
     file = Path(path)
     stat = file.stat()
-    return file.parent / CACHE_DIR / _digest(str(file), stat.st_size, stat.st_mtime_ns) / part
+    digest = _digest(str(file), stat.st_size, stat.st_mtime_ns)
+    if file.suffix != GGUF_SUFFIX:  # a blob in another program's store: leave that store alone
+        return starter.cache_dir() / SHARED_DIR / digest / part
+    return file.parent / CACHE_DIR / digest / part
 
 
 @functools.lru_cache(maxsize=64)

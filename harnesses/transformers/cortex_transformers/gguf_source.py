@@ -23,8 +23,10 @@ from typing import BinaryIO
 
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-SUFFIX = ".gguf"
-_MAGIC = b"GGUF"
+from cortex.neuron import sources
+
+SUFFIX = sources.GGUF_SUFFIX
+_MAGIC = sources.GGUF_MAGIC
 # Metadata value types -> byte size; 8 is a string and 9 an array (typed, counted).
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
@@ -35,7 +37,9 @@ class GGUFHeaderError(ValueError):
 
 
 def is_gguf(path: str) -> bool:
-    return path.endswith(SUFFIX) and Path(path).is_file()
+    """A file named ``*.gguf``, or one that starts with GGUF's magic (Ollama's blobs)."""
+    file = Path(path)
+    return file.is_file() and (file.suffix == SUFFIX or sources.is_gguf(file))
 
 
 def split(path: str) -> tuple[str, str]:

@@ -220,17 +220,17 @@ class TransformersModel(LoadedModel):
         )
         scheduler = self._scheduler
         scheduler.submit(seq)
+        ended = False  # whether the worker sent the sequence's last item (it has ended it)
         try:
-            while True:
+            while not ended:
                 item = await seq.queue.get()
                 if isinstance(item, BaseException):
-                    seq.finished = True
+                    ended = True
                     raise item
+                ended = item.finish_reason is not None
                 yield item
-                if item.finish_reason is not None:
-                    return
         finally:
-            if not seq.finished:
+            if not ended:  # the consumer left early: the worker ends the sequence
                 scheduler.cancel(seq)
 
     def unload(self) -> None:

@@ -1,27 +1,24 @@
 """The decode worker: one thread per loaded model runs continuous batching over paged KV.
 
-Each iteration, under one token budget (``max_batch_tokens``): drop cancelled sequences; give
-every running row room for its next token, preempting the newest rows (their blocks freed, their
-tokens kept for recompute) when the pool is full; prefill waiting sequences, shorter ones beside
-the head of the queue (admission.py) then first-come first served, chunk by chunk with what the
-budget leaves after one token per running row (a waiting sequence is admitted once the pool
-holds its prompt, its cached prefix counted as held; short chunks of several sequences share a
-forward pass, runner.py); then one batched decode step. A 30k-token prompt therefore delays
-running streams by one budget's worth of prefill at a time, a short request waits at most for
-the chunk already running, and a prefix already in the pool is not computed again.
+Each iteration the worker takes what the event loop handed over (new sequences, cancellation
+requests), asks the planner what to do (``schedule``, planner.py: admission, the express lane,
+chunk sizes, preemption, refusal) and runs the plan: the express lane's prefill passes, whose
+first tokens go out at once, then the other prefill passes (several short prompts packed into one
+forward pass, runner.py), then one batched decode step; tokens are picked by ``logits.choose``
+and events go back to asyncio through ``generation.deliver`` (``call_soon_threadsafe``).
 
 A failed decode step or packed prefill fails only the rows that cause it: the batch is re-run
 row by row and only the rows that fail alone get the error (issue 11). The KV writes of a step
 are idempotent, so re-running is safe.
 
-The thread owns every sequence's state and the block manager; the event loop only appends to
-``_waiting`` (under the lock) and sets ``Generation.cancelled``. Events go back through ``deliver``
-(call_soon_threadsafe).
+One owner: this thread alone writes a sequence's state and status, the block manager, the pool
+and the runner, and a sequence ends only through ``finish``, here. The event loop hands over
+new sequences (``submit``) and cancellation requests (``cancel``) through an inbox under a lock,
+and wakes the worker.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import deque
@@ -31,15 +28,16 @@ from typing import TypeVar
 import torch
 
 from cortex.errors import CortexError, InternalError, Unavailable
-from cortex_transformers.admission import express_budget, prefill_order
 from cortex_transformers.block_manager import BlockManager
-from cortex_transformers.generation import Generation, Item, deliver
+from cortex_transformers.generation import Generation, Item, Status, deliver
 from cortex_transformers.logits import Picked, choose
+from cortex_transformers.planner import Plan, schedule
 from cortex_transformers.runner import Chunk, ModelRunner
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Events = list[tuple[Generation, Item]]
 
 
 class Scheduler:
@@ -53,15 +51,16 @@ class Scheduler:
         name: str,
     ) -> None:
         self.blocks = blocks
+        self.runner = runner
+        self.max_batch_tokens = max_batch_tokens  # tokens an iteration computes at most
         self.preempted = 0  # sequences sent back to recompute because the pool was full
-        self._runner = runner
         self._max_batch = max_batch
-        self._max_tokens = max_batch_tokens
-        self._running: list[Generation] = []  # worker thread only, oldest first
-        self._pending: deque[Generation] = deque()  # worker thread only: admitted order
-        self._lock = threading.Lock()
+        self._waiting: deque[Generation] = deque()  # worker only: queue order
+        self._running: list[Generation] = []  # worker only: decoding rows, oldest first
+        self._lock = threading.Lock()  # guards the inbox: _arrived, _cancels, _stopping
         self._wake = threading.Event()
-        self._waiting: deque[Generation] = deque()  # filled by the event loop
+        self._arrived: list[Generation] = []
+        self._cancels: list[Generation] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"cortex-decode-{name}", daemon=True)
         self._thread.start()
@@ -69,18 +68,22 @@ class Scheduler:
     @property
     def active(self) -> int:
         """Sequences waiting or running (approximate when read off the worker thread)."""
-        return len(self._waiting) + len(self._pending) + len(self._running)
+        return len(self._arrived) + len(self._waiting) + len(self._running)
 
-    def submit(self, seq: Generation) -> None:
+    def submit(self, *seqs: Generation) -> None:
+        """Hand ``seqs`` to the worker, which sees them all in one iteration (their prefills
+        may share forward passes). Any thread; raises Unavailable once ``stop`` was called."""
         with self._lock:
             if self._stopping:
                 raise Unavailable("the model is being unloaded")
-            self._waiting.append(seq)
+            self._arrived.extend(seqs)
         self._wake.set()
 
     def cancel(self, seq: Generation) -> None:
-        """Ask the worker to drop ``seq``; it leaves before the next decode step."""
-        seq.cancelled = True
+        """Ask the worker to end ``seq`` (its consumer is gone): it leaves before the next
+        decode step. Any thread; a sequence that ended already is left as it ended."""
+        with self._lock:
+            self._cancels.append(seq)
         self._wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -91,16 +94,28 @@ class Scheduler:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
+    def finish(self, seq: Generation, status: Status) -> None:
+        """The one way a sequence ends (worker thread only): its status is set, once; its blocks
+        go back to the pool (their cached prefixes kept); it leaves the queue or the batch.
+        Ending an ended sequence does nothing (a cancellation may cross its last token)."""
+        if seq.status.ended:
+            return
+        seq.status = status
+        self.blocks.deallocate(seq.table)
+        seq.computed = 0
+        if seq in self._running:
+            self._running.remove(seq)
+        elif seq in self._waiting:
+            self._waiting.remove(seq)
+
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
                 self._wake.clear()
                 if self._stopping:
                     break
-                with self._lock:
-                    self._pending.extend(self._waiting)
-                    self._waiting.clear()
-                if not self._pending and not self._running:
+                self._take_inbox()
+                if not self._waiting and not self._running:
                     self._wake.wait()
                     continue
                 try:
@@ -108,191 +123,124 @@ class Scheduler:
                 except Exception as exc:  # a bug, not a bad request: fail what is in flight
                     log.exception("decode iteration failed")
                     self._fail_all(InternalError(f"generation failed: {exc}"))
-        with self._lock:
-            self._pending.extend(self._waiting)
-            self._waiting.clear()
+        self._take_inbox()
         self._fail_all(Unavailable("the model was unloaded"))
 
+    def _take_inbox(self) -> None:
+        """New sequences join the queue; cancelled ones end and give their blocks back."""
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            cancels, self._cancels = self._cancels, []
+        self._waiting.extend(arrived)
+        for seq in cancels:
+            self.finish(seq, Status.CANCELLED)
+
     def _fail_all(self, error: CortexError) -> None:
-        left = [*self._pending, *self._running]
-        self._pending.clear()
-        self._running.clear()
+        left = [*self._waiting, *self._running]
         for seq in left:
-            seq.finished = True
-            self._release(seq)
-        deliver([(seq, error) for seq in left])
+            self.finish(seq, Status.FAILED)
+        self._deliver([(seq, error) for seq in left])
 
     def _iterate(self) -> None:
-        self._drop_cancelled()
-        events = self._prefill(max(self._max_tokens - len(self._running), 1))
-        self._reserve_decode()
-        if self._running:
-            events += self._decode()
-        deliver(events)
+        plan = schedule(
+            self._waiting,
+            self._running,
+            self.blocks,
+            budget=self.max_batch_tokens,
+            max_batch=self._max_batch,
+            joins=self.runner.joins,
+        )
+        events = self._begin(plan)
+        if plan.express:  # their first tokens go out before the long prompt's chunk runs
+            self._deliver(events + self._prefill(plan.express))
+            events = []
+        events += self._prefill(plan.prefill)
+        rows = [seq for seq in plan.decode if seq.status is Status.RUNNING]
+        if rows:
+            events += self._decode(rows)
+        self._deliver(events)
 
-    def _drop_cancelled(self) -> None:
-        for seq in [s for s in (*self._pending, *self._running) if s.cancelled]:
-            self._release(seq)
-        self._pending = deque(s for s in self._pending if not s.cancelled)
-        self._running = [s for s in self._running if not s.cancelled]
+    def _begin(self, plan: Plan[Generation]) -> Events:
+        """What the plan decided before any forward pass: refused prompts end, preempted rows
+        go back to the head of the queue, admitted sequences note their cached prefix."""
+        events: Events = []
+        for seq in plan.refused:
+            events.append((seq, Unavailable("the prompt does not fit in the KV cache")))
+            self.finish(seq, Status.FAILED)
+        for seq in plan.preempted:  # newest first, so the oldest of them ends up at the head
+            self._running.remove(seq)
+            seq.status = Status.WAITING
+            self._waiting.appendleft(seq)
+        self.preempted += len(plan.preempted)
+        for seq in plan.admitted:
+            if seq.cached_tokens is None:  # the first admission, not a recompute
+                seq.cached_tokens = seq.computed
+        return events
 
-    def _reserve_decode(self) -> None:
-        """Room for one more token in every running row, oldest first; when the pool is full
-        the newest row is preempted (freed, requeued first, recomputed later), never failed."""
-        i = 0
-        while i < len(self._running):
-            table = self._running[i].table
-            if self.blocks.can_append(table):
-                self.blocks.append(table)
-                i += 1
-            else:
-                self.preempted += 1
-                victim = self._running.pop()
-                self._release(victim)
-                self._pending.appendleft(victim)
-
-    def _prefill(self, budget: int) -> list[tuple[Generation, Item]]:
-        """Admit and prefill pending sequences within ``budget`` tokens, short ones beside a
-        long one (admission.py); those whose prompt is done sample their first token and join
-        the running rows. The express lane's first tokens go out before the long prompt's chunk
-        runs in the same iteration, so they do not wait for it."""
-        order, express = self._prefill_order(budget)
-        if not express:
-            return self._prefill_in_order(order, budget, express=False)[0]
-        lane = express_budget(budget)
-        events, left = self._prefill_in_order(order[:express], lane, express=True)
-        deliver(events)
-        return self._prefill_in_order(order[express:], budget - lane + left, express=False)[0]
-
-    def _prefill_in_order(
-        self, order: list[Generation], budget: int, *, express: bool
-    ) -> tuple[list[tuple[Generation, Item]], int]:
-        """Prefill ``order`` within ``budget`` (short chunks of several sequences in one
-        forward pass); returns the events and the budget left. An ``express`` sequence that
-        does not fit the pool yet is skipped (the long prefill behind it goes on); any other
-        stops the queue until rows free blocks, or fails if nothing could free them."""
+    def _prefill(self, passes: list[list[Chunk]]) -> Events:
+        """Run ``passes`` in order. A prompt still partway goes back to the head of the queue,
+        a row that fails (alone) ends with its error, and the prompts done sample their first
+        token and join the running rows."""
         done: list[tuple[Generation, torch.Tensor]] = []
-        events: list[tuple[Generation, Item]] = []
-        group: list[Chunk] = []
-        for seq in order:
-            if budget <= 0 or len(self._running) + len(done) + len(group) >= self._max_batch:
-                break
-            if _needs_a_chunk_of(seq, group, self.blocks.block_size):
-                self._run_prefill(group, done, events)  # then seq finds those blocks cached
-            spare = len(self._running) + len(done) + len(group)
-            if not seq.table.blocks and not self._allocate(seq, spare):
-                if express:
-                    continue  # it keeps its place in the queue
-                if spare:
-                    break  # wait for running rows to free blocks
-                self._pending.remove(seq)
-                events.append((seq, Unavailable("the prompt does not fit in the KV cache")))
-                continue
-            self._pending.remove(seq)
-            count = min(budget, len(seq.tokens) - seq.computed)
-            if group and not self._runner.joins(group, (seq, count)):
-                self._run_prefill(group, done, events)
-            group.append((seq, count))
-            budget -= count + 1  # its chunk, and its first decode token
-            if seq.computed + count < len(seq.tokens):
-                break  # the rest of this prompt goes in the next iterations
-        self._run_prefill(group, done, events)
+        events: Events = []
+        for chunks in passes:
+            for (seq, _), result in zip(chunks, self._forward(chunks), strict=True):
+                if isinstance(result, Exception):
+                    events.append((seq, _as_error(result, "prefill failed")))
+                    self.finish(seq, Status.FAILED)
+                elif seq.computed < len(seq.tokens):
+                    self._waiting.remove(seq)
+                    self._waiting.appendleft(seq)
+                else:
+                    done.append((seq, result))
         if done:
             events += self._sample_first(done)
-        return events, budget
+        return events
 
-    def _prefill_order(self, budget: int) -> tuple[list[Generation], int]:
-        """The pending sequences this iteration may reach, the express lane first, and how
-        many of them form it (admission.py). Only as many as could join are looked at: a
-        cached-prefix lookup walks the prompt's blocks (its table keeps their keys: hashing a
-        50k-token prompt is ~2.5 ms once, a lookup ~0.5 ms)."""
-        room = self._max_batch - len(self._running)
-        candidates = list(itertools.islice(self._pending, max(room, 0)))
-        if len(candidates) < 2:
-            return candidates, 0
-        order, express = prefill_order([self._to_compute(seq) for seq in candidates], budget)
-        return [candidates[i] for i in order], express
-
-    def _to_compute(self, seq: Generation) -> int:
-        """Prompt tokens ``seq`` still has to prefill, a cached prefix counted as done."""
-        if seq.table.blocks:
-            return len(seq.tokens) - seq.computed
-        hits = self.blocks.cached_prefix(seq.tokens, seq.table)
-        return len(seq.tokens) - len(hits) * self.blocks.block_size
-
-    def _run_prefill(
-        self,
-        group: list[Chunk],
-        done: list[tuple[Generation, torch.Tensor]],
-        events: list[tuple[Generation, Item]],
-    ) -> None:
-        """One forward pass for ``group`` (emptied); finished prompts go to ``done``, one still
-        partway back to the head of the queue, failed ones (alone) to ``events``."""
-        if not group:
-            return
-        chunks = list(group)
-        group.clear()
-        results = _per_row(
-            lambda rows: list(self._runner.prefill([chunks[i] for i in rows])), len(chunks)
+    def _forward(self, chunks: list[Chunk]) -> list[torch.Tensor | Exception]:
+        """One prefill pass; each chunk's logits after its last token [V], or its error."""
+        return _per_row(
+            lambda rows: list(self.runner.prefill([chunks[i] for i in rows])), len(chunks)
         )
-        for (seq, _), result in zip(chunks, results, strict=True):
-            if isinstance(result, Exception):
-                self._release(seq)
-                events.append((seq, _as_error(result, "prefill failed")))
-            elif seq.computed < len(seq.tokens):
-                self._pending.appendleft(seq)
-            else:
-                done.append((seq, result))
 
-    def _allocate(self, seq: Generation, spare: int) -> bool:
-        # Keep a block spare per row about to decode, or the next step would preempt at once.
-        if not self.blocks.can_allocate(seq.tokens, spare=spare, table=seq.table):
-            return False
-        seq.computed = self.blocks.allocate(seq.table, seq.tokens)
-        if seq.cached_tokens is None:  # the first admission, not a recompute after preemption
-            seq.cached_tokens = seq.computed
-        return True
-
-    def _sample_first(
-        self, done: list[tuple[Generation, torch.Tensor]]
-    ) -> list[tuple[Generation, Item]]:
+    def _sample_first(self, done: list[tuple[Generation, torch.Tensor]]) -> Events:
         seqs = [seq for seq, _ in done]
         logits = torch.stack([row for _, row in done])  # [N, V]
         results = _per_row(lambda rows: choose(logits[rows], [seqs[i] for i in rows]), len(seqs))
         events = self._accept(seqs, results)
-        self._running += [seq for seq in seqs if not seq.finished]
+        for seq in seqs:
+            if not seq.status.ended:
+                self._waiting.remove(seq)
+                seq.status = Status.RUNNING
+                self._running.append(seq)
         return events
 
-    def _decode(self) -> list[tuple[Generation, Item]]:
-        seqs = self._running
+    def _decode(self, seqs: list[Generation]) -> Events:
         results = _per_row(
             lambda rows: choose(
-                self._runner.decode([seqs[i] for i in rows]), [seqs[i] for i in rows]
+                self.runner.decode([seqs[i] for i in rows]), [seqs[i] for i in rows]
             ),
             len(seqs),
         )
-        events = self._accept(seqs, results)
-        self._running = [seq for seq in seqs if not seq.finished]
-        return events
+        return self._accept(seqs, results)
 
-    def _accept(
-        self, seqs: list[Generation], results: list[Picked | Exception]
-    ) -> list[tuple[Generation, Item]]:
-        """Each sequence takes its token or its error; finished ones give back their blocks."""
-        events: list[tuple[Generation, Item]] = []
+    def _accept(self, seqs: list[Generation], results: list[Picked | Exception]) -> Events:
+        """Each sequence takes its token or its error; those that end, end here."""
+        events: Events = []
         for seq, result in zip(seqs, results, strict=True):
             if isinstance(result, Exception):
-                seq.finished = True
                 events.append((seq, _as_error(result, "generation failed")))
-            else:
-                events.append((seq, seq.accept(*result)))
-            if seq.finished:
-                self._release(seq)
+                self.finish(seq, Status.FAILED)
+                continue
+            event = seq.accept(*result)
+            events.append((seq, event))
+            if event.finish_reason is not None:
+                self.finish(seq, Status.FINISHED)
         return events
 
-    def _release(self, seq: Generation) -> None:
-        self.blocks.deallocate(seq.table)
-        seq.computed = 0
+    def _deliver(self, events: Events) -> None:
+        for seq in deliver(events):  # its consumer's event loop is closed: nobody listens
+            self.finish(seq, Status.CANCELLED)
 
 
 def _per_row(step: Callable[[list[int]], list[T]], count: int) -> list[T | Exception]:
@@ -315,22 +263,6 @@ def _per_row(step: Callable[[list[int]], list[T]], count: int) -> list[T | Excep
             log.exception("generation step failed for one sequence")
             results.append(exc)
     return results
-
-
-def _needs_a_chunk_of(seq: Generation, group: list[Chunk], block_size: int) -> bool:
-    """Whether a chunk in ``group`` completes a block that ``seq`` (not yet admitted) would
-    reuse: its prompt starts with that chunk's tokens through the block's end. Running the group
-    first turns those blocks into cache hits instead of computing them twice (agent sessions
-    sharing a system prompt arrive together)."""
-    if seq.table.blocks:
-        return False
-    for other, count in group:
-        block_end = (other.computed // block_size + 1) * block_size  # the first it completes
-        if block_end <= min(other.computed + count, len(seq.tokens) - 1) and (
-            seq.tokens[:block_end] == other.tokens[:block_end]
-        ):
-            return True
-    return False
 
 
 def _as_error(exc: Exception, what: str) -> CortexError:

@@ -10,7 +10,12 @@ import pytest
 from cortex import protocol
 from cortex.errors import InvalidRequest, Overloaded, UpstreamError
 from cortex.gateway.dialects.gemini.stream import GeminiStreamWriter
-from cortex.gateway.dialects.gemini.translate import error_body, lower_schema, to_openai
+from cortex.gateway.dialects.gemini.translate import (
+    embed_to_openai,
+    error_body,
+    lower_schema,
+    to_openai,
+)
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
 from tests.gateway.dialects import chunk
@@ -46,14 +51,37 @@ def test_lower_schema_lowers_types_at_every_level() -> None:
     assert lower_schema(schema) == {
         "type": "object",
         "properties": {"a": {"type": "array", "items": {"type": "integer"}}},
+        "additionalProperties": False,
     }
+
+
+def test_lower_schema_takes_proto_names_string_counts_nullable_and_ordering() -> None:
+    # what google-genai sends for a dict responseSchema: proto (snake_case) field names
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "max_length": {"type": "STRING", "max_length": "10", "nullable": True},
+            "b": {"type": "ARRAY", "min_items": 1, "items": {"any_of": [{"type": "NUMBER"}]}},
+        },
+        "property_ordering": ["b", "max_length"],
+        "required": ["b"],
+    }
+    lowered = lower_schema(schema)
+    assert lowered == {
+        "type": "object",
+        "properties": {
+            "b": {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "number"}]}},
+            "max_length": {"type": ["string", "null"], "maxLength": 10},
+        },
+        "required": ["b"],
+        "additionalProperties": False,
+    }
+    assert list(lowered["properties"]) == ["b", "max_length"]
 
 
 def test_unknown_fields_are_refused_by_name() -> None:
     with pytest.raises(InvalidRequest, match="temprature"):
         _req(generationConfig={"temprature": 1})
-    with pytest.raises(InvalidRequest, match="generation_config"):
-        _req(generation_config={})
 
 
 def test_generation_config_maps_onto_sampling_fields() -> None:
@@ -91,7 +119,11 @@ def test_tool_config_modes_become_tool_choice(
     assert [t.function.name for t in out.tools or []] == names
     first = (out.tools or [])[0].function.parameters
     if names[0] == "a":
-        assert first == {"type": "object", "properties": {"x": {"type": "string"}}}
+        assert first == {
+            "type": "object",
+            "properties": {"x": {"type": "string"}},
+            "additionalProperties": False,
+        }
 
 
 def test_tools_cortex_does_not_run_and_unknown_names_are_400s() -> None:
@@ -198,3 +230,109 @@ def test_errors_mid_stream_close_the_array() -> None:
 def test_error_envelope_names_google_statuses() -> None:
     body = json.loads(error_body(Overloaded("queue full")))
     assert body == {"error": {"code": 429, "message": "queue full", "status": "RESOURCE_EXHAUSTED"}}
+
+
+DIM = {"outputDimensionality": 16}
+
+
+def _batch(*requests: dict[str, Any]) -> list[gm.EmbedContentRequest]:
+    body = json.dumps({"requests": list(requests)}).encode()
+    return protocol.decode(body, gm.BatchEmbedContentsRequest).requests
+
+
+def _embed(*requests: dict[str, Any]) -> Any:
+    return embed_to_openai(_batch(*requests), "e", lambda name: {"alias": "e"}.get(name, name))
+
+
+def test_embed_requests_become_one_embeddings_request() -> None:
+    text = {"parts": [{"text": "a"}, {"text": "b"}]}
+    got = _embed(
+        {"model": "models/e", "content": text, "outputDimensionality": 16},
+        {"model": "models/alias", "content": {"role": "user", "parts": [{"text": "c"}]}, **DIM},
+    )
+    assert (got.model, got.input, got.dimensions, got.truncate) == ("e", ["a\n\nb", "c"], 16, False)
+    assert _embed({"content": text, "taskType": "TASK_TYPE_UNSPECIFIED"}).dimensions is None
+
+
+@pytest.mark.parametrize(
+    ("requests", "param"),
+    [
+        ([{"model": "models/other", "content": {"parts": [{"text": "a"}]}}], "model"),
+        ([{"content": {"parts": [{"text": "a"}]}, "taskType": "RETRIEVAL_QUERY"}], "taskType"),
+        ([{"content": {"parts": [{"text": "a"}]}, "title": "t"}], "title"),
+        (
+            [
+                {"content": {"parts": [{"text": "a"}]}, **DIM},
+                {"content": {"parts": [{"text": "b"}]}},
+            ],
+            "requests[1].outputDimensionality",
+        ),
+        (
+            [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "x"}}]}}],
+            "content.parts[0]",
+        ),
+    ],
+)
+def test_embed_refuses_what_the_models_cannot_honour(
+    requests: list[dict[str, Any]], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        _embed(*requests)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requests": []},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "taskType": "BOGUS"}]},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "outputDimensionality": 0}]},
+        {"requests": [{"content": "a"}]},
+        {"requests": [{"content": {"parts": [{"text": "a"}]}, "bogus": 1}]},
+    ],
+)
+def test_embed_bodies_that_do_not_decode_are_400s(body: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        protocol.decode(json.dumps(body).encode(), gm.BatchEmbedContentsRequest)
+
+
+def _snake(body: dict[str, Any], kind: type[Any] = gm.GenerateContentRequest) -> Any:
+    return gm.decode(json.dumps(body).encode(), kind)
+
+
+def test_proto_field_names_are_taken_as_google_takes_them() -> None:
+    camel = {
+        "contents": [{"role": "user", "parts": [{"text": "hi", "thought_signature": "s"}]}],
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "generationConfig": {"maxOutputTokens": 5, "responseMimeType": "application/json"},
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY"}},
+        "tools": [{"functionDeclarations": [{"name": "f", "parametersJsonSchema": {}}]}],
+    }
+    snake = {
+        "contents": [{"role": "user", "parts": [{"text": "hi", "thought_signature": "s"}]}],
+        "system_instruction": {"parts": [{"text": "be brief"}]},
+        "generation_config": {"max_output_tokens": 5, "response_mime_type": "application/json"},
+        "tool_config": {"function_calling_config": {"mode": "ANY"}},
+        "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {}}]}],
+    }
+    assert _snake(snake) == _snake(camel) == _snake({**camel, "tools": snake["tools"]})
+    # the keys of free-form objects (arguments, schemas) are data, never renamed
+    call = {"functionCall": {"name": "f", "args": {"max_output_tokens": 1}}}
+    turn = _snake({"contents": [{"role": "model", "parts": [call]}], "generation_config": {}})
+    assert turn.contents[0].parts[0].function_call.args == {"max_output_tokens": 1}
+    batch = {"requests": [{"content": {"parts": [{"text": "a"}]}, "output_dimensionality": 8}]}
+    assert _snake(batch, gm.BatchEmbedContentsRequest).requests[0].output_dimensionality == 8
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"contents": USER, "generation_config": {}, "generationConfig": {}}, "generationConfig"),
+        ({"contents": USER, "generation_config": {"temprature": 1}}, "temprature"),
+        ({"contents": USER, "generation_config": {"max_output_tokens": -1}}, "maxOutputTokens"),
+        ({"contents": USER, "bogus_field": 1}, "bogus_field"),
+    ],
+)
+def test_proto_names_still_refuse_what_camel_case_refuses(body: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidRequest, match=named):
+        _snake(body)

@@ -16,11 +16,15 @@ from cortex.gateway.dialects.ollama.translate import (
     Clock,
     Target,
     chat_to_openai,
+    embed_reply,
+    embed_to_openai,
     generate_to_openai,
 )
+from cortex.gateway.embeddings import vectors
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
+from cortex.protocol.embeddings import Embedding, EmbeddingList, EmbeddingUsage
 from tests.gateway.dialects import chunk
 
 NEURON = Target("m", 4096, vision=False, neuron=True)
@@ -197,3 +201,67 @@ def test_ndjson_generate_stream_and_error_line() -> None:
         {"error": "node n1 failed mid-stream"},
     ]
     assert writer.finish() == b""
+
+
+def _embed(**fields: Any) -> ol.EmbedRequest:
+    return protocol.decode(json.dumps({"model": "m", **fields}).encode(), ol.EmbedRequest)
+
+
+@pytest.mark.parametrize(
+    ("fields", "inputs"),
+    [
+        ({"input": "one"}, ["one"]),
+        ({"input": ["a", "b"]}, ["a", "b"]),
+        ({"prompt": "legacy"}, ["legacy"]),
+        ({}, []),
+        ({"input": ""}, []),
+        ({"input": []}, []),
+        ({"prompt": ""}, []),
+    ],
+)
+def test_embed_inputs_and_the_empty_ones_that_mean_load(
+    fields: dict[str, Any], inputs: list[str]
+) -> None:
+    assert _embed(**fields).inputs == inputs
+
+
+def test_embed_maps_onto_embeddings_with_truncate_only_for_neurons() -> None:
+    req = _embed(input=["a", "b"], dimensions=16, options={"num_ctx": 512, "temperature": 1})
+    body = embed_to_openai(req, NEURON)
+    assert (body.model, body.input, body.dimensions, body.truncate) == ("m", ["a", "b"], 16, True)
+    assert not embed_to_openai(_embed(input="a", truncate=False), NEURON).truncate
+    upstream = Target("m", 0, vision=False, neuron=False)
+    assert not embed_to_openai(req, upstream).truncate  # a plain server knows no such field
+    with pytest.raises(InvalidRequest, match="num_ctx"):
+        embed_to_openai(_embed(input="a", options={"num_ctx": 10_000}), NEURON)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"input": [1, 2]},
+        {"input": ["a"] * 2049},
+        {"input": "a", "dimensions": 0},
+        {"input": "a", "truncate": "yes"},
+        {"input": "a", "keep_alive": "soon"},
+        {"input": "a", "options": {"mirostat": 1}},
+    ],
+)
+def test_embed_refuses_what_it_cannot_read(fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        _embed(**fields)
+
+
+def test_embed_reply_is_in_input_order_with_counts() -> None:
+    answer = EmbeddingList(
+        data=[Embedding(index=1, embedding=[0.0, 1.0]), Embedding(index=0, embedding=[1.0, 0.0])],
+        model="m",
+        usage=EmbeddingUsage(prompt_tokens=7, total_tokens=7),
+    )
+    reply = embed_reply(answer, "m:latest", time.perf_counter() - 0.5, 0.25)
+    assert reply.embeddings == [[1.0, 0.0], [0.0, 1.0]] and reply.model == "m:latest"
+    assert reply.prompt_eval_count == 7 and reply.load_duration == 250_000_000
+    assert reply.total_duration >= 500_000_000
+    b64 = EmbeddingList(data=[Embedding(index=0, embedding="AAAA")], model="m", usage=answer.usage)
+    with pytest.raises(UpstreamError):
+        vectors(b64)

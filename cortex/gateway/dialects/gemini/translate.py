@@ -16,11 +16,15 @@ naming the field. Choices not forced by either API:
   ``responseJsonSchema``/``responseSchema``. ``thinkingConfig`` is accepted: the local models
   expose no thoughts, so none are returned and no budget applies.
 - An absent ``maxOutputTokens`` means up to the context for a neuron (as for Responses).
+- ``:embedContent`` and ``:batchEmbedContents`` are one /v1/embeddings request (a content's
+  text parts joined as above); ``taskType`` and ``title`` are refused (no per-task prompts);
+  an input longer than the model's context is refused, not truncated.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -31,6 +35,7 @@ from cortex.gateway.translate import tool_input
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
+from cortex.protocol.embeddings import EmbeddingRequest
 
 _encoder = msgspec.json.Encoder()
 
@@ -220,18 +225,53 @@ def _tools(
     return out, choice
 
 
+# Google's Schema fields by their proto names (google-genai sends these inside responseSchema)
+_SCHEMA_NAMES = {
+    "any_of": "anyOf",
+    "max_items": "maxItems",
+    "min_items": "minItems",
+    "max_length": "maxLength",
+    "min_length": "minLength",
+    "max_properties": "maxProperties",
+    "min_properties": "minProperties",
+    "property_ordering": "propertyOrdering",
+}
+_COUNTS = {"maxItems", "minItems", "maxLength", "minLength", "maxProperties", "minProperties"}
+
+
 def lower_schema(schema: Any) -> Any:
-    """Google's OpenAPI-subset schema as JSON schema: ``"type": "OBJECT"`` -> ``"object"``
-    (the rest of the subset is already JSON schema)."""
-    if isinstance(schema, dict):
-        out = {k: lower_schema(v) for k, v in schema.items()}
-        kind = out.get("type")
-        if isinstance(kind, str):
-            out["type"] = kind.lower()
-        return out
-    if isinstance(schema, list):
-        return [lower_schema(v) for v in schema]
-    return schema
+    """Google's OpenAPI-subset schema as JSON schema: ``"type": "OBJECT"`` -> ``"object"``;
+    field names in either spelling (``max_length``, ``maxLength``), counts that proto JSON
+    writes as strings (``"10"``) as numbers; ``nullable`` as a ``null`` type; and
+    ``propertyOrdering`` as the order of ``properties`` (the order the grammar writes them).
+    Property names, the keys of ``properties``, are left as they are."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        name: str = _SCHEMA_NAMES.get(key) or key
+        if name == "properties" and isinstance(value, dict):
+            value = {prop: lower_schema(sub) for prop, sub in value.items()}
+        elif name == "items":
+            value = lower_schema(value)
+        elif name == "anyOf" and isinstance(value, list):
+            value = [lower_schema(sub) for sub in value]
+        elif name in _COUNTS and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        out[name] = value
+    kind = out.get("type")
+    if isinstance(kind, str):
+        out["type"] = kind.lower()
+        if out.pop("nullable", False) is True:
+            out["type"] = [out["type"], "null"]
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)  # Gemini writes the declared keys only
+    order = out.pop("propertyOrdering", None)
+    props = out.get("properties")
+    if isinstance(order, list) and isinstance(props, dict):
+        first = {k: props[k] for k in order if isinstance(k, str) and k in props}
+        out["properties"] = first | props
+    return out
 
 
 def _response_format(gen: gm.GenerationConfig) -> oa.ResponseFormat | None:
@@ -299,4 +339,45 @@ def reply(resp: oa.ChatCompletion, model: str) -> gm.GenerateContentResponse:
         usage_metadata=usage(resp.usage),
         model_version=model,
         response_id=new_response_id(),
+    )
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embed_to_openai(
+    requests: list[gm.EmbedContentRequest], model_id: str, model_of: Callable[[str], str]
+) -> EmbeddingRequest:
+    """``:embedContent`` (one request) or ``:batchEmbedContents`` as one /v1/embeddings
+    request. ``model_of`` resolves a request's own ``model`` ("models/ID") to a catalogue id,
+    which must be the path's. Task types and titles would need per-task prompts the models do
+    not have: they are refused, as are differing ``outputDimensionality`` values."""
+    inputs: list[str | int | list[int]] = []
+    batch = len(requests) > 1
+    for i, req in enumerate(requests):
+        where = f"requests[{i}]." if batch else ""
+        if req.model is not None and model_of(req.model.removeprefix("models/")) != model_id:
+            raise InvalidRequest(
+                f"{req.model} differs from the model of the path, models/{model_id}",
+                param=f"{where}model",
+            )
+        if req.task_type not in (None, "TASK_TYPE_UNSPECIFIED"):
+            raise InvalidRequest(
+                f"taskType {req.task_type} is not supported: cortex's embedding models take "
+                "no task type (omit it)",
+                param=f"{where}taskType",
+            )
+        if req.title is not None:
+            raise InvalidRequest(
+                "title is not supported (it only serves taskType RETRIEVAL_DOCUMENT)",
+                param=f"{where}title",
+            )
+        if req.output_dimensionality != requests[0].output_dimensionality:
+            raise InvalidRequest(
+                "every request of a batch must ask for the same outputDimensionality",
+                param=f"{where}outputDimensionality",
+            )
+        inputs.append(_text(req.content.parts, f"{where}content"))
+    return EmbeddingRequest(
+        model=model_id, input=inputs, dimensions=requests[0].output_dimensionality
     )

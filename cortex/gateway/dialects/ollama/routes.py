@@ -5,6 +5,9 @@ writes NDJSON, relay.py drives it). The model routes answer from the catalogue a
 view: ``/api/tags`` lists what /v1/models lists, ``/api/ps`` the resident copies with their
 expiry from the idle TTL, ``/api/show`` a model's context length, template and capabilities.
 
+``/api/embed`` (and the older ``/api/embeddings``) go to the neuron's /v1/embeddings for a model
+with ``task = "embed"``; any other model is a 400 naming its task.
+
 ``keep_alive`` is the model's idle TTL (Fleet.set_ttl, until it next unloads): a duration sets
 it, a negative one means never, 0 unloads the model (now, for a request with no messages or
 prompt; else as soon as it is idle). Models come from models.toml only: pull, push, create,
@@ -29,9 +32,8 @@ from cortex.errors import (
     Forbidden,
     InvalidRequest,
     ModelNotFound,
-    Unsupported,
 )
-from cortex.gateway import admin, idle
+from cortex.gateway import admin, embeddings, idle
 from cortex.gateway.core import GATEWAY, Gateway, Resolved
 from cortex.gateway.dialects.ollama.stream import NDJSON_HEADERS, OllamaStreamWriter
 from cortex.gateway.dialects.ollama.translate import (
@@ -39,6 +41,8 @@ from cortex.gateway.dialects.ollama.translate import (
     Target,
     chat_reply,
     chat_to_openai,
+    embed_reply,
+    embed_to_openai,
     generate_reply,
     generate_to_openai,
     now_rfc3339,
@@ -48,6 +52,7 @@ from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.sessions import session_key
 from cortex.protocol import ollama as ol
 from cortex.protocol.openai import ModelCard
+from cortex.tasks import check_task
 
 VERSION = "0.12.0"  # the Ollama API version this translation follows (clients gate features on it)
 EXPIRE_NOW_S = 1e-3  # keep_alive 0 on a generation: the TTL that unloads once the model is idle
@@ -149,23 +154,7 @@ async def _load_or_unload(
     gateway: Gateway, resolved: Resolved, req: ol.ChatRequest | ol.GenerateRequest
 ) -> web.Response:
     """A request with nothing to generate loads the model, or with keep_alive 0 unloads it."""
-    unload = req.keep_alive is not None and ol.parse_duration(req.keep_alive) == 0
-    entry = resolved.entry
-    if entry is not None and unload:
-        if gateway.fleet.catalogue().get(entry.id, entry).pinned:
-            raise Conflict(f"model {entry.id} is pinned; unpin it before unloading it")
-        for node, _ in list(gateway.fleet.view().holders(entry.id)):
-            with contextlib.suppress(ModelNotFound):  # gone meanwhile (idle TTL): as asked
-                await gateway.loader.unload(entry.id, node.name)
-        gateway.fleet.set_ttl(entry.id, None)
-    elif entry is not None:
-        await gateway.loader.route(entry, keep=True)
-        keep_alive = _keep_alive(resolved, req.keep_alive)
-        if keep_alive is not None:
-            gateway.fleet.set_ttl(entry.id, keep_alive)
-    elif unload:
-        _keep_alive(resolved, req.keep_alive)  # raises: upstream models do not unload
-    reason: ol.DoneReason = "unload" if unload else "load"
+    reason: ol.DoneReason = "unload" if await _load(gateway, resolved, req.keep_alive) else "load"
     now = now_rfc3339()
     if isinstance(req, ol.ChatRequest):
         return _json(
@@ -182,6 +171,27 @@ async def _load_or_unload(
             model=req.model, created_at=now, done=True, done_reason=reason, response=""
         )
     )
+
+
+async def _load(gateway: Gateway, resolved: Resolved, keep_alive: ol.KeepAlive | None) -> bool:
+    """Load the model and set its TTL, or with ``keep_alive`` 0 unload it (True)."""
+    unload = keep_alive is not None and ol.parse_duration(keep_alive) == 0
+    entry = resolved.entry
+    if entry is not None and unload:
+        if gateway.fleet.catalogue().get(entry.id, entry).pinned:
+            raise Conflict(f"model {entry.id} is pinned; unpin it before unloading it")
+        for node, _ in list(gateway.fleet.view().holders(entry.id)):
+            with contextlib.suppress(ModelNotFound):  # gone meanwhile (idle TTL): as asked
+                await gateway.loader.unload(entry.id, node.name)
+        gateway.fleet.set_ttl(entry.id, None)
+    elif entry is not None:
+        await gateway.loader.route(entry, keep=True)
+        ttl = _keep_alive(resolved, keep_alive)
+        if ttl is not None:
+            gateway.fleet.set_ttl(entry.id, ttl)
+    elif unload:
+        _keep_alive(resolved, keep_alive)  # raises: upstream models do not unload
+    return unload
 
 
 def _context_length(gateway: Gateway, resolved: Resolved) -> int:
@@ -308,12 +318,29 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def embed(gateway: Gateway, request: web.Request, ex: Exchange) -> web.StreamResponse:
+    """/api/embed, and /api/embeddings (``prompt`` in, one ``embedding`` out), as
+    /v1/embeddings; no input loads (or with keep_alive 0 unloads) the model, as in Ollama."""
     req = protocol.decode(await request.read(), ol.EmbedRequest)
-    ex.model = resolve(gateway, req.model).model_id
-    raise Unsupported(
-        f"{request.path}: cortex serves no embeddings yet (no neuron route /v1/embeddings), "
-        f"so {ex.model} cannot embed"
+    legacy = request.path == "/api/embeddings"
+    resolved = resolve(gateway, req.model)
+    ex.model = resolved.model_id
+    if resolved.entry is not None:  # before any load or TTL: a chat model is a 400
+        check_task(resolved.model_id, resolved.entry.task, "embed")
+    if not req.inputs:
+        await _load(gateway, resolved, req.keep_alive)
+        return _json(
+            ol.EmbeddingResponse([]) if legacy else ol.EmbedResponse(model=req.model, embeddings=[])
+        )
+    keep_alive = _keep_alive(resolved, req.keep_alive)
+    if keep_alive is not None:
+        gateway.fleet.set_ttl(resolved.model_id, keep_alive)
+    target = Target(
+        resolved.model_id, _context_length(gateway, resolved), False, bool(resolved.entry)
     )
+    answer = await embeddings.fetch(gateway, resolved, embed_to_openai(req, target), ex)
+    if legacy:
+        return _json(ol.EmbeddingResponse(embeddings.vectors(answer)[0]))
+    return _json(embed_reply(answer, req.model, ex.started, ex.queue_wait_s))
 
 
 async def not_here(request: web.Request) -> web.Response:

@@ -14,6 +14,9 @@ naming the field. Choices not forced by either API:
   default; a plain upstream keeps its own); ``num_ctx`` above the model's context is refused.
 - Arguments of a tool call that are not a JSON object come back as ``{"_raw": "..."}``
   (translate.tool_input), since Ollama's clients expect an object.
+- /api/embed is /v1/embeddings: ``truncate`` (Ollama's default true) is the neuron's
+  ``truncate`` extension; a plain upstream gets the inputs as they are (its own limits apply).
+  ``options`` other than ``num_ctx`` (checked against the context) do not bear on a vector.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import msgspec
 
 from cortex.errors import InvalidRequest, UpstreamError
 from cortex.gateway.dialects.calls import Pairing, new_call_id
+from cortex.gateway.embeddings import vectors
 from cortex.gateway.translate import tool_input
 from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
+from cortex.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
 _encoder = msgspec.json.Encoder()
 _IMAGE_TYPES = {
@@ -274,4 +279,29 @@ def generate_reply(resp: oa.ChatCompletion, model: str, clock: Clock) -> ol.Gene
     return ol.GenerateChunk(
         response=choice.message.content or "",
         **clock.final(model, choice.finish_reason, resp.usage),
+    )
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embed_to_openai(req: ol.EmbedRequest, target: Target) -> EmbeddingRequest:
+    """/api/embed (or /api/embeddings) with something to embed as /v1/embeddings."""
+    _check_context((req.options or ol.Options()).num_ctx, target)
+    return EmbeddingRequest(
+        model=target.model_id,
+        input=list[str | int | list[int]](req.inputs),
+        dimensions=req.dimensions,
+        truncate=req.truncate and target.neuron,
+    )
+
+
+def embed_reply(resp: EmbeddingList, model: str, started: float, load_s: float) -> ol.EmbedResponse:
+    """/api/embed's answer; ``load_s`` is the time before a node took the request (a load)."""
+    return ol.EmbedResponse(
+        model=model,
+        embeddings=vectors(resp),
+        total_duration=_ns(time.perf_counter() - started),
+        load_duration=_ns(load_s),
+        prompt_eval_count=resp.usage.prompt_tokens,
     )
