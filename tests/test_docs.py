@@ -122,7 +122,8 @@ def _missing_modules(page: Path) -> list[str]:
     """Module paths named on ``page`` that exist neither beside it, nor from the repository
     root, nor under cortex/ (docs write `gateway/loads.py` for cortex/gateway/loads.py)."""
     bases = (page.parent, ROOT, ROOT / "cortex")
-    named = {p for found in MODULE_PATH.findall(page.read_text()) for p in _expand(found)}
+    text = page.read_text().replace("\\_", "_")  # Markdown's escaped underscores: \_\_init\_\_
+    named = {p for found in MODULE_PATH.findall(text) for p in _expand(found)}
     return sorted(p for p in named if not any((base / p).is_file() for base in bases))
 
 
@@ -139,7 +140,7 @@ def test_a_renamed_module_is_caught(tmp_path: Path) -> None:
     page = tmp_path / "README.md"
     (tmp_path / "here.py").write_text("")
     page.write_text(
-        "See `here.py`, `cortex/gateway/{snapshot,state}.py` and gateway/loads.py; "
-        "not tests/e2e/nowhere.py.\n"
+        "See `here.py`, `cortex/gateway/{snapshot,state}.py`, gateway/loads.py and "
+        "cortex/neuron/stores/\\_\\_init\\_\\_.py; not tests/e2e/nowhere.py.\n"
     )
     assert _missing_modules(page) == ["cortex/gateway/state.py", "tests/e2e/nowhere.py"]
