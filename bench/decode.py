@@ -12,6 +12,7 @@ printed before and after.
     .venv/bin/python bench/decode.py --tree main=/work/main  # and another checkout, interleaved
     .venv/bin/python bench/decode.py --variant bf16:dtype=bfloat16   # a load option as a column
     .venv/bin/python bench/decode.py --profile 1             # torch.profiler on the worker
+    .venv/bin/python bench/decode.py --compile-step --streams 1 --rounds 6   # eager vs compiled
 
 ``--variant NAME:FIELD=VALUE,...`` loads this tree with those LoadRequest fields (``dtype``,
 ``quantization``); several may be given. ``--check`` also asserts that every column's greedy
@@ -209,6 +210,61 @@ def _profile(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return tables
 
 
+def compile_step(args: argparse.Namespace) -> None:
+    """One decode step of ``--streams`` rows (equal lengths, no mask) through the model's
+    eager forward and through ``torch.compile`` of it (``dynamic=True``; ``--freeze``: inductor
+    freezing, which prepacks the weights), interleaved, in this process: the step's time
+    without the engine around it, and how far the compiled logits are from eager's."""
+    import torch
+    from cortex_transformers.harness import TransformersHarness
+
+    from cortex import starter
+    from cortex.neuron.harness import LoadOptions
+    from cortex.protocol.neuron import LoadRequest
+
+    torch.set_num_threads(args.threads)
+    if args.freeze:
+        import torch._inductor.config
+
+        torch._inductor.config.freezing = True
+    gguf = starter.fetch()
+    request = LoadRequest(model="smollm2", source=str(gguf))
+    options = LoadOptions(torch_threads=args.threads, max_concurrency=max(2, args.streams))
+    model = TransformersHarness().load(request, str(gguf), "cpu", options, lambda f, s: None)
+    model._scheduler.stop()  # this thread runs the forward passes
+    net, pool = model._model, model._scheduler.runner._pool
+    rows = args.streams
+    eager, compiled = net.forward, torch.compile(net.forward, dynamic=True)
+
+    def step(forward: Any, width: int) -> tuple[float, Any]:
+        read = torch.arange(rows)[:, None] * 4096 + torch.arange(width)  # [B, W]
+        started = time.perf_counter()
+        out = forward(
+            input_ids=torch.full((rows, 1), 5),
+            position_ids=torch.full((rows, 1), width - 1),
+            cache=pool.view(read[:, -1:], read, width - 1),
+            use_cache=True,
+        )
+        return time.perf_counter() - started, out.logits[:, -1]
+
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        step(compiled, 60)
+        print(f"compile: {time.perf_counter() - started:.0f} s", flush=True)
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for round_ in range(args.rounds):
+            for name, forward in (("eager", eager), ("compiled", compiled)):
+                widths = range(60 + 8 * round_, 68 + 8 * round_)
+                times[name].append(statistics.median(step(forward, w)[0] for w in widths))
+        reference, got = step(eager, 100)[1], step(compiled, 100)[1]
+    print(f"load average after: {os.getloadavg()}")
+    print(f"greedy tokens equal: {torch.equal(reference.argmax(-1), got.argmax(-1))}; "
+          f"max |logit difference| {(reference - got).abs().max().item():.2e}")  # fmt: skip
+    for name, runs in times.items():
+        print(f"{name}: {rows} row(s), median step {1000 * statistics.median(runs):.1f} ms")
+
+
 # ---- the parent ----
 
 
@@ -249,11 +305,18 @@ def main() -> None:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--profile", type=int, default=0, help="profile this many columns")
     parser.add_argument("--rows", type=int, default=30, help="profile table rows")
+    parser.add_argument(
+        "--compile-step", action="store_true", help="eager vs torch.compile, one step alone"
+    )
+    parser.add_argument("--freeze", action="store_true", help="with --compile-step: freezing")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fields", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.compile_step:
+        compile_step(args)
         return
     columns: list[tuple[str, Path, dict[str, str]]] = []
     for spec in args.tree:
