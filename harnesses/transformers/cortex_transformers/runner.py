@@ -43,6 +43,7 @@ class ModelRunner:
         self._blocks = blocks
         self._device = device
         self._offsets = torch.arange(blocks.block_size, device=device)
+        self._columns = torch.arange(blocks.num_blocks * blocks.block_size, device=device)
         self.packs = _honours_prepared_masks(model)
 
     def joins(self, group: list[Chunk], chunk: Chunk) -> bool:
@@ -115,15 +116,11 @@ class ModelRunner:
         returns logits [B, V]."""
         lengths = [len(seq.tokens) for seq in rows]
         width = max(lengths)
-        read = torch.zeros(len(rows), width, dtype=torch.long, device=self._device)  # [B, W]
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=self._device)  # [B, W]
-        for i, (seq, n) in enumerate(zip(rows, lengths, strict=True)):
-            read[i, width - n :] = self._slots(seq.table, n)
-            mask[i, width - n :] = 1
+        read, valid = self._decode_slots(rows, lengths, width)  # [B, W] each
         span = rows[0].table.span(self._blocks.block_size, width) if len(rows) == 1 else None
         out = self._model(
             input_ids=torch.tensor([[seq.tokens[-1]] for seq in rows], device=self._device),
-            attention_mask=mask if min(lengths) < width else None,
+            attention_mask=valid.long() if min(lengths) < width else None,
             position_ids=torch.tensor([[n - 1] for n in lengths], device=self._device),  # [B, 1]
             cache=self._pool.view(read[:, -1:], read, width - 1, span),
             use_cache=True,
@@ -132,6 +129,24 @@ class ModelRunner:
             self._written(seq, n)
         logits: torch.Tensor = out.logits[:, -1]
         return logits
+
+    def _decode_slots(
+        self, rows: list[Generation], lengths: list[int], width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slots each row reads, right-aligned, and which columns hold a token ([B, W]
+        each; padding columns read slot 0). A fixed number of tensor ops for the whole batch:
+        one tensor of the rows' block tables, then column -> token -> block -> slot."""
+        size = self._blocks.block_size
+        count = -(-width // size)  # blocks of the longest row
+        tables = torch.tensor(
+            [(seq.table.blocks + [0] * count)[:count] for seq in rows], device=self._device
+        )  # [B, count]
+        first = torch.tensor(lengths, device=self._device)[:, None] - width  # [B, 1], <= 0
+        token = self._columns[:width] + first  # [B, W]: each column's token index in its row
+        valid = token >= 0
+        token = token.clamp(min=0)
+        slots = tables.gather(1, token // size) * size + token % size
+        return slots.masked_fill(~valid, 0), valid
 
     def _slots(self, table: BlockTable, count: int) -> torch.Tensor:
         """Pool slots of the first ``count`` tokens of ``table`` [count]."""
