@@ -1,12 +1,14 @@
 """What a request may ask a harness to guarantee about the shape of its output (issue 21).
 
-The neuron maps each dialect's fields onto these once (``prompt.py``): ``response_format`` and
-Responses' ``text.format`` become a ``JsonAnswer``; tools with a forced ``tool_choice`` (OpenAI
-``required`` or a named function, Anthropic ``any`` or ``tool``) become ``ToolCalls`` with
-``forced`` set, and ``auto`` becomes the same structure behind a lazy trigger on the tool-call
-format's opening tag. A harness that declares ``SamplingFeatures.constraints`` compiles them to
-a grammar and masks the logits; one that does not gets the request refused with a 400 naming the
-field, never a reply that only looks constrained.
+The neuron maps the chat fields onto these once (``constrain.py``; the gateway has already
+turned Responses' ``text.format``, Anthropic's ``output_config.format``, Ollama's ``format`` and
+Gemini's ``responseSchema`` into ``response_format``). ``response_format`` becomes a
+``JsonAnswer``; tools with a forced ``tool_choice`` (OpenAI ``required`` or a named function,
+Anthropic ``any`` or ``tool``) become ``ToolCalls`` with ``forced`` set, and ``auto`` becomes
+the same structure behind a lazy trigger on the tool-call format's opening tag. A harness that
+declares ``SamplingFeatures.constraints`` compiles them to a grammar and masks the logits; one
+that does not gets the request refused with a 400 naming the field, never a reply that only
+looks constrained.
 
 A tool call's body is the hermes/Qwen JSON object ``{"name": NAME, "arguments": ARGS}``, ``NAME``
 one of ``tools`` and ``ARGS`` valid against that tool's ``parameters`` schema, between ``open``

@@ -43,6 +43,7 @@ class Guide:
         )
         self._tail = b""  # lazy: the reply's last bytes, where the opening tag may be forming
         self._must_end = False  # a lazy single call is complete: only the end may follow
+        self._rejected = False  # a sampled token was refused (a bug): logged once
 
     @property
     def masks(self) -> bool:
@@ -73,7 +74,8 @@ class Guide:
         """Advance past the sampled ``token`` (not an end-of-sequence one)."""
         matcher = self._matcher
         if matcher is not None:
-            if not matcher.consume_token(token):
+            if not matcher.consume_token(token) and not self._rejected:
+                self._rejected = True  # once per sequence: the matcher stays in its error state
                 log.warning("grammar rejected a sampled token: %s", matcher.get_error())
             if self._trigger and matcher.is_stopped():  # a lazy call is complete
                 self._matcher = None
