@@ -178,3 +178,15 @@ async def test_penalties_in_one_batch_equal_each_request_alone(demo: Transformer
     alone = [await _text(demo, prompt, params) for params in kinds]
     together = await asyncio.gather(*(_text(demo, prompt, params) for params in kinds))
     assert list(together) == alone
+
+
+def test_a_lazy_tool_schema_the_grammar_cannot_hold_is_refused_before_generation(
+    demo: TransformersModel,
+) -> None:
+    """Under ``auto`` no matcher is needed until the model opens a call, but the grammar is
+    compiled up front: a bad schema is a 400, not an error in the middle of a stream."""
+    bad = ToolSchema(name="broken", parameters={"type": "nonsense"})
+    constraint = ToolCalls(tools=(bad,), open="<tool_call>", close="</tool_call>", forced=False)
+    with pytest.raises(InvalidRequest) as caught:
+        demo.prepare(SamplingParams(max_new_tokens=4, constraint=constraint))
+    assert caught.value.param == "tools"

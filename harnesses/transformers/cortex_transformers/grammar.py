@@ -141,6 +141,15 @@ class GrammarCache:
             return str(self._hf.decode([token])).encode()
         return bytes(tokenizer.decode_bytes([token]))
 
+    def compile(self, constraint: Constraint) -> str:
+        """``constraint``'s grammar, compiled into the cache (a lazy tool call's too, though no
+        matcher is needed until the model opens a call), so a schema the compiler rejects is a
+        400 before any byte is sent. Returns the grammar, for ``matcher``."""
+        grammar = lark_for(constraint, self.literal)
+        field = "response_format" if isinstance(constraint, JsonAnswer) else "tools"
+        self.matcher(grammar, field)
+        return grammar
+
     def matcher(self, grammar: str, field: str = "response_format") -> llguidance.LLMatcher:
         """A fresh matcher at the start of ``grammar``. Raises InvalidRequest naming ``field``
         when the grammar (a client's schema) cannot be compiled."""

@@ -21,7 +21,7 @@ import llguidance.numpy
 import numpy as np
 
 from cortex.neuron.constraints import Constraint, ToolCalls
-from cortex_transformers.grammar import GrammarCache, lark_for
+from cortex_transformers.grammar import GrammarCache
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Guide:
         self, constraint: Constraint, grammars: GrammarCache, eos_ids: frozenset[int]
     ) -> None:
         self._grammars = grammars
-        self._grammar = lark_for(constraint, grammars.literal)
+        self._grammar = grammars.compile(constraint)  # a cache hit after TransformersModel.prepare
         self._eos = sorted(eos_ids)
         lazy = isinstance(constraint, ToolCalls) and not constraint.forced
         self._trigger = (

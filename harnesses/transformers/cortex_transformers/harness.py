@@ -176,7 +176,7 @@ class TransformersModel(LoadedModel):
     def prepare(self, params: SamplingParams) -> None:
         """Compile the constraint's grammar into the cache (a bad schema is a 400 here)."""
         if params.constraint is not None:
-            Guide(params.constraint, self.grammars, self._eos_ids)
+            self.grammars.compile(params.constraint)
         if params.logit_bias and max(params.logit_bias) >= self._vocab_size:
             raise InvalidRequest(
                 f"logit_bias names token {max(params.logit_bias)}; this model's token ids lie "
