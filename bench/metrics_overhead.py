@@ -28,8 +28,8 @@ from aiohttp import web
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, UpstreamRef
 from cortex.gateway.app import make_app
 from cortex.gateway.core import GATEWAY
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.metrics import GatewayMetrics
-from cortex.gateway.proxy import Exchange
 
 ROUTE = "/v1/chat/completions"
 USAGE = {"prompt_tokens": 812, "completion_tokens": 230, "total_tokens": 1042}

@@ -36,22 +36,22 @@ from cortex.gateway import (
     admin,
     chat,
     embeddings,
-    messages,
     reload,
-    responses,
     text_completions,
     ui,
 )
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import GATEWAY, Gateway
+from cortex.gateway.dialects.anthropic import routes as messages
 from cortex.gateway.dialects.gemini import routes as gemini
 from cortex.gateway.dialects.gemini.translate import error_body as gemini_body
 from cortex.gateway.dialects.ollama import routes as ollama
+from cortex.gateway.dialects.responses import routes as responses
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
 from cortex.gateway.pins import PinStore
-from cortex.gateway.proxy import Exchange
 
 log = logging.getLogger("cortex.gateway")
 

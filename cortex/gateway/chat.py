@@ -15,8 +15,8 @@ from aiohttp import web
 from cortex import protocol
 from cortex.errors import CortexError, InvalidRequest
 from cortex.gateway.core import Gateway, Resolved
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.proxy import (
-    Exchange,
     read_json,
     relay_events,
     sse_error,

@@ -1,7 +1,7 @@
 """The gateway's request core, shared by every dialect: resolve, route, open upstream, account.
 
 ``Gateway`` owns nothing but wiring: the fleet (state), the loader (effects) and the catalogue
-(pure). Dialect modules (chat.py, messages.py, responses.py) decode their request, call
+(pure). Dialect modules (chat.py, dialects/*/routes.py) decode their request, call
 ``open`` for an upstream answer whose status arrived, and relay it in their own shape.
 """
 
@@ -18,11 +18,12 @@ from aiohttp import web
 from cortex.config import CortexConfig, ModelEntry
 from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
 from cortex.gateway.history import Finished, History
 from cortex.gateway.loads import Loader
 from cortex.gateway.neuron_client import neuron_headers
-from cortex.gateway.proxy import Exchange, NodeDown, Target, UpstreamResponse, open_upstream
+from cortex.gateway.proxy import NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick
 from cortex.tasks import Task, check_task
 

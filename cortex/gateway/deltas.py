@@ -1,6 +1,7 @@
 """Walking one chat completion chunk's deltas in order, for the stream translators.
 
-The Anthropic and Responses translators (translate.py, responses_stream.py) turn the same
+The Anthropic and Responses translators (dialects/anthropic/stream.py,
+dialects/responses/stream.py) turn the same
 pieces of a chunk (text, tool-call fragments, the finish reason) into their own events; the
 walk over a chunk is written once here.
 """

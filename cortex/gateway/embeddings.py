@@ -15,7 +15,8 @@ from aiohttp import web
 from cortex import protocol
 from cortex.errors import UpstreamError
 from cortex.gateway.core import EMBEDDINGS_PATH, Gateway, Resolved
-from cortex.gateway.proxy import Exchange, read_json
+from cortex.gateway.exchange import Exchange
+from cortex.gateway.proxy import read_json
 from cortex.protocol.embeddings import EmbeddingList, EmbeddingRequest
 
 _encoder = msgspec.json.Encoder()

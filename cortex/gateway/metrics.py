@@ -38,9 +38,9 @@ from cortex import edge
 from cortex import metric_families as families
 from cortex.errors import CortexError, InvalidRequest, NotFound, openai_body
 from cortex.gateway.core import ExchangeObserver, Gateway
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import LoadObserver
-from cortex.gateway.proxy import Exchange
 from cortex.metric_families import OVERHEAD_BUCKETS
 
 log = logging.getLogger("cortex.gateway.metrics")

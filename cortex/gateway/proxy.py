@@ -13,14 +13,14 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
 
 from cortex import sse
 from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
-from cortex.gateway.fleet import Claim
+from cortex.gateway.exchange import Exchange, TokenCounts
 from cortex.protocol import openai
 
 # An SSE event carrying a usage object (OpenAI sends "usage":null on every other chunk).
@@ -32,13 +32,6 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _DONE = sse.DONE_EVENT
 
 log = logging.getLogger("cortex.gateway.proxy")
-
-
-class TokenCounts(msgspec.Struct):
-    """The counts of any OpenAI usage object (an embedding's has no completion_tokens)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class _UsageOnly(msgspec.Struct):
@@ -57,43 +50,6 @@ class Target:
     url: str
     headers: dict[str, str]
     is_neuron: bool
-
-
-@dataclass
-class Exchange:
-    """What happened to one request; filled as it goes, read by the log line and metrics."""
-
-    dialect: str
-    route: str
-    request_id: str = ""
-    model: str = ""
-    node: str = ""
-    session: str | None = None  # affinity key (sessions.session_key), set before Gateway.open
-    status: int = 200
-    stream: bool = False
-    started: float = field(default_factory=time.perf_counter)
-    upstream_sent: float | None = None
-    first_token: float | None = None
-    upstream_done: float | None = None
-    finished: float | None = None
-    queue_wait_s: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    # Chunks that carried output, counted as they are relayed (a neuron sends one per decode
-    # step): the completion's size when a stream ends without its usage chunk (a hang-up).
-    output_chunks: int = 0
-    error: str | None = None
-    claim: Claim | None = None  # this request's in-flight count on (model, node)
-
-    def take_usage(self, usage: openai.Usage | TokenCounts | None) -> None:
-        if usage is not None:
-            self.prompt_tokens = usage.prompt_tokens
-            self.completion_tokens = usage.completion_tokens
-
-    def settle_usage(self) -> None:
-        """At the end: a stream cut before its usage chunk counts the output it relayed."""
-        if not self.completion_tokens:
-            self.completion_tokens = self.output_chunks
 
 
 class NodeDown(Exception):

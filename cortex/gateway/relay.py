@@ -1,7 +1,7 @@
 """Relaying a neuron's chat completion to a client that speaks another dialect.
 
-Neurons answer in OpenAI chat completions only; the Anthropic (messages.py), Responses
-(responses.py), Ollama and Gemini (dialects/) handlers translate. What they share lives here:
+Neurons answer in OpenAI chat completions only; the Anthropic, Responses, Ollama and Gemini
+handlers (dialects/) translate. What they share lives here:
 reading a whole completion, and driving a ``StreamTranslator`` over the upstream SSE stream with
 the exchange's accounting (first token, usage, the stop string that ended it) and the one rule
 for failures once headers are out: the translator renders them as its dialect's error event, the
@@ -19,7 +19,8 @@ from aiohttp import web
 
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway.core import Gateway, Resolved
-from cortex.gateway.proxy import Exchange, UpstreamResponse, decode_chunks, read_json, sse_events
+from cortex.gateway.exchange import Exchange
+from cortex.gateway.proxy import UpstreamResponse, decode_chunks, read_json, sse_events
 from cortex.protocol import openai
 
 _completion_decoder = msgspec.json.Decoder(openai.ChatCompletion)

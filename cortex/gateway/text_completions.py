@@ -14,7 +14,7 @@ from aiohttp import web
 from cortex import protocol
 from cortex.gateway.chat import forward
 from cortex.gateway.core import Gateway
-from cortex.gateway.proxy import Exchange
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.sessions import prompt_session_key
 from cortex.protocol.completions import CompletionRequest
 

@@ -1,7 +1,7 @@
 """OpenAI Responses API wire shapes (POST /v1/responses): request, response object, stream events.
 
-Only the gateway speaks this dialect; its translator (gateway/translate_responses.py) maps it
-onto the chat completions a neuron serves. Decoding needs one step msgspec cannot take: the
+Only the gateway speaks this dialect; its translator (gateway/dialects/responses/translate.py)
+maps it onto the chat completions a neuron serves. Decoding needs one step msgspec cannot take: the
 SDKs send easy messages (``{"role": "user", "content": "hi"}``) without the ``type`` tag every
 other input item carries, so ``decode_request`` fills ``type: "message"`` in before validating.
 

@@ -20,9 +20,9 @@ from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
 from cortex.errors import ModelNotLoaded
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import Gateway
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import DOWN_PROBE_S, Fleet, probe_delay
 from cortex.gateway.loads import Loader
-from cortex.gateway.proxy import Exchange
 from cortex.protocol.neuron import LoadRequest, ModelStatus
 from tests.gateway.test_loads import GB, FakeNeuron
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cortex.errors import ContextLengthExceeded
-from cortex.gateway.messages import as_prompt_too_long
+from cortex.gateway.dialects.anthropic.routes import as_prompt_too_long
 
 CORTEX = (
     "This model's maximum context length is 4096 tokens. However, your messages resulted in "

@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestServer, unused_port
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, NeuronRef, UpstreamRef
 from cortex.gateway.app import make_app
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import METRICS, FleetCollector, GatewayMetrics, listener
-from cortex.gateway.proxy import Exchange
 from cortex.protocol.neuron import DeviceStatus, ModelStatus, NeuronStatus
 from tests.gateway.mock_upstream import WORDS, MockState, make_mock_upstream
 from tests.prometheus_samples import samples, value

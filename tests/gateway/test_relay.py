@@ -4,11 +4,11 @@ as their dialect's keep-alive events, so a long prefill is not a silent stream."
 from __future__ import annotations
 
 from cortex import sse
-from cortex.gateway.proxy import Exchange
+from cortex.gateway.dialects.anthropic.stream import AnthropicStreamTranslator
+from cortex.gateway.dialects.responses.stream import ResponsesStreamTranslator
+from cortex.gateway.dialects.responses.translate import response_skeleton
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.relay import TranslatedRelay
-from cortex.gateway.responses_stream import ResponsesStreamTranslator
-from cortex.gateway.translate import AnthropicStreamTranslator
-from cortex.gateway.translate_responses import response_skeleton
 from tests.gateway.test_translate_responses import request
 
 ROLE = sse.frame_json(

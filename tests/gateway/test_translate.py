@@ -11,10 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cortex.errors import InvalidRequest, Overloaded, UpstreamError
-from cortex.gateway.translate import (
-    IMAGE_NOTE,
+from cortex.gateway.dialects.anthropic.stream import (
     TEXT_KEEPALIVE_AFTER_S,
     AnthropicStreamTranslator,
+)
+from cortex.gateway.dialects.anthropic.translate import (
+    IMAGE_NOTE,
     messages_to_openai,
     new_message_id,
     openai_to_messages,

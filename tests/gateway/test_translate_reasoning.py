@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from cortex.gateway.translate import messages_to_openai
-from cortex.gateway.translate_responses import responses_to_openai
+from cortex.gateway.dialects.anthropic.translate import messages_to_openai
+from cortex.gateway.dialects.responses.translate import responses_to_openai
 from cortex.protocol import anthropic as an
 from cortex.protocol import responses as rs
 

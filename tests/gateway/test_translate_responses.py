@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from cortex.errors import InvalidRequest, UpstreamError
-from cortex.gateway.responses_stream import ResponsesStreamTranslator
-from cortex.gateway.translate import IMAGE_NOTE
-from cortex.gateway.translate_responses import (
+from cortex.gateway.dialects.anthropic.translate import IMAGE_NOTE
+from cortex.gateway.dialects.responses.stream import ResponsesStreamTranslator
+from cortex.gateway.dialects.responses.translate import (
     openai_to_response,
     response_skeleton,
     responses_to_openai,

@@ -20,8 +20,8 @@ from cortex.gateway.dialects.ollama.translate import (
     embed_to_openai,
     generate_to_openai,
 )
+from cortex.gateway.dialects.responses.translate import WHOLE_CONTEXT
 from cortex.gateway.embeddings import vectors
-from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
 from cortex.protocol.embeddings import Embedding, EmbeddingList, EmbeddingUsage

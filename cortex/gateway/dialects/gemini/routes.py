@@ -18,6 +18,7 @@ from aiohttp import web
 from cortex.errors import NotFound
 from cortex.gateway import admin, embeddings
 from cortex.gateway.core import GATEWAY, Gateway, Resolved
+from cortex.gateway.dialects.anthropic.routes import count_prompt
 from cortex.gateway.dialects.gemini.stream import ARRAY_HEADERS, GeminiStreamWriter
 from cortex.gateway.dialects.gemini.translate import (
     embed_to_openai,
@@ -25,8 +26,7 @@ from cortex.gateway.dialects.gemini.translate import (
     reply,
     to_openai,
 )
-from cortex.gateway.messages import count_prompt
-from cortex.gateway.proxy import Exchange
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.relay import SSE_HEADERS, accepts_images, read_completion, relay_stream
 from cortex.gateway.sessions import session_key
 from cortex.protocol import gemini as gm

@@ -30,9 +30,9 @@ from typing import Any
 import msgspec
 
 from cortex.errors import CortexError, InvalidRequest, UpstreamError
+from cortex.gateway.dialects.anthropic.translate import tool_input
 from cortex.gateway.dialects.calls import Pairing, new_call_id
-from cortex.gateway.translate import tool_input
-from cortex.gateway.translate_responses import WHOLE_CONTEXT
+from cortex.gateway.dialects.responses.translate import WHOLE_CONTEXT
 from cortex.protocol import gemini as gm
 from cortex.protocol import openai as oa
 from cortex.protocol.embeddings import EmbeddingRequest

@@ -47,7 +47,7 @@ from cortex.gateway.dialects.ollama.translate import (
     generate_to_openai,
     now_rfc3339,
 )
-from cortex.gateway.proxy import Exchange
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.relay import accepts_images, read_completion, relay_stream
 from cortex.gateway.sessions import session_key
 from cortex.protocol import ollama as ol

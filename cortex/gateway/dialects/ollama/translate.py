@@ -28,10 +28,10 @@ from typing import TypedDict
 import msgspec
 
 from cortex.errors import InvalidRequest, UpstreamError
+from cortex.gateway.dialects.anthropic.translate import tool_input
 from cortex.gateway.dialects.calls import Pairing, new_call_id
+from cortex.gateway.dialects.responses.translate import WHOLE_CONTEXT
 from cortex.gateway.embeddings import vectors
-from cortex.gateway.translate import tool_input
-from cortex.gateway.translate_responses import WHOLE_CONTEXT
 from cortex.protocol import ollama as ol
 from cortex.protocol import openai as oa
 from cortex.protocol.embeddings import EmbeddingList, EmbeddingRequest

@@ -1,6 +1,7 @@
 """Chat completion chunks -> the OpenAI Responses event stream, for one response.
 
-The counterpart of ``AnthropicStreamTranslator`` (translate.py), driven by relay.relay_stream.
+The counterpart of ``AnthropicStreamTranslator`` (dialects/anthropic/stream.py), driven by
+relay.relay_stream.
 A length finish ends the stream in ``response.incomplete`` (as OpenAI's does); a failure after
 the headers went out ends it in ``response.failed`` carrying the error.
 """
@@ -12,7 +13,7 @@ import msgspec
 from cortex import protocol
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway import deltas
-from cortex.gateway.translate_responses import finished_response, incomplete, new_id
+from cortex.gateway.dialects.responses.translate import finished_response, incomplete, new_id
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
 

@@ -22,7 +22,7 @@ Choices that are not forced by either spec:
   turn on an incomplete answer, such as a long file written through a tool call. A plain
   upstream keeps its own default.
 
-The stream direction is responses_stream.py.
+The stream direction is stream.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import typing
 import msgspec
 
 from cortex.errors import InvalidRequest, UpstreamError
-from cortex.gateway.translate import IMAGE_NOTE
+from cortex.gateway.dialects.anthropic.translate import IMAGE_NOTE
 from cortex.protocol import openai as oa
 from cortex.protocol import responses as rs
 

@@ -1,6 +1,6 @@
 """POST /v1/responses: the OpenAI Responses dialect (Codex CLI's) over OpenAI chat neurons.
 
-All shape translation is in translate_responses.py and responses_stream.py; this module only
+All shape translation is in translate.py and stream.py; this module only
 wires it to the request core. ``prompt_cache_key`` (Codex sends its thread id), else ``user``,
 is the session key that keeps a conversation on the node holding its prefix cache.
 """
@@ -11,15 +11,15 @@ import msgspec
 from aiohttp import web
 
 from cortex.gateway.core import Gateway
-from cortex.gateway.proxy import Exchange
-from cortex.gateway.relay import accepts_images, read_completion, relay_stream
-from cortex.gateway.responses_stream import ResponsesStreamTranslator
-from cortex.gateway.sessions import session_key
-from cortex.gateway.translate_responses import (
+from cortex.gateway.dialects.responses.stream import ResponsesStreamTranslator
+from cortex.gateway.dialects.responses.translate import (
     openai_to_response,
     response_skeleton,
     responses_to_openai,
 )
+from cortex.gateway.exchange import Exchange
+from cortex.gateway.relay import accepts_images, read_completion, relay_stream
+from cortex.gateway.sessions import session_key
 from cortex.protocol.responses import decode_request
 
 _encoder = msgspec.json.Encoder()

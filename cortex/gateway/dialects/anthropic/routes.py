@@ -1,6 +1,7 @@
 """POST /v1/messages and /v1/messages/count_tokens: the Anthropic dialect over OpenAI neurons.
 
-All shape translation is in translate.py; this module only wires it to the request core.
+All shape translation is in translate.py and stream.py; this module only wires it to the
+request core.
 ``max_tokens`` is a ceiling (the neuron caps it at what the context leaves); only a prompt that
 does not fit is refused, in Anthropic's own words ("prompt is too long: N tokens > M maximum"),
 since Claude Code reacts to that message by compacting the conversation.
@@ -21,15 +22,16 @@ from aiohttp import web
 from cortex import protocol
 from cortex.errors import InvalidRequest, UpstreamError
 from cortex.gateway.core import Gateway, Resolved
-from cortex.gateway.proxy import Exchange, UpstreamResponse
-from cortex.gateway.relay import accepts_images, read_completion, relay_stream
-from cortex.gateway.sessions import session_key
-from cortex.gateway.translate import (
-    AnthropicStreamTranslator,
+from cortex.gateway.dialects.anthropic.stream import AnthropicStreamTranslator
+from cortex.gateway.dialects.anthropic.translate import (
     messages_to_openai,
     new_message_id,
     openai_to_messages,
 )
+from cortex.gateway.exchange import Exchange
+from cortex.gateway.proxy import UpstreamResponse
+from cortex.gateway.relay import accepts_images, read_completion, relay_stream
+from cortex.gateway.sessions import session_key
 from cortex.protocol import anthropic, openai
 from cortex.protocol.neuron import TokenizeRequest, TokenizeResponse
 
