@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,12 +80,19 @@ def _model_names() -> set[str]:
 
 @pytest.fixture(scope="module")
 def gateways(
-    start_neuron: Any, model_root: Path, tmp_path_factory: pytest.TempPathFactory
+    start_neuron: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[bool, GatewayProcess]]:
     """{True: a gateway with KEY and ADMIN_KEY, False: one with no keys}, one neuron behind
-    both serving every model the commands name."""
+    both serving every model the commands name (the fake reads no weights: an empty file stands
+    for them, where the neuron looks for a source's safetensors)."""
+    model_root = tmp_path_factory.mktemp("doc-models")
+    (model_root / "tiny").mkdir()
+    (model_root / "tiny" / "model.safetensors").touch()
     neuron: NeuronProcess = start_neuron(
-        name="docs", model_roots=[model_root], module="tests.e2e.scripted_neuron"
+        name="docs",
+        model_roots=[model_root],
+        module="tests.e2e.scripted_neuron",
+        harnesses=["fake"],  # no torch import: the neuron is up in ~1 s
     )
     models = [
         {"id": name, "source": "tiny", "harness": "fake", "context_length": 8192}
