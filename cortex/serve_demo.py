@@ -73,7 +73,7 @@ def _configs(
     return {
         "models.toml": served.models_toml,
         "neuron.toml": f"""\
-preload = ["{served.model_id}"]
+preload = {json.dumps([served.model_id])}
 
 [neuron]
 name = "local"
