@@ -32,7 +32,7 @@ from cortex import starter
 DEMO_ID = "cortex-demo"
 HOME = Path(os.environ.get("CORTEX_DEMO_HOME", ".cortex")).resolve()
 READY_TIMEOUT_S = 300  # the GGUF is dequantised on load: ~20-35 s on a 2-core CPU
-READY_POLL_S = 0.1  # a GET of /v1/models on loopback: well under a millisecond of the gateway's
+READY_POLL_S = 0.1  # each check is a GET of /v1/models on loopback: sub-millisecond work
 
 
 def _models_toml(model_id: str, source: str, sizing: str, sampling: str = "") -> str:
