@@ -194,6 +194,34 @@ def serve(role: str | None, config_path: Path | None, check: bool) -> None:
     _serve(*_require(role, config_path), check)
 
 
+@main.command("systemd-unit")
+@click.argument("role", type=click.Choice(["gateway", "neuron"]))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The config file the unit runs on [default: /etc/cortex/cortex.toml or neuron.toml].",
+)
+def systemd_unit(role: Role, config_path: Path | None) -> None:
+    """Print the systemd unit for ROLE, running this installation's own `cortex` (a venv's
+    bin/cortex). Install it with: cortex systemd-unit neuron | sudo tee
+    /etc/systemd/system/neuron.service"""
+    from cortex import systemd_unit as units
+
+    try:
+        script = units.cortex_script()
+    except units.NoScript as exc:
+        raise click.ClickException(str(exc)) from None
+    config_file = (config_path or units.DEFAULT_CONFIG[role]).absolute()
+    if units.hidden_by_protect_home(script):
+        click.echo(
+            f"warning: {script} is under a home directory, which the unit's ProtectHome=yes "
+            "hides from the service; install the venv under /opt (docs/operations.md)",
+            err=True,
+        )
+    click.echo(units.render(role, script, config_file), nl=False)
+
+
 def _register_fleet_commands() -> None:
     from cortex.cli_fleet import register
 

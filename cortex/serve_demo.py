@@ -32,6 +32,7 @@ from cortex import starter
 DEMO_ID = "cortex-demo"
 HOME = Path(os.environ.get("CORTEX_DEMO_HOME", ".cortex")).resolve()
 READY_TIMEOUT_S = 300  # the GGUF is dequantised on load: ~20-35 s on a 2-core CPU
+READY_POLL_S = 0.1  # each check is a GET of /v1/models on loopback: sub-millisecond work
 
 
 def _models_toml(model_id: str, source: str, sizing: str, sampling: str = "") -> str:
@@ -56,16 +57,29 @@ top_p = 0.9
 """
 
 
+class Served(NamedTuple):
+    model_id: str
+    what: str
+    roots: list[Path]
+    models_toml: str
+
+
 def _configs(
-    model: str, roots: list[Path], gateway_port: int, metrics_port: int, neuron_port: int
+    served: Served, gateway_port: int, metrics_port: int, neuron_port: int
 ) -> dict[str, str]:
+    """The three files. The neuron preloads the model from the same models.toml as soon as its
+    harness is imported, rather than waiting for the gateway's first poll to ask: the
+    gateway's pinned load then joins that one (a load is single-flight and the spec is equal)."""
     return {
-        "models.toml": model,
+        "models.toml": served.models_toml,
         "neuron.toml": f"""\
+preload = {json.dumps([served.model_id])}
+
 [neuron]
 name = "local"
 listen = "127.0.0.1:{neuron_port}"
-model_roots = {json.dumps([str(r) for r in roots])}
+model_roots = {json.dumps([str(r) for r in served.roots])}
+models = "models.toml"
 cpu_memory_budget_gb = 4.0
 torch_threads = 1
 """,
@@ -74,6 +88,8 @@ torch_threads = 1
 listen = "127.0.0.1:{gateway_port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
 models = "models.toml"
+# One neuron on loopback: learn of the preload's end within half a second, not two.
+poll_interval_s = 0.5
 
 [eviction]
 min_resident_s = 0.0
@@ -97,7 +113,7 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
                     return True
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.5)
+        time.sleep(READY_POLL_S)
     return False
 
 
@@ -111,13 +127,6 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-class Served(NamedTuple):
-    model_id: str
-    what: str
-    roots: list[Path]
-    models_toml: str
 
 
 def _write_demo_model(directory: Path, size: str) -> None:
@@ -242,7 +251,7 @@ def main() -> int:
     gateway_port, metrics_port, neuron_port = ports.values()
     HOME.mkdir(parents=True, exist_ok=True)
     served = _served()
-    configs = _configs(served.models_toml, served.roots, gateway_port, metrics_port, neuron_port)
+    configs = _configs(served, gateway_port, metrics_port, neuron_port)
     for name, text in configs.items():
         (HOME / name).write_text(text)
     cortex = [sys.executable, "-m", "cortex"]

@@ -30,7 +30,8 @@ tar -C "$root" --exclude-vcs --exclude-vcs-ignores \
     --sort=name --owner=0 --group=0 --numeric-owner \
     --transform="s,^\.,cortex-$version," \
     -czf "$top/SOURCES/cortex-$version.tar.gz" .
-cp "$root"/rpm/*.service "$root/rpm/cortex.sysusers" "$top/SOURCES/"
+# The units are package data (cortex/systemd/): `cortex systemd-unit` prints them for a pip install.
+cp "$root"/cortex/systemd/*.service "$root/rpm/cortex.sysusers" "$top/SOURCES/"
 
 for spec in cortex helexa-neuron; do
     # --nodeps: the BuildRequires are Fedora packages, checked where the binary RPMs are built.

@@ -84,3 +84,34 @@ def test_given_model_path_is_served_from_its_parent(tmp_path: Path) -> None:
     assert served.model_id == "my-model.q4_k_m"
     assert served.roots == [tmp_path.resolve()]
     assert 'source = "My-Model.Q4_K_M.gguf"' in served.models_toml
+
+
+def test_the_written_configs_check_and_the_neuron_preloads_the_served_model(
+    tmp_path: Path,
+) -> None:
+    """The neuron loads the model itself from the same models.toml (no wait for the gateway's
+    first poll); both files pass ``cortex --check``."""
+    from cortex import config
+
+    served = serve_demo._given(_fake_gguf(tmp_path))
+    for name, text in serve_demo._configs(served, 31313, 31314, 13131).items():
+        (tmp_path / name).write_text(text)
+    neuron = config.load_neuron(tmp_path / "neuron.toml")
+    assert tuple(neuron.preload) == (served.model_id,)
+    for role, name in (("neuron", "neuron.toml"), ("gateway", "cortex.toml")):
+        command = [sys.executable, "-m", "cortex", "--role", role, "--config", str(tmp_path / name)]
+        done = subprocess.run(
+            [*command, "--check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def _fake_gguf(directory: Path) -> Path:
+    gguf = directory / "models" / "Tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    return gguf

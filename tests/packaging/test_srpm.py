@@ -21,6 +21,7 @@ import cortex
 
 ROOT = Path(__file__).resolve().parents[2]
 RPM = ROOT / "rpm"
+UNIT_DIR = ROOT / "cortex" / "systemd"  # package data: `cortex systemd-unit` prints them too
 VERSION = cortex.__version__
 TARBALL = f"cortex-{VERSION}.tar.gz"
 FEDORA_MACROS = {
@@ -84,7 +85,7 @@ def _unit(name: str) -> dict[str, dict[str, list[str]]]:
     """A systemd unit as section -> key -> values (keys like DeviceAllow may repeat)."""
     unit: dict[str, dict[str, list[str]]] = {}
     section: dict[str, list[str]] = {}
-    for raw in (RPM / name).read_text().splitlines():
+    for raw in (UNIT_DIR / name).read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -142,7 +143,11 @@ def test_tarball_is_the_working_tree_with_configs_and_without_ignored_files(
     assert all(n == top or n.startswith(top + "/") for n in names)
     paths = {n.removeprefix(top + "/") for n in names if n != top}
     wanted = {src for conf in CONFIGS.values() for src in conf}
-    wanted |= {"setup.cfg", "harnesses/transformers/pyproject.toml", "rpm/cortex.service"}
+    wanted |= {
+        "setup.cfg",
+        "harnesses/transformers/pyproject.toml",
+        "cortex/systemd/cortex.service",
+    }
     assert wanted <= paths, f"missing from the tarball: {sorted(wanted - paths)}"
     junk = {p for p in paths if re.search(r"(^|/)(\.git|\.venv|build|__pycache__)(/|$)", p)}
     assert not junk
@@ -264,7 +269,7 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
         (tmp_path / "usr/bin" / binary).chmod(0o755)
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     for unit in EXEC_START:
-        shutil.copy(RPM / unit, tmp_path / "etc/systemd/system" / unit)
+        shutil.copy(UNIT_DIR / unit, tmp_path / "etc/systemd/system" / unit)
     result = subprocess.run(
         ["systemd-analyze", "verify", f"--root={tmp_path}"]
         + [f"/etc/systemd/system/{unit}" for unit in EXEC_START],
