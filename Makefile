@@ -7,6 +7,9 @@ STAMP   := $(VENV)/.installed
 # while any looser spec lets the resolver pull a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Two workers, one test module each at a time (module fixtures start real processes once): on
+# 2 cores the suite is mostly one busy process waiting on another, so two overlap well.
+PYTEST_WORKERS ?= 2
 
 .PHONY: test lint typecheck pytest serve demo-model bench srpm clean clients browser model-fetch
 
@@ -55,7 +58,7 @@ model-fetch: $(STAMP)
 	$(BIN)/python -m cortex.starter || echo "model-fetch failed; the SmolLM2 e2e test will skip"
 
 pytest: $(STAMP) $(CLIENTS)/.installed browser model-fetch
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
