@@ -127,26 +127,22 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     pending = b""
     content = upstream.resp.content
     # Our neurons frame canonically and their bytes are relayed as they are; anything else is
-    # parsed by the spec's rules and re-framed, so the code after this sees one framing.
-    parser = None if upstream.target.is_neuron else sse.EventStreamParser()
+    # read by the spec's rules (re-framed where it differs), so the code after this sees one
+    # framing.
+    reframer = None if upstream.target.is_neuron else sse.Reframer()
     while True:
         try:
             data = await content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failed(upstream, "mid-stream", exc) from None
         if not data:
-            cut_off = parser.pending if parser is not None else bool(pending.strip())
+            cut_off = reframer.pending if reframer is not None else bool(pending.strip())
             what = "ended mid-event" if cut_off else "closed the stream before [DONE]"
             raise _failed(upstream, "mid-stream", what)
-        if parser is not None:
-            events = parser.feed(data)
-            done = sse.DONE in events
-            if done:
-                events = events[: events.index(sse.DONE)]
-            if events:
-                yield b"".join(sse.frame_json(e) for e in events)
-            if done:
-                yield _DONE
+        if reframer is not None:
+            if framed := reframer.feed(data):
+                yield framed
+            if reframer.done:
                 await _drain(content)
                 return
             continue
