@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
-from cortex.config import CortexConfig, ModelEntry
+from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
 from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.exchange import Exchange
@@ -31,6 +32,7 @@ log = logging.getLogger("cortex.gateway")
 request_log = logging.getLogger("cortex.request")
 
 MAX_ATTEMPTS = 3
+_ADDRESSES = 1024  # cached (ref, path) targets; more only after many reloads
 EMBEDDINGS_PATH = "/embeddings"  # the one upstream path an embed model serves
 
 
@@ -62,6 +64,7 @@ class Gateway:
         self.session = session
         self.history = History()
         self.observers: list[ExchangeObserver] = []
+        self._addresses: dict[tuple[NeuronRef | UpstreamRef, str], Target] = {}
         gw = config.gateway
         # Non-stream: the first byte is the whole answer. Streams: neurons send the role chunk
         # before prefill, so every later read may wait at most idle_timeout_s (enforced by
@@ -185,18 +188,38 @@ class Gateway:
                 raise Unavailable(
                     f"no upstream serving {resolved.model_id} answered", retry_after_s=5.0
                 )
-            loads = [
-                (name, self.fleet.counts(resolved.model_id, name).in_flight, 0) for name in replicas
-            ]
-            up = replicas[pick(loads, session)]
-            return Target(
-                up.ref.name, upstream_base(up.ref) + path, upstream_headers(up.ref), False
-            )
+            if len(replicas) == 1:  # nothing to choose: no load count, no affinity hash
+                (up,) = replicas.values()
+            else:
+                loads = [
+                    (name, self.fleet.counts(resolved.model_id, name).in_flight, 0)
+                    for name in replicas
+                ]
+                up = replicas[pick(loads, session)]
+            return self._address(up.ref, path)
         assert resolved.entry is not None
         node = await self.loader.route(resolved.entry, exclude=excluded, session=session)
-        ref = self.fleet.neurons[node].ref
-        url = ref.endpoint.rstrip("/") + "/v1" + path
-        return Target(node, url, neuron_headers(ref), True)
+        return self._address(self.fleet.neurons[node].ref, path)
+
+    def _address(self, ref: NeuronRef | UpstreamRef, path: str) -> Target:
+        """Where ``path`` is on ``ref`` (URL parsed and headers built once per ref and path: a
+        reload brings new refs, and so new entries)."""
+        key = (ref, path)
+        target = self._addresses.get(key)
+        if target is None:
+            if len(self._addresses) >= _ADDRESSES:
+                self._addresses.clear()  # refs replaced by reloads: start over
+            if isinstance(ref, UpstreamRef):
+                url, auth, neuron = upstream_base(ref) + path, upstream_headers(ref), False
+            else:
+                url, auth, neuron = (
+                    ref.endpoint.rstrip("/") + "/v1" + path,
+                    neuron_headers(ref),
+                    True,
+                )
+            headers = {"content-type": "application/json", **auth}
+            target = self._addresses[key] = Target(ref.name, URL(url), headers, neuron)
+        return target
 
     def finish(self, exchange: Exchange, error: CortexError | None = None) -> None:
         """Account for one finished exchange: counters, rates, observers, the log line."""
@@ -222,7 +245,8 @@ class Gateway:
         )
         for observer in self.observers:
             observer.finished(exchange)
-        request_log.info("request", extra={"fields": _log_fields(exchange)})
+        if request_log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            request_log.info("request", extra={"fields": _log_fields(exchange)})
 
 
 class ExchangeObserver:

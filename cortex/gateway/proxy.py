@@ -12,11 +12,12 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from cortex import sse
 from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
@@ -42,13 +43,14 @@ _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 _error_decoder = msgspec.json.Decoder()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """Where a request goes: a neuron's or an upstream's chat completions URL."""
+    """Where a request goes: a neuron's or an upstream's URL for one route, and the headers
+    sent with every request there (content type and key). Shared: never changed."""
 
     node: str
-    url: str
-    headers: dict[str, str]
+    url: URL
+    headers: Mapping[str, str]
     is_neuron: bool
 
 
@@ -95,8 +97,7 @@ async def open_upstream(
 ) -> UpstreamResponse:
     """POST and wait for the status line. Connection failures raise aiohttp/Timeout errors,
     which the caller may retry on another node: nothing has reached the client yet."""
-    headers = {"content-type": "application/json", **target.headers}
-    resp = await session.post(target.url, data=body, headers=headers, timeout=timeout)
+    resp = await session.post(target.url, data=body, headers=target.headers, timeout=timeout)
     return UpstreamResponse(resp, target)
 
 
