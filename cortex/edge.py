@@ -63,8 +63,8 @@ async def read_body(request: web.Request, timeout_s: float) -> None:
 def request_id(request: web.Request) -> str | None:
     """The client's x-request-id when it is a plain token; anything else is replaced (it is
     echoed in a response header and the log)."""
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else None
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else None
 
 
 def header_bytes(value: str) -> bytes:

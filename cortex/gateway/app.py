@@ -227,7 +227,7 @@ def authorize(request: web.Request) -> None:
     are read per request from the running config, so a SIGHUP reload rotates them."""
     section = request.app[GATEWAY].config.gateway
     path = request.path
-    if _client_route(path) and section.api_keys:
+    if section.api_keys and _client_route(path):
         given = _key_of(request)
         if not edge.key_matches(given, section.api_keys + section.admin_keys):
             raise _refuse(request, given, "API")
