@@ -139,12 +139,11 @@ class Reframer:
 
 
 def _canonical(whole: bytes) -> bool:
-    """Whether ``whole`` (ending in a blank line) is only ``data: <line>\\n\\n`` events: every
-    LF belongs to an event's closing pair, every pair but the last is followed by ``data: ``."""
-    ends = whole.count(b"\n\n")
+    """Whether ``whole`` (ending in a blank line) is only ``data: <line>\\n\\n`` events: it
+    starts with ``data: ``, has no CR, and its LFs are exactly the pairs before each later
+    ``data: `` plus the closing pair (so no event holds a line break of its own)."""
     return (
         whole.startswith(b"data: ")
         and b"\r" not in whole
-        and whole.count(b"\n") == 2 * ends
-        and whole.count(b"\n\ndata: ") == ends - 1
+        and whole.count(b"\n") == 2 * (whole.count(b"\n\ndata: ") + 1)
     )

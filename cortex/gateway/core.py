@@ -124,7 +124,10 @@ class Gateway:
             exchange.upstream_sent = time.perf_counter()
             try:
                 timeout = self._stream_timeout if exchange.stream else self._timeout
-                upstream = await self._first_byte(target, body, timeout)
+                if target.is_neuron and target.node in self.fleet.neurons:
+                    upstream = await self._first_byte(target, body, timeout)
+                else:  # an upstream: no fleet poll to race against
+                    upstream = await open_upstream(self.session, target, body, timeout)
             except (aiohttp.ClientError, TimeoutError, NodeDown) as exc:
                 claim.release()
                 last_error = f"{target.node} failed before the first byte"  # cause: logged
@@ -154,11 +157,9 @@ class Gateway:
     async def _first_byte(
         self, target: Target, body: bytes, timeout: aiohttp.ClientTimeout
     ) -> UpstreamResponse:
-        """``open_upstream``, abandoned with NodeDown when the fleet marks the target neuron
-        down first: a stalled node would otherwise hold the request for the whole timeout,
-        though nothing was sent yet and another node could answer."""
-        if not target.is_neuron or target.node not in self.fleet.neurons:
-            return await open_upstream(self.session, target, body, timeout)
+        """``open_upstream`` to a neuron, abandoned with NodeDown when the fleet marks it down
+        first: a stalled node would otherwise hold the request for the whole timeout, though
+        nothing was sent yet and another node could answer."""
         send = asyncio.ensure_future(open_upstream(self.session, target, body, timeout))
         down = asyncio.ensure_future(self.fleet.wait_down(target.node))
         try:

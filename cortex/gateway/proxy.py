@@ -179,11 +179,11 @@ def _failed(upstream: UpstreamResponse, where: str, cause: BaseException | str) 
 
 def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
     """Note first token and usage; drop the usage-only event if the client did not ask."""
-    if outputs := len(_TOKEN.findall(batch)):
+    if outputs := output_count(batch):
         exchange.output_chunks += outputs
         if exchange.first_token is None:
             exchange.first_token = time.perf_counter()
-    if _USAGE.search(batch) is None:
+    if not holds_usage(batch):
         return batch
     out = []
     for event in batch.split(b"\n\n"):
@@ -198,6 +198,30 @@ def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
         out.append(event)
         out.append(b"\n\n")
     return b"".join(out)
+
+
+def output_count(batch: bytes) -> int:
+    """How many times ``_TOKEN`` matches ``batch``, by ``bytes.count`` (several times faster
+    than the regex over a stream) when the JSON is compact: every ``"content"`` followed by
+    ``:"`` and no ``"text"`` or ``"tool_calls"``, as neurons, OpenAI and vLLM write it. In
+    JSON a quoted word is a whole string token (quotes inside strings are escaped), so the
+    counts are exact; anything else takes the regex."""
+    if b'"text"' in batch or b'"tool_calls"' in batch:
+        return len(_TOKEN.findall(batch))
+    keys = batch.count(b'"content"')
+    strings = batch.count(b'"content":"') if keys else 0
+    if strings != keys:
+        return len(_TOKEN.findall(batch))
+    return strings - batch.count(b'"content":""') if strings else 0
+
+
+def holds_usage(batch: bytes) -> bool:
+    """Whether ``_USAGE`` matches: not when every ``"usage"`` is ``"usage":null`` (OpenAI sends
+    that on each chunk before the last), without running the regex."""
+    keys = batch.count(b'"usage"')
+    if not keys or keys == batch.count(b'"usage":null'):
+        return False
+    return _USAGE.search(batch) is not None
 
 
 def sse_error(err: CortexError) -> bytes:
