@@ -185,19 +185,50 @@ def relay_events(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
             exchange.first_token = time.perf_counter()
     if not holds_usage(batch):
         return batch
+    if b"\n\n\n" in batch or batch.startswith(b"\n\n") or not batch.endswith(b"\n\n"):
+        return _usage_by_event(batch, exchange, keep_usage)
+    # Whole events, no empty ones: visit only the events the usage matches fall in, and keep
+    # the bytes around them as they are (a stream's usage event is one of some seventy).
+    out = []
+    kept = 0  # batch[kept:] is not yet in out
+    seen = -1  # start of the last event whose usage was taken
+    for match in _USAGE.finditer(batch):
+        start = batch.rfind(b"\n\n", 0, match.start()) + 2
+        start = 0 if start < 2 else start
+        if start == seen:
+            continue
+        seen = start
+        end = batch.find(b"\n\n", match.end()) + 2
+        event = batch[start : end - 2]
+        _take_usage(event, exchange)
+        if not keep_usage and _EMPTY_CHOICES.search(event):
+            out.append(batch[kept:start])
+            kept = end
+    if not out:
+        return batch
+    out.append(batch[kept:])
+    return b"".join(out)
+
+
+def _usage_by_event(batch: bytes, exchange: Exchange, keep_usage: bool) -> bytes:
+    """``relay_events``' usage step for any batch: event by event, empty events dropped."""
     out = []
     for event in batch.split(b"\n\n"):
         if not event:
             continue
         if _USAGE.search(event):
-            payload = event[event.find(b"{") :]
-            with contextlib.suppress(msgspec.DecodeError):
-                exchange.take_usage(_usage_decoder.decode(payload).usage)
+            _take_usage(event, exchange)
             if not keep_usage and _EMPTY_CHOICES.search(event):
                 continue
         out.append(event)
         out.append(b"\n\n")
     return b"".join(out)
+
+
+def _take_usage(event: bytes, exchange: Exchange) -> None:
+    payload = event[event.find(b"{") :]
+    with contextlib.suppress(msgspec.DecodeError):
+        exchange.take_usage(_usage_decoder.decode(payload).usage)
 
 
 def output_count(batch: bytes) -> int:
