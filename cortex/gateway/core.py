@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from yarl import URL
 
@@ -36,9 +36,9 @@ _ADDRESSES = 1024  # cached (ref, path) targets; more only after many reloads
 EMBEDDINGS_PATH = "/embeddings"  # the one upstream path an embed model serves
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """What a client's model name means: a catalogue entry, or a model an upstream serves."""
+class Resolved(msgspec.Struct, frozen=True):
+    """What a client's model name means: a catalogue entry, or a model an upstream serves
+    (a Struct: one is made per request)."""
 
     model_id: str
     entry: ModelEntry | None
