@@ -46,7 +46,11 @@ async def read_body(request: web.Request, timeout_s: float) -> None:
     if not request.body_exists:
         return
     try:
-        await asyncio.wait_for(request.read(), timeout_s)
+        if request.content.is_eof():  # all of it arrived with the head: nothing to wait for
+            await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                await request.read()
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
     except (HttpProcessingError, web.RequestPayloadError) as exc:
@@ -59,8 +63,8 @@ async def read_body(request: web.Request, timeout_s: float) -> None:
 def request_id(request: web.Request) -> str | None:
     """The client's x-request-id when it is a plain token; anything else is replaced (it is
     echoed in a response header and the log)."""
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else None
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else None
 
 
 def header_bytes(value: str) -> bytes:
@@ -105,35 +109,48 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def errors_middleware(
     render: Render, from_http: FromHttp, logger: logging.Logger, internal: str
 ) -> Middleware:
-    """The one place a role's errors become responses (``render`` picks the envelope): a
-    CortexError as itself, aiohttp's HTTP errors through ``from_http``, a recursion in a chat
-    template as a 400, anything else as a 500 saying ``internal`` with the traceback in the log.
-    A client hang-up is one INFO line, and nothing is sent after it."""
+    """The one place a role's errors become responses (``render`` picks the envelope); see
+    ``failure``."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except CortexError as err:
-            return render(request, err)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return render(request, from_http(request, exc))
-        except asyncio.CancelledError:
-            if client_gone(request):
-                log_hang_up(request, logger)
-            raise
-        except RecursionError:  # a chat template recursing into a deep value
-            return render(request, InvalidRequest("request nests too deeply to render"))
-        except Exception as exc:
-            if isinstance(exc, ConnectionError) and client_gone(request):
-                log_hang_up(request, logger)
-                return unsent()
-            logger.exception("unexpected error on %s %s", request.method, request.path)
-            return render(request, InternalError(internal))
+        except (Exception, asyncio.CancelledError) as exc:
+            return failure(request, exc, render, from_http, logger, internal)
 
     return middleware
+
+
+def failure(
+    request: web.Request,
+    exc: BaseException,
+    render: Render,
+    from_http: FromHttp,
+    logger: logging.Logger,
+    internal: str,
+) -> web.Response:
+    """The response for what a handler raised, or ``exc`` raised again: a CortexError as
+    itself, aiohttp's HTTP errors through ``from_http`` (below 400 they are raised again), a
+    recursion in a chat template as a 400, anything else as a 500 saying ``internal`` with the
+    traceback in the log. A client hang-up is one INFO line, and nothing is sent after it."""
+    if isinstance(exc, CortexError):
+        return render(request, exc)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        return render(request, from_http(request, exc))
+    if isinstance(exc, asyncio.CancelledError):
+        if client_gone(request):
+            log_hang_up(request, logger)
+        raise exc
+    if isinstance(exc, RecursionError):  # a chat template recursing into a deep value
+        return render(request, InvalidRequest("request nests too deeply to render"))
+    if isinstance(exc, ConnectionError) and client_gone(request):
+        log_hang_up(request, logger)
+        return unsent()
+    logger.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return render(request, InternalError(internal))
 
 
 def not_allowed(request: web.Request, exc: web.HTTPException) -> MethodNotAllowed:

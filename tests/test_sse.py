@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cortex.sse import EventStreamParser, frame, frame_json
+from cortex.sse import DONE, DONE_EVENT, EventStreamParser, Reframer, frame, frame_json
 
 CASES = [
     pytest.param(b"data: {}\n\n", [b"{}"], id="lf"),
@@ -53,3 +53,45 @@ def test_multi_line_data_frames_as_several_data_lines() -> None:
 
 def test_json_is_framed_on_one_line() -> None:
     assert frame_json(b'{\n "a": 1\n}') == b'data: {  "a": 1 }\n\n'
+
+
+def _reference(stream: bytes) -> bytes:
+    """What the parser and frame_json make of a stream, up to and including [DONE]."""
+    events = EventStreamParser().feed(stream)
+    done = DONE in events
+    if done:
+        events = events[: events.index(DONE)]
+    return b"".join(frame_json(e) for e in events) + (DONE_EVENT if done else b"")
+
+
+CANONICAL = b'data: {"a":1}\n\ndata: {"b":"x: y"}\n\ndata: \n\n' + DONE_EVENT
+REFRAME_CASES = [
+    *CASES,
+    pytest.param(CANONICAL, [], id="canonical"),
+    pytest.param(CANONICAL + b"data: after\n\n", [], id="nothing-after-done"),
+    pytest.param(b"data: a\n\n: ping\n\ndata: b\n\n", [], id="canonical-then-comment"),
+    pytest.param(b"data: a\n\ndata: b\r\n\r\ndata: c\n\n", [], id="canonical-then-crlf"),
+    pytest.param(b"data: a\n\n\n\ndata: b\n\n", [], id="extra-blank-lines"),
+    pytest.param(b"data: x data: [DONE]\n\ndata: y\n\n", [], id="done-inside-data-is-not-done"),
+    pytest.param(b"data: a\n\ndata: [DONE]\r\n\r\n", [], id="crlf-done"),
+]
+
+
+@pytest.mark.parametrize(("stream", "_events"), REFRAME_CASES)
+def test_reframer_gives_what_the_parser_gives(stream: bytes, _events: list[bytes]) -> None:
+    whole = Reframer()
+    assert whole.feed(stream) == _reference(stream)
+    for size in (1, 2, 3, 7):
+        split = Reframer()
+        got = b"".join(split.feed(stream[i : i + size]) for i in range(0, len(stream), size))
+        assert got == _reference(stream), size
+
+
+def test_canonical_bytes_pass_through_untouched() -> None:
+    reframer = Reframer()
+    head, tail = CANONICAL[:20], CANONICAL[20:]
+    assert reframer.feed(head) == b'data: {"a":1}\n\n'  # the unfinished second event waits
+    assert reframer.pending
+    assert reframer.feed(tail) == CANONICAL[15:]
+    assert reframer.done
+    assert reframer.feed(b"data: more\n\n") == b""

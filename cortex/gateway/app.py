@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -119,21 +120,42 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> CortexError:
     return InvalidRequest(exc.text or exc.reason)
 
 
-errors_middleware = edge.errors_middleware(
-    _error_response, _from_http, log, "internal error; see the gateway log"
-)
+INTERNAL = "internal error; see the gateway log"
+_request_ids = random.Random(secrets.randbits(64))
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer carries a ``request-id`` (the client's own when it sent a safe one), which
-    the request log line repeats."""
-    request_id = edge.request_id(request) or "req_" + secrets.token_hex(12)
-    request[REQUEST_ID] = request_id
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["request-id"] = request_id
-    return response
+def _new_request_id() -> str:
+    """A fresh id: unique, not a secret (it is echoed to the client and logged), so a seeded
+    generator serves where ``secrets`` would cost a system call per request."""
+    return f"req_{_request_ids.getrandbits(96):024x}"
+
+
+def edge_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The gateway's one middleware, in this order (one layer: each layer costs every request):
+
+    1. a ``request-id`` on every answer (the client's own when it sent a safe one), which the
+       request log line repeats;
+    2. the key check (``authorize``);
+    3. the whole body read within ``body_timeout_s`` before any handler runs;
+    4. every error, ours or aiohttp's, rendered in the request's dialect (``edge.failure``).
+    """
+    timeout_s = config.gateway.body_timeout_s
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = edge.request_id(request) or _new_request_id()
+        request[REQUEST_ID] = request_id
+        try:
+            authorize(request)
+            await edge.read_body(request, timeout_s)
+            response = await handler(request)
+        except (Exception, asyncio.CancelledError) as exc:
+            response = edge.failure(request, exc, _error_response, _from_http, log, INTERNAL)
+        if not response.prepared:
+            response.headers["request-id"] = request_id
+        return response
+
+    return middleware
 
 
 def _key_of(request: web.Request) -> str | None:
@@ -200,13 +222,12 @@ def _client_route(path: str) -> bool:
     return path.startswith(("/v1/", OLLAMA_PREFIX, gemini.PREFIX))
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authorize(request: web.Request) -> None:
     """Client routes take a client or an admin key; admin routes an admin key. The key lists
     are read per request from the running config, so a SIGHUP reload rotates them."""
     section = request.app[GATEWAY].config.gateway
     path = request.path
-    if _client_route(path) and section.api_keys:
+    if section.api_keys and _client_route(path):
         given = _key_of(request)
         if not edge.key_matches(given, section.api_keys + section.admin_keys):
             raise _refuse(request, given, "API")
@@ -217,19 +238,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 raise _refuse(request, given, "admin")
         elif not _loopback(request):
             raise Forbidden("the admin API is loopback-only while admin_keys is empty")
-    return await handler(request)
-
-
-def body_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Read the whole body within body_timeout_s before any handler runs."""
-    timeout_s = config.gateway.body_timeout_s
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        await edge.read_body(request, timeout_s)
-        return await handler(request)
-
-    return middleware
 
 
 def _exchange_handler(
@@ -286,12 +294,7 @@ def make_app(
     max_body = int(config.gateway.max_body_mb * 1_000_000)
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[
-            request_id_middleware,
-            errors_middleware,
-            auth_middleware,
-            body_middleware(config),
-        ],
+        middlewares=[edge_middleware(config)],
     )
     catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import aiohttp
+import msgspec
 from aiohttp import web
+from yarl import URL
 
-from cortex.config import CortexConfig, ModelEntry
+from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
 from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.exchange import Exchange
@@ -31,12 +32,13 @@ log = logging.getLogger("cortex.gateway")
 request_log = logging.getLogger("cortex.request")
 
 MAX_ATTEMPTS = 3
+_ADDRESSES = 1024  # cached (ref, path) targets; more only after many reloads
 EMBEDDINGS_PATH = "/embeddings"  # the one upstream path an embed model serves
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """What a client's model name means: a catalogue entry, or a model an upstream serves."""
+class Resolved(msgspec.Struct, frozen=True):
+    """What a client's model name means: a catalogue entry, or a model an upstream serves
+    (a Struct: one is made per request)."""
 
     model_id: str
     entry: ModelEntry | None
@@ -62,6 +64,7 @@ class Gateway:
         self.session = session
         self.history = History()
         self.observers: list[ExchangeObserver] = []
+        self._addresses: dict[tuple[NeuronRef | UpstreamRef, str], Target] = {}
         gw = config.gateway
         # Non-stream: the first byte is the whole answer. Streams: neurons send the role chunk
         # before prefill, so every later read may wait at most idle_timeout_s (enforced by
@@ -121,7 +124,10 @@ class Gateway:
             exchange.upstream_sent = time.perf_counter()
             try:
                 timeout = self._stream_timeout if exchange.stream else self._timeout
-                upstream = await self._first_byte(target, body, timeout)
+                if target.is_neuron and target.node in self.fleet.neurons:
+                    upstream = await self._first_byte(target, body, timeout)
+                else:  # an upstream: no fleet poll to race against
+                    upstream = await open_upstream(self.session, target, body, timeout)
             except (aiohttp.ClientError, TimeoutError, NodeDown) as exc:
                 claim.release()
                 last_error = f"{target.node} failed before the first byte"  # cause: logged
@@ -151,11 +157,9 @@ class Gateway:
     async def _first_byte(
         self, target: Target, body: bytes, timeout: aiohttp.ClientTimeout
     ) -> UpstreamResponse:
-        """``open_upstream``, abandoned with NodeDown when the fleet marks the target neuron
-        down first: a stalled node would otherwise hold the request for the whole timeout,
-        though nothing was sent yet and another node could answer."""
-        if not target.is_neuron or target.node not in self.fleet.neurons:
-            return await open_upstream(self.session, target, body, timeout)
+        """``open_upstream`` to a neuron, abandoned with NodeDown when the fleet marks it down
+        first: a stalled node would otherwise hold the request for the whole timeout, though
+        nothing was sent yet and another node could answer."""
         send = asyncio.ensure_future(open_upstream(self.session, target, body, timeout))
         down = asyncio.ensure_future(self.fleet.wait_down(target.node))
         try:
@@ -185,18 +189,38 @@ class Gateway:
                 raise Unavailable(
                     f"no upstream serving {resolved.model_id} answered", retry_after_s=5.0
                 )
-            loads = [
-                (name, self.fleet.counts(resolved.model_id, name).in_flight, 0) for name in replicas
-            ]
-            up = replicas[pick(loads, session)]
-            return Target(
-                up.ref.name, upstream_base(up.ref) + path, upstream_headers(up.ref), False
-            )
+            if len(replicas) == 1:  # nothing to choose: no load count, no affinity hash
+                (up,) = replicas.values()
+            else:
+                loads = [
+                    (name, self.fleet.counts(resolved.model_id, name).in_flight, 0)
+                    for name in replicas
+                ]
+                up = replicas[pick(loads, session)]
+            return self._address(up.ref, path)
         assert resolved.entry is not None
         node = await self.loader.route(resolved.entry, exclude=excluded, session=session)
-        ref = self.fleet.neurons[node].ref
-        url = ref.endpoint.rstrip("/") + "/v1" + path
-        return Target(node, url, neuron_headers(ref), True)
+        return self._address(self.fleet.neurons[node].ref, path)
+
+    def _address(self, ref: NeuronRef | UpstreamRef, path: str) -> Target:
+        """Where ``path`` is on ``ref`` (URL parsed and headers built once per ref and path: a
+        reload brings new refs, and so new entries)."""
+        key = (ref, path)
+        target = self._addresses.get(key)
+        if target is None:
+            if len(self._addresses) >= _ADDRESSES:
+                self._addresses.clear()  # refs replaced by reloads: start over
+            if isinstance(ref, UpstreamRef):
+                url, auth, neuron = upstream_base(ref) + path, upstream_headers(ref), False
+            else:
+                url, auth, neuron = (
+                    ref.endpoint.rstrip("/") + "/v1" + path,
+                    neuron_headers(ref),
+                    True,
+                )
+            headers = {"content-type": "application/json", **auth}
+            target = self._addresses[key] = Target(ref.name, URL(url), headers, neuron)
+        return target
 
     def finish(self, exchange: Exchange, error: CortexError | None = None) -> None:
         """Account for one finished exchange: counters, rates, observers, the log line."""
@@ -222,7 +246,8 @@ class Gateway:
         )
         for observer in self.observers:
             observer.finished(exchange)
-        request_log.info("request", extra={"fields": _log_fields(exchange)})
+        if request_log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            request_log.info("request", extra={"fields": _log_fields(exchange)})
 
 
 class ExchangeObserver:

@@ -23,7 +23,7 @@ class TokenCounts(msgspec.Struct):
     completion_tokens: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """What happened to one request; filled as it goes, read by the log line and metrics."""
 

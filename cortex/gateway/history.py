@@ -18,15 +18,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 RATE_WINDOW_S = 60.0
 BUCKET_S = 10.0
 HISTORY_S = 900.0
 RECENT_ERRORS = 20
 
 
-@dataclass(frozen=True)
-class Finished:
-    """One finished exchange, as the history keeps it."""
+class Finished(msgspec.Struct, frozen=True, gc=False):
+    """One finished exchange, as the history keeps it (a Struct: one is made per request)."""
 
     at: float  # Unix time
     request_id: str

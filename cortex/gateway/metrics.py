@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import web
@@ -48,35 +49,83 @@ log = logging.getLogger("cortex.gateway.metrics")
 NO_LABEL = "-"  # model or node of an exchange that failed before it was routed
 
 
+class _Pending:
+    """One histogram child's observations since the last scrape: plain counts per bucket and
+    a sum, added to the child (``flush``) when the registry is read. Recording a request is then
+    a bisect and two adds, with no lock and no per-observation call into prometheus_client."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: list[float] = child._upper_bounds  # ends in +Inf, as _buckets does
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        # prometheus_client's own layout (its observe does the same adds one at a time):
+        # _buckets[i] counts the observations <= upper_bounds[i] and > the bound before it.
+        for i, n in enumerate(self._counts):
+            if n:
+                self._child._buckets[i].inc(n)
+                self._counts[i] = 0
+        if self._sum:
+            self._child._sum.inc(self._sum)
+            self._sum = 0.0
+
+
 class _Children:
-    """The labelled series one (model, node, route, status) writes to, resolved once."""
+    """The labelled series one (model, node, route, status) writes to, resolved once, with the
+    counts since the last scrape."""
 
     __slots__ = (
         "completion",
+        "completion_n",
         "duration",
         "overhead",
         "prompt",
+        "prompt_n",
         "queue_wait",
         "requests",
+        "requests_n",
         "tpot",
         "ttft",
     )
 
     def __init__(self, m: RequestMetrics, model: str, node: str, route: str, status: int) -> None:
         self.requests = m.requests.labels(model, node, route, str(status))
-        self.duration = m.duration.labels(model, route)
-        self.ttft = m.ttft.labels(model)
-        self.tpot = m.tpot.labels(model)
+        self.duration = _Pending(m.duration.labels(model, route))
+        self.ttft = _Pending(m.ttft.labels(model))
+        self.tpot = _Pending(m.tpot.labels(model))
         self.prompt = m.tokens.labels(model, "prompt")
         self.completion = m.tokens.labels(model, "completion")
-        self.overhead = m.overhead.labels(route)
-        self.queue_wait = m.queue_wait.labels(model)
+        self.overhead = _Pending(m.overhead.labels(route))
+        self.queue_wait = _Pending(m.queue_wait.labels(model))
+        self.requests_n = self.prompt_n = self.completion_n = 0
+
+    def flush(self) -> None:
+        if self.requests_n:
+            self.requests.inc(self.requests_n)
+        if self.prompt_n:
+            self.prompt.inc(self.prompt_n)
+        if self.completion_n:
+            self.completion.inc(self.completion_n)
+        self.requests_n = self.prompt_n = self.completion_n = 0
+        for pending in (self.duration, self.ttft, self.tpot, self.overhead, self.queue_wait):
+            pending.flush()
 
 
 class RequestMetrics(ExchangeObserver):
-    """Per-request counters and histograms, recorded once per finished exchange."""
+    """Per-request counters and histograms, recorded once per finished exchange into plain
+    counts, which reach the registry's series when it is read (``_Flush``, registered before
+    them)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(_Flush(self))
         self.requests = families.requests(registry, ("model", "node", "route", "status"))
         self.duration = families.duration(registry, ("model", "route"))
         self.ttft = families.ttft(registry)  # streams only: the first relayed token
@@ -102,12 +151,10 @@ class RequestMetrics(ExchangeObserver):
             c = self._children[key] = _Children(self, *key)
         started, finished = ex.started, ex.finished
         assert finished is not None  # Gateway.finish stamps it before calling observers
-        c.requests.inc()
+        c.requests_n += 1
         c.duration.observe(finished - started)
-        if ex.prompt_tokens:
-            c.prompt.inc(ex.prompt_tokens)
-        if ex.completion_tokens:
-            c.completion.inc(ex.completion_tokens)
+        c.prompt_n += ex.prompt_tokens
+        c.completion_n += ex.completion_tokens
         if ex.node:
             c.queue_wait.observe(ex.queue_wait_s)
         sent, done, first = ex.upstream_sent, ex.upstream_done, ex.first_token
@@ -119,6 +166,23 @@ class RequestMetrics(ExchangeObserver):
             c.ttft.observe(first - started)
             if done is not None and ex.completion_tokens > 1:
                 c.tpot.observe((done - first) / (ex.completion_tokens - 1))
+
+    def flush(self) -> None:
+        """Add the counts since the last call to the registry's series."""
+        for c in self._children.values():
+            c.flush()
+
+
+class _Flush(Collector):
+    """Registered ahead of the request series, so every read of the registry (scrape or test)
+    first moves the pending counts into them; it exports nothing itself."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        self._metrics.flush()
+        return iter(())
 
 
 class LoadMetrics(LoadObserver):

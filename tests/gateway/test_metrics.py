@@ -8,12 +8,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, NeuronRef, UpstreamRef
 from cortex.gateway.app import make_app
 from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
-from cortex.gateway.metrics import METRICS, FleetCollector, GatewayMetrics, listener
+from cortex.gateway.metrics import METRICS, FleetCollector, GatewayMetrics, _Pending, listener
+from cortex.metric_families import OVERHEAD_BUCKETS
 from cortex.protocol.neuron import DeviceStatus, ModelStatus, NeuronStatus
 from tests.gateway.mock_upstream import WORDS, MockState, make_mock_upstream
 from tests.prometheus_samples import samples, value
@@ -188,3 +190,22 @@ def test_each_app_has_its_own_registry() -> None:
         make_app(CortexConfig(), ModelsConfig()),
     )
     assert first[METRICS].registry is not second[METRICS].registry
+
+
+def test_pending_counts_reach_the_series_as_prometheus_would_count_them() -> None:
+    """Observations held between scrapes land in the buckets Histogram.observe would pick
+    (a value on a bound counts in that bound's bucket), and every scrape adds only what is new."""
+    values = [*OVERHEAD_BUCKETS, 0.0, 0.00007, 0.03, 99.0]
+    kept, direct = CollectorRegistry(), CollectorRegistry()
+    pending = _Pending(Histogram("h", "h", buckets=OVERHEAD_BUCKETS, registry=kept))
+    reference = Histogram("h", "h", buckets=OVERHEAD_BUCKETS, registry=direct)
+    for _ in range(2):  # two scrapes: the second adds the same again
+        for v in values:
+            pending.observe(v)
+            reference.observe(v)
+        pending.flush()
+        assert _counts(kept) == _counts(direct)
+
+
+def _counts(registry: CollectorRegistry) -> dict[Any, float]:
+    return {k: v for k, v in samples(generate_latest(registry)).items() if "_created" not in k[0]}
