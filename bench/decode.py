@@ -13,10 +13,12 @@ printed before and after.
     .venv/bin/python bench/decode.py --variant bf16:dtype=bfloat16   # a load option as a column
     .venv/bin/python bench/decode.py --profile 1             # torch.profiler on the worker
     .venv/bin/python bench/decode.py --compile-step --streams 1 --rounds 6   # eager vs compiled
+    .venv/bin/python bench/decode.py --variant compiled:compiled_decode=true --concurrency 8
 
 ``--variant NAME:FIELD=VALUE,...`` loads this tree with those LoadRequest fields (``dtype``,
-``quantization``); several may be given. ``--check`` also asserts that every column's greedy
-tokens equal the first column's.
+``quantization``, ``compiled_decode``; a value is JSON where it parses); several may be given.
+Each column's load time (compilation included) is printed. ``--check`` also asserts that
+every column's greedy tokens equal the first column's.
 """
 
 from __future__ import annotations
@@ -116,15 +118,18 @@ def child(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     gguf = starter.fetch()
-    fields = json.loads(args.fields)
+    fields = {k: _value(v) for k, v in json.loads(args.fields).items()}
     hooks = {k: fields.pop(k) for k in list(fields) if k.startswith("_")}
     request = LoadRequest(model="smollm2", source=str(gguf), **fields)
-    options = LoadOptions(torch_threads=args.threads, max_concurrency=max(16, args.streams))
+    concurrency = args.concurrency or max(16, args.streams)
+    options = LoadOptions(torch_threads=args.threads, max_concurrency=concurrency)
+    started = time.perf_counter()
     model = TransformersHarness().load(request, str(gguf), "cpu", options, lambda f, s: None)
+    load_s = time.perf_counter() - started
     _experiment(model, hooks)
     asyncio.run(_measure(model, 1, 8))  # warm-up (and compilation, where there is one)
     asyncio.run(_measure(model, args.streams, 8))
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "load_s": load_s}), flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "run":
@@ -138,6 +143,14 @@ def child(args: argparse.Namespace) -> None:
         else:
             break
     model.unload()
+
+
+def _value(text: str) -> Any:
+    """A --variant value: JSON where it parses (true, 3), else the string (bfloat16)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _experiment(model: Any, hooks: dict[str, str]) -> None:
@@ -242,7 +255,7 @@ def compile_step(args: argparse.Namespace) -> None:
         out = forward(
             input_ids=torch.full((rows, 1), 5),
             position_ids=torch.full((rows, 1), width - 1),
-            cache=pool.view(read[:, -1:], read, width - 1),
+            cache=pool.view(read[:, -1:], read),
             use_cache=True,
         )
         return time.perf_counter() - started, out.logits[:, -1]
@@ -274,6 +287,7 @@ def _spawn(name: str, tree: Path, fields: dict[str, str], args: argparse.Namespa
         sys.executable, str(Path(__file__).resolve()), "--child", "--fields", json.dumps(fields),
         "--threads", str(args.threads), "--tokens", str(args.tokens),
         "--streams", str(args.streams), "--rows", str(args.rows),
+        "--concurrency", str(args.concurrency),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return proc
@@ -302,6 +316,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="max_concurrency (0: max(16, --streams))"
+    )
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--profile", type=int, default=0, help="profile this many columns")
     parser.add_argument("--rows", type=int, default=30, help="profile table rows")
@@ -331,8 +348,8 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}", flush=True)
     procs = {name: _spawn(name, tree, fields, args) for name, tree, fields in columns}
     try:
-        for proc in procs.values():  # one at a time: loads would fight for the cores
-            _answer(proc)
+        for name, proc in procs.items():  # one at a time: loads would fight for the cores
+            print(f"{name}: loaded in {_answer(proc)['load_s']:.0f} s", flush=True)
         if args.check:
             texts = {name: _ask(proc, "check")["texts"] for name, proc in procs.items()}
             reference = next(iter(texts.values()))

@@ -10,6 +10,7 @@ import pytest
 
 from cortex import config
 from cortex.errors import ConfigError
+from cortex.protocol.neuron import LoadRequest
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -203,6 +204,19 @@ def test_models_sampling_table_applies_to_its_entry_and_is_bounded(tmp_path: Pat
     with pytest.raises(ConfigError) as err:
         config.load_models(_write(tmp_path, "bad.toml", bad))
     assert str(err.value).startswith("bad.toml: models[0].sampling.temperature: expected `float`")
+
+
+def test_compiled_decode_is_off_by_default_and_reaches_the_load_request(tmp_path: Path) -> None:
+    text = (
+        '[[models]]\nid = "a"\nsource = "a"\ncompiled_decode = true\n'
+        '[[models]]\nid = "b"\nsource = "b"\n'
+    )
+    a, b = config.load_models(_write(tmp_path, "models.toml", text)).models
+    assert (a.compiled_decode, b.compiled_decode) == (True, False)
+    assert LoadRequest.from_entry(a).compiled_decode
+    bad = '[[models]]\nid = "a"\nsource = "a"\ncompiled_decode = "yes"\n'
+    with pytest.raises(ConfigError, match="compiled_decode"):
+        config.load_models(_write(tmp_path, "bad.toml", bad))
 
 
 def test_sampling_defaults_fill_only_what_is_unset() -> None:

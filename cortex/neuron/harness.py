@@ -75,6 +75,9 @@ class HarnessInfo(msgspec.Struct, frozen=True, kw_only=True):
     vision: bool = False
     version: str = ""
     sampling: SamplingFeatures = SamplingFeatures()
+    # Whether LoadRequest.compiled_decode can be honoured (on some loads: the harness's load
+    # refuses the others with InvalidRequest naming compiled_decode).
+    compiled_decode: bool = False
 
 
 class LoadOptions(msgspec.Struct, frozen=True, kw_only=True):

@@ -193,6 +193,12 @@ class ModelManager:
                 f"(supports: {', '.join(info.quantizations)})",
                 param="quantization",
             )
+        if request.compiled_decode and not info.compiled_decode:
+            raise InvalidRequest(
+                f"harness {info.name!r} has no compiled decode; remove compiled_decode from "
+                f"the models.toml entry of {request.model}",
+                param="compiled_decode",
+            )
         if request.sampling.repetition_penalty not in (None, 1.0) and not info.sampling.penalties:
             raise InvalidRequest(
                 f"harness {info.name!r} has no penalties; remove repetition_penalty from the "

@@ -38,6 +38,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
     chat_template: str = ""
     tool_parser: Literal["hermes", "none"] = "hermes"
     trust_remote_code: bool = False
+    compiled_decode: bool = False  # refused (400) by a harness whose HarnessInfo lacks it
     task: Task = "generate"
     # models.toml's [models.sampling]: over the model's own defaults; not part of the spec
     sampling: SamplingDefaults = NO_SAMPLING_DEFAULTS
@@ -58,6 +59,7 @@ class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
             chat_template=entry.chat_template,
             tool_parser=entry.tool_parser,
             trust_remote_code=entry.trust_remote_code,
+            compiled_decode=entry.compiled_decode,
             task=entry.task,
             sampling=entry.sampling,
         )

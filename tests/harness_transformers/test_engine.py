@@ -430,9 +430,9 @@ async def test_one_session_reads_its_kv_in_place_and_answers_as_the_gather_does(
         in_place: list[bool] = []
         real_view = KVPool.view
 
-        def spying(self, write, read, past, span=None):  # type: ignore[no-untyped-def]
+        def spying(self, write, read, span=None):  # type: ignore[no-untyped-def]
             in_place.append(span is not None)
-            return real_view(self, write, read, past, span)
+            return real_view(self, write, read, span)
 
         monkeypatch.setattr(KVPool, "view", spying)
         await _events(model, turn1, params)

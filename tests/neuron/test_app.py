@@ -172,6 +172,12 @@ async def test_conflicting_spec_is_409(client: Client) -> None:
     assert code == 409 and body["error"]["code"] == "conflict"
 
 
+async def test_compiled_decode_on_a_harness_without_it_is_400_naming_it(client: Client) -> None:
+    code, body = await load(client, compiled_decode=True)
+    assert code == 400 and body["error"]["param"] == "compiled_decode"
+    assert "no compiled decode" in body["error"]["message"]
+
+
 async def test_model_that_does_not_fit_is_507(client: Client) -> None:
     code, body = await load(client, vram_gb=2.0)
     assert code == 507 and body["error"]["code"] == "insufficient_memory"

@@ -33,6 +33,7 @@ from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import __version__, fim
 from cortex_transformers.attention import use_cortex_sdpa
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
+from cortex_transformers.compiled import CompiledDecode, compiled_decode_refusal
 from cortex_transformers.embedding import load_embedding_model
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.generation import Generation
@@ -103,10 +104,12 @@ class TransformersModel(LoadedModel):
         self._eos_ids = eos_ids(model, tokenizer) | (fim.end_ids(tokenizer) if self._fim else set())
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self.grammars = GrammarCache(tokenizer, self._vocab_size)
+        max_batch = max(1, options.max_concurrency)
+        self._compiled = CompiledDecode(model, pool, max_batch) if request.compiled_decode else None
         self._scheduler: Scheduler | None = Scheduler(
-            ModelRunner(model, pool, blocks, torch.device(device)),
+            ModelRunner(model, pool, blocks, torch.device(device), self._compiled),
             blocks,
-            max_batch=max(1, options.max_concurrency),
+            max_batch=max_batch,
             max_batch_tokens=options.max_batch_tokens or step_tokens(device),
             name=request.model,
         )
@@ -117,11 +120,14 @@ class TransformersModel(LoadedModel):
         return self._scheduler.active if self._scheduler else 0
 
     def warm_up(self) -> None:
-        """One prefill so lazy initialisation is not paid by the first request."""
+        """One prefill so lazy initialisation is not paid by the first request; with
+        ``compiled_decode``, every bucket's graph compiled (compiled.py)."""
         if self._model is not None:
             with torch.inference_mode():
                 ids = torch.tensor([[0, 1, 2, 3]], device=self.device)
                 self._model(input_ids=ids, logits_to_keep=1)
+        if self._compiled is not None:
+            self._compiled.warm()
 
     def _decode(self, ids: Sequence[int]) -> str:
         return str(
@@ -253,6 +259,7 @@ class TransformersHarness(Harness):
             device_kinds=kinds,
             version=__version__,
             sampling=SAMPLING,
+            compiled_decode=True,
         )
 
     def load(
@@ -265,6 +272,10 @@ class TransformersHarness(Harness):
     ) -> LoadedModel:
         if options.torch_threads > 0:
             torch.set_num_threads(options.torch_threads)
+        if request.compiled_decode and (
+            refusal := compiled_decode_refusal(device, request.quantization, request.task)
+        ):
+            raise InvalidRequest(refusal, param="compiled_decode")
         if request.task == "embed":
             progress(0.1, "weights")
             embedder = load_embedding_model(request, path, device, options)

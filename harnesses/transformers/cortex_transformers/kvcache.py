@@ -52,24 +52,23 @@ class KVPool:
     def __init__(self, model: PreTrainedModel, num_slots: int, device: torch.device) -> None:
         layers, kv_heads, head_dim = kv_layout(model)
         # Zeros, not empty: padding columns read slot contents, and NaN * 0 is NaN.
-        shape = (kv_heads, num_slots, head_dim)
+        # One slot past the blocks' slots, owned by no block: the padding rows of a compiled
+        # decode step (compiled.py) write their K/V there.
+        self.scratch = num_slots
+        shape = (kv_heads, num_slots + 1, head_dim)
         self.keys = [zeros(shape, model.dtype, device) for _ in range(layers)]
         self.values = [zeros(shape, model.dtype, device) for _ in range(layers)]
-        self.bytes = bytes_per_token(model) * num_slots
+        self.bytes = bytes_per_token(model) * (num_slots + 1)
 
-    def view(
-        self, write: torch.Tensor, read: torch.Tensor, past: int, span: int | None = None
-    ) -> Cache:
+    def view(self, write: torch.Tensor, read: torch.Tensor, span: int | None = None) -> Cache:
         """A cache for one forward pass.
 
         write: [B, Q] slots for the new tokens' K/V; read: [B, W] slots each row attends to, in
-        order, the new ones included (W = past + Q); past: columns before the new tokens, which
-        the model adds to its query positions when it builds the causal mask; span: when B is 1
-        and ``read`` is the range span..span+W, its first slot (the K/V are read in place).
+        order, the new ones included (the last Q columns); span: when B is 1 and ``read`` is the
+        range span..span+W, its first slot (the K/V are read in place).
         """
         layers = [
-            PagedLayer(k, v, write, read, past, span)
-            for k, v in zip(self.keys, self.values, strict=True)
+            PagedLayer(k, v, write, read, span) for k, v in zip(self.keys, self.values, strict=True)
         ]
         return Cache(layers=layers)  # type: ignore[arg-type]
 
@@ -96,12 +95,11 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         values: torch.Tensor,
         write: torch.Tensor,
         read: torch.Tensor,
-        past: int,
         span: int | None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._pool_k, self._pool_v = keys, values
-        self._write, self._read, self._past, self._span = write, read, past, span
+        self._write, self._read, self._span = write, read, span
         self.is_initialized = True
         self.device = keys.device
 
@@ -128,7 +126,10 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self._past
+        """Columns before the new tokens, which the model adds to its query positions when it
+        builds the causal mask. Read off the shapes, not kept as an int, so a compiled step
+        sees a symbolic size (one graph for every width), not a constant to recompile for."""
+        return self._read.shape[1] - self._write.shape[1]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self._past + query_length, 0
+        return self.get_seq_length() + query_length, 0

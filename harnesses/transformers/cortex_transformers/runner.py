@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from cortex_transformers import attention
 from cortex_transformers.block_manager import BlockManager, BlockTable
+from cortex_transformers.compiled import CompiledDecode
 from cortex_transformers.generation import Generation
 from cortex_transformers.kvcache import KVPool
 
@@ -36,9 +37,15 @@ absolute: two 150-token chunks over 2.5k cached tokens each would score 750k pai
 
 class ModelRunner:
     def __init__(
-        self, model: PreTrainedModel, pool: KVPool, blocks: BlockManager, device: torch.device
+        self,
+        model: PreTrainedModel,
+        pool: KVPool,
+        blocks: BlockManager,
+        device: torch.device,
+        compiled: CompiledDecode | None = None,
     ) -> None:
         self._model = model
+        self._compiled = compiled  # decode steps that fit its buckets run through it
         self._pool = pool
         self._blocks = blocks
         self._device = device
@@ -85,7 +92,7 @@ class ModelRunner:
             input_ids=torch.tensor([ids], device=self._device),  # [1, Q]
             position_ids=q_pos[None],  # [1, Q]
             attention_mask=mask[None, None],
-            cache=self._pool.view(torch.cat(write)[None], keys[None], len(keys) - len(ids)),
+            cache=self._pool.view(torch.cat(write)[None], keys[None]),
             use_cache=True,
             logits_to_keep=torch.tensor(last, device=self._device),
         )
@@ -99,7 +106,7 @@ class ModelRunner:
         start, end = seq.computed, seq.computed + count
         slots = self._slots(seq.table, end)
         span = seq.table.span(self._blocks.block_size, end)
-        cache = self._pool.view(slots[None, start:end], slots[None, :end], start, span)
+        cache = self._pool.view(slots[None, start:end], slots[None, :end], span)
         out = self._model(
             input_ids=torch.tensor([seq.tokens[start:end]], device=self._device),  # [1, S]
             position_ids=torch.arange(start, end, device=self._device)[None],  # [1, S]
@@ -113,21 +120,26 @@ class ModelRunner:
 
     def decode(self, rows: list[Generation]) -> torch.Tensor:
         """One token for every row: each row's last token goes in (its table has room for it);
-        returns logits [B, V]."""
+        returns logits [B, V]. Through the compiled step when there is one and the rows fit
+        its buckets."""
         lengths = [len(seq.tokens) for seq in rows]
         width = max(lengths)
         read, valid = self._decode_slots(rows, lengths, width)  # [B, W] each
-        span = rows[0].table.span(self._blocks.block_size, width) if len(rows) == 1 else None
-        out = self._model(
-            input_ids=torch.tensor([[seq.tokens[-1]] for seq in rows], device=self._device),
-            attention_mask=valid.long() if min(lengths) < width else None,
-            position_ids=torch.tensor([[n - 1] for n in lengths], device=self._device),  # [B, 1]
-            cache=self._pool.view(read[:, -1:], read, width - 1, span),
-            use_cache=True,
-        )
+        last, positions = [seq.tokens[-1] for seq in rows], [n - 1 for n in lengths]
+        if self._compiled is not None and self._compiled.bucket(len(rows)) is not None:
+            logits = self._compiled.step(last, positions, read, valid)
+        else:
+            span = rows[0].table.span(self._blocks.block_size, width) if len(rows) == 1 else None
+            out = self._model(
+                input_ids=torch.tensor(last, device=self._device)[:, None],  # [B, 1]
+                attention_mask=valid.long() if min(lengths) < width else None,
+                position_ids=torch.tensor(positions, device=self._device)[:, None],  # [B, 1]
+                cache=self._pool.view(read[:, -1:], read, span),
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
         for seq, n in zip(rows, lengths, strict=True):
             self._written(seq, n)
-        logits: torch.Tensor = out.logits[:, -1]
         return logits
 
     def _decode_slots(

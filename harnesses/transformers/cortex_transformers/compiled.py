@@ -1,0 +1,113 @@
+"""A decode step through ``torch.compile``: the per-model ``compiled_decode`` opt-in.
+
+An eager decode step of a small model is mostly per-op overhead (transformers' Python and a few
+thousand small aten calls: ~27 ms of SmolLM2's ~90 ms on one core, bench/results/
+2026-12-07-decode-profile.md). Inductor fuses the step into one graph; with ``freezing`` it also
+prepacks the weights, which is what fp32 GEMMs of 2-16 rows need on this CPU.
+
+Shapes: a graph is specialised on the batch size and dynamic in the width (the keys a row
+attends to grow by one each step; ``PagedLayer.get_seq_length`` reads the width off a tensor's
+shape so it stays symbolic). Batches are padded up to a bucket (``buckets``) so a few graphs
+serve every batch size; a padding row decodes token 0 at position 0 and writes its K/V into the
+pool's scratch slot, attending to nothing else. A graph is compiled on a bucket's first step
+(``warm`` compiles them all ahead, at load). Prefill and packed chunks stay eager.
+
+Numerics: the compiled step's logits differ from eager's by up to ~2e-4 (fused reductions sum
+in another order), so greedy output can differ from ``generate`` where two logits are that
+close; token-identical output is promised for the eager default only.
+
+Owned by the decode worker thread (compilation included); ``warm`` runs on the loading thread
+before the worker sees its first request.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from cortex_transformers.kvcache import KVPool
+
+BUCKETS = (1, 2, 4, 8, 16)
+
+
+def buckets(max_batch: int) -> tuple[int, ...]:
+    """The padded batch sizes for a model that decodes at most ``max_batch`` rows a step:
+    the ``BUCKETS`` below it and ``max_batch`` itself when it is no larger than the last.
+    Steps of more rows than the largest bucket run eager."""
+    below = tuple(b for b in BUCKETS if b < max_batch)
+    return (*below, max_batch) if max_batch <= BUCKETS[-1] else below
+
+
+class CompiledDecode:
+    """The model's forward compiled for decode steps of padded batches."""
+
+    def __init__(self, model: PreTrainedModel, pool: KVPool, max_batch: int) -> None:
+        self.buckets = buckets(max_batch)
+        self._pool = pool
+        self._device = pool.keys[0].device
+        # freezing: weights become constants, prepacked for the CPU's GEMM (needs no_grad or
+        # inference mode, which the worker runs under).
+        # One graph per bucket, per compiled model in the process: more than dynamo's default
+        # of 8 for the forward's code. Past the limit dynamo would run eager without a word.
+        limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.recompile_limit = limit
+        self._forward = torch.compile(model.forward, dynamic=False, options={"freezing": True})
+
+    def bucket(self, rows: int) -> int | None:
+        """The padded size for ``rows`` rows, None when more rows than the largest bucket."""
+        return next((b for b in self.buckets if b >= rows), None)
+
+    def step(
+        self, ids: list[int], positions: list[int], read: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """One decode step of B rows padded to their bucket; returns logits [B, V].
+
+        ids, positions: each row's last token and its position; read, valid: [B, W] the slots
+        each row reads, right-aligned (the last column is the slot the new token writes), and
+        which columns hold a token.
+        """
+        rows, width = read.shape
+        size = self.bucket(rows)
+        if size is None:
+            raise ValueError(f"{rows} rows exceed the largest bucket {self.buckets[-1]}")
+        pad = size - rows
+        if pad:
+            scratch = torch.full((pad, width), self._pool.scratch, device=self._device)
+            alone = torch.zeros((pad, width), dtype=torch.bool, device=self._device)
+            alone[:, -1] = True  # a padding row attends to its own token only: no NaN rows
+            read, valid = torch.cat([read, scratch]), torch.cat([valid, alone])
+            ids, positions = ids + [0] * pad, positions + [0] * pad
+        mask = valid.long()  # always a mask, so one graph serves equal and ragged rows
+        # The width grows every step: dynamic, never a constant to recompile for.
+        torch._dynamo.mark_dynamic(read, 1)
+        torch._dynamo.mark_dynamic(mask, 1)
+        out = self._forward(
+            input_ids=torch.tensor(ids, device=self._device)[:, None],  # [S, 1]
+            attention_mask=mask,  # [S, W]
+            position_ids=torch.tensor(positions, device=self._device)[:, None],  # [S, 1]
+            # write: [S, 1] with strides of its own (a column of ``read`` has W's as a stride)
+            cache=self._pool.view(read[:, -1:].clone(memory_format=torch.contiguous_format), read),
+            use_cache=True,
+        )
+        logits: torch.Tensor = out.logits[:rows, -1]
+        return logits
+
+    def warm(self) -> None:
+        """Compile every bucket's graph now (minutes for a 135M model on one CPU core)."""
+        scratch = self._pool.scratch
+        with torch.inference_mode():
+            for size in self.buckets:
+                read = torch.full((size, 2), scratch, device=self._device)
+                valid = torch.ones((size, 2), dtype=torch.bool, device=self._device)
+                self.step([0] * size, [1] * size, read, valid)
+
+
+def compiled_decode_refusal(device: str, quantization: str, task: str) -> str | None:
+    """Why ``compiled_decode`` cannot be honoured for this load, or None when it can."""
+    if task != "generate":
+        return f'compiled_decode applies to task "generate" models only, not {task!r}'
+    if device != "cpu":
+        return f"compiled_decode is checked on the CPU only so far, not on {device}"
+    if quantization != "none":
+        return f"compiled_decode needs unquantised weights, not quantization {quantization!r}"
+    return None

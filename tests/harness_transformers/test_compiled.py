@@ -1,0 +1,72 @@
+"""The ``compiled_decode`` opt-in: decode steps through torch.compile, batches padded to buckets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cortex_transformers.compiled import buckets
+from cortex_transformers.harness import TransformersHarness, TransformersModel
+
+from cortex.errors import InvalidRequest
+from cortex.neuron.harness import LoadOptions, SamplingParams
+from cortex.protocol.neuron import LoadRequest
+from tests.harness_transformers.conftest import load
+
+
+def test_buckets_are_powers_of_two_up_to_the_batch_and_no_larger_than_16() -> None:
+    assert buckets(1) == (1,)
+    assert buckets(5) == (1, 2, 4, 5)
+    assert buckets(16) == (1, 2, 4, 8, 16)
+    assert buckets(64) == (1, 2, 4, 8, 16)  # larger steps run eager
+
+
+def test_the_harness_says_it_can_compile_decode() -> None:
+    assert TransformersHarness().info().compiled_decode
+
+
+@pytest.mark.parametrize(
+    ("fields", "device", "reason"),
+    [
+        ({"quantization": "8bit"}, "cpu", "unquantised"),
+        ({"task": "embed"}, "cpu", "generate"),
+        ({}, "cuda:0", "CPU only"),
+    ],
+)
+def test_compiled_decode_is_refused_where_it_is_not_checked(
+    demo_dir: Path, fields: dict[str, str], device: str, reason: str
+) -> None:
+    request = LoadRequest(
+        model="demo",
+        source=str(demo_dir),
+        compiled_decode=True,
+        **fields,  # type: ignore[arg-type]
+    )
+    with pytest.raises(InvalidRequest, match=reason) as err:
+        TransformersHarness().load(request, str(demo_dir), device, LoadOptions(), lambda f, s: None)
+    assert err.value.param == "compiled_decode"
+
+
+async def _replies(model: TransformersModel, prompts: list[list[int]]) -> list[list[str]]:
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+
+    async def one(prompt: list[int]) -> list[str]:
+        return [event.text async for event in model.generate(prompt, params)]
+
+    return await asyncio.gather(*(one(p) for p in prompts))
+
+
+@pytest.mark.slow
+def test_a_compiled_engine_decodes_as_eager_does(demo_dir: Path, demo: TransformersModel) -> None:
+    """Greedy replies through the compiled step (buckets 1, 2 and 4; ragged rows; 3 rows padded
+    to 4) equal eager's on the demo model. Compiling three graphs takes ~60 s here."""
+    options = LoadOptions(max_concurrency=4)
+    compiled = load(demo_dir, options, compiled_decode=True)
+    try:
+        prompts = [list(range(5, 17)), list(range(30, 39)), list(range(50, 70))]
+        for group in ([prompts[0]], prompts[:2], prompts):
+            got = asyncio.run(_replies(compiled, group))
+            assert got == asyncio.run(_replies(demo, group))
+    finally:
+        compiled.unload()
