@@ -51,7 +51,9 @@ from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
+from cortex.gateway.neuron_client import NeuronClient
 from cortex.gateway.pins import PinStore
+from cortex.gateway.settings import Live
 
 log = logging.getLogger("cortex.gateway")
 
@@ -220,13 +222,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def body_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Read the whole body within body_timeout_s before any handler runs."""
-    timeout_s = config.gateway.body_timeout_s
+def body_middleware(live: Live) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Read the whole body within body_timeout_s (the running config's) before any handler
+    runs."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        await edge.read_body(request, timeout_s)
+        await edge.read_body(request, live.settings.config.gateway.body_timeout_s)
         return await handler(request)
 
     return middleware
@@ -276,6 +278,22 @@ async def drop_events(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def wire(
+    live: Live,
+    session: aiohttp.ClientSession,
+    pins: PinStore | None = None,
+    client: NeuronClient | None = None,
+) -> Gateway:
+    """The gateway's parts, connected: one ``Catalogue`` and one ``Live`` settings reference,
+    shared by the fleet, the loader and the gateway. Nothing runs until ``fleet.start()``.
+    ``pins``: the runtime pin file (None: memory only); ``client``: a fake in tests."""
+    fleet = Fleet(live, Catalogue(live, pins), session, client)
+    loader = Loader(live, fleet, session)
+    fleet.on_node_up.append(loader.ensure_pinned)
+    fleet.on_node_down.append(loader.node_down)
+    return Gateway(live, fleet, loader, session)
+
+
 def make_app(
     config: cfg.CortexConfig, models: cfg.ModelsConfig, state_path: Path | None = None
 ) -> web.Application:
@@ -284,16 +302,16 @@ def make_app(
     ``state_path``: where runtime pins are kept across restarts (None: in memory only).
     """
     max_body = int(config.gateway.max_body_mb * 1_000_000)
+    live = Live.of(config, models.models, read_at=time.time())
     app = web.Application(
         client_max_size=max_body,
         middlewares=[
             request_id_middleware,
             errors_middleware,
             auth_middleware,
-            body_middleware(config),
+            body_middleware(live),
         ],
     )
-    catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()
     app[METRICS] = GatewayMetrics()
 
@@ -302,15 +320,10 @@ def make_app(
         # default) would close them under a request.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        fleet = Fleet(config, catalogue.by_id, session)
-        fleet.pins = PinStore(state_path)
-        fleet.pin_overrides = fleet.pins.load()
-        loader = Loader(config, fleet, session)
-        gateway = Gateway(config, catalogue, fleet, loader, session)
+        gateway = wire(live, session, PinStore(state_path))
+        fleet, loader = gateway.fleet, gateway.loader
         app[GATEWAY] = gateway
         app[METRICS].attach(gateway)
-        fleet.on_node_up.append(loader.ensure_pinned)
-        fleet.on_node_down.append(loader.node_down)
         await fleet.start()
         loader.spawn(loader.reap_idle())
         loader.ensure_pinned()
@@ -318,7 +331,7 @@ def make_app(
             "gateway ready: %d neurons, %d upstreams, %d catalogue models",
             len(config.neurons),
             len(config.upstreams),
-            len(catalogue.models),
+            len(gateway.catalogue.view().models),
         )
         yield
         await loader.stop()
