@@ -58,8 +58,11 @@ async def _start(path: Path) -> TestServer:
     return server
 
 
-async def _agreed(http: aiohttp.ClientSession, server: TestServer) -> State:
-    """What /v1/models says of each model, after checking /cortex/status says the same."""
+async def _agreed(http: aiohttp.ClientSession, server: TestServer) -> State | None:
+    """What /v1/models says of each model, after checking /cortex/status says the same; None
+    when the fleet or the catalogue moved between the two requests (a poll, a load ending)."""
+    gateway = server.app[GATEWAY]
+    before = (gateway.fleet.view(), gateway.catalogue.view())
     async with http.get(server.make_url("/v1/models")) as resp:
         listed = {
             c["id"]: (c["cortex"]["state"], c["cortex"]["pinned"])
@@ -67,18 +70,21 @@ async def _agreed(http: aiohttp.ClientSession, server: TestServer) -> State:
         }
     async with http.get(server.make_url("/cortex/status")) as resp:
         status = {m["id"]: (m["state"], m["pinned"]) for m in (await resp.json())["models"]}
+    if (gateway.fleet.view(), gateway.catalogue.view()) != before:
+        return None
     assert listed == status
     return listed
 
 
 async def _until(http: aiohttp.ClientSession, server: TestServer, expected: State) -> None:
-    """Wait (on the fleet's status updates, 10 s at most) until both routes say ``expected``."""
+    """Wait (on the fleet's status updates, 20 s at most) until both routes say ``expected``."""
     fleet = server.app[GATEWAY].fleet
-    deadline = asyncio.get_running_loop().time() + 10
+    deadline = asyncio.get_running_loop().time() + 20
     while (seen := await _agreed(http, server)) != expected:
         left = deadline - asyncio.get_running_loop().time()
-        assert left > 0, seen
-        await fleet.changed(left)
+        assert left > 0, f"expected {expected}, last seen {seen}"
+        if seen is not None:
+            await fleet.changed(left)
 
 
 async def _act(http: aiohttp.ClientSession, server: TestServer, model: str, action: str) -> None:
