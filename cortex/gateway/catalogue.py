@@ -18,7 +18,6 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from types import MappingProxyType
 
 import msgspec
 
@@ -79,16 +78,6 @@ class Catalogue:
         """Pinned now (models.toml, or a runtime pin, which wins)."""
         entry = self.get(model_id)
         return entry is not None and entry.pinned
-
-    @property
-    def pins(self) -> Mapping[str, bool]:
-        """The runtime pins and unpins, model id -> pinned (read-only)."""
-        return MappingProxyType(self._pins)
-
-    @property
-    def discovered(self) -> Mapping[str, Found]:
-        """Models the neurons found in their stores that models.toml does not name."""
-        return MappingProxyType(self._found)
 
     def _build(self, settings: Settings) -> CatalogueView:
         merged = dict(settings.by_id)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
-from cortex.config import SamplingDefaults
-from cortex.gateway.catalogue import CatalogueView, CortexModelInfo
+from cortex.config import CortexConfig, SamplingDefaults
+from cortex.gateway.catalogue import Catalogue, CatalogueView, CortexModelInfo
+from cortex.gateway.pins import PinStore
+from cortex.gateway.settings import Live, Settings
 from cortex.gateway.snapshot import FleetView
 from cortex.protocol.openai import ModelCard, ModelList
 from tests.gateway.fleets import entry, fleet, model, node
@@ -241,3 +245,25 @@ def test_a_prompt_too_long_is_told_where_it_fits(models: list[object], hint: str
 
 def test_other_errors_get_no_hint() -> None:
     assert CATALOGUE.too_long_hint("qwen3-8b", "something else went wrong") == ""
+
+
+def test_the_catalogue_answers_from_one_view_rebuilt_only_after_a_write(tmp_path: Path) -> None:
+    live = Live.of(CortexConfig(), [entry("a", 1, pinned=True), entry("b", 1)])
+    catalogue = Catalogue(live, PinStore(tmp_path / "state.json"))
+    first = catalogue.view()
+    assert catalogue.view() is first, "no write, no rebuild"
+    catalogue.set_pin("a", False)  # a runtime unpin wins over models.toml's pin
+    catalogue.set_ttl("b", 60.0)
+    catalogue.set_ttl("b", 60.0)
+    after = catalogue.view()
+    assert after is not first and catalogue.view() is after, "a repeated TTL rebuilds nothing"
+    assert [(m.id, m.pinned, m.ttl_s) for m in after.models] == [
+        ("a", False, None),
+        ("b", False, 60.0),
+    ]
+    live.settings = Settings(CortexConfig(), (entry("a", 1, pinned=True), entry("c", 1)))
+    assert catalogue.view() is not after, "a reload's new settings are seen at once"
+    assert not catalogue.pinned("a") and catalogue.get("b") is None
+    # The runtime pin is read back on the next start; the client TTL is not saved
+    restarted = Catalogue(live, PinStore(tmp_path / "state.json"))
+    assert not restarted.pinned("a")

@@ -39,7 +39,11 @@ async def neuron() -> AsyncIterator[tuple[FaultyNeuron, str]]:
 
 
 def _write(work: Path, neuron_url: str, models: list[dict[str, Any]], **gateway: Any) -> Path:
-    section = {"listen": "127.0.0.1:1", "metrics_listen": "127.0.0.1:2", "poll_interval_s": 0.05}
+    section: dict[str, Any] = {
+        "listen": "127.0.0.1:1",
+        "metrics_listen": "127.0.0.1:2",
+        "poll_interval_s": 0.05,
+    }
     (work / "cortex.toml").write_text(
         toml_table("gateway", section | gateway)
         + toml_table("[neurons]", {"name": "n1", "endpoint": neuron_url})
@@ -167,11 +171,12 @@ def _assigned_attributes(names: set[str]) -> list[str]:
     root = Path(cortex.gateway.__file__).parent
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[ast.expr] = []
             if isinstance(node, ast.Assign):
                 targets = node.targets
             elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
                 targets = [node.target]
+            else:
+                continue
             for target in targets:
                 if isinstance(target, ast.Attribute) and target.attr in names:
                     found.append(f"{path.relative_to(root)}:{node.lineno} {target.attr}")
