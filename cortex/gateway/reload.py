@@ -3,9 +3,9 @@
 Applied live: neurons and upstreams (added, removed, changed endpoint or token), the model
 catalogue (new, changed and removed models, aliases, pins, TTLs; a removed model's resident
 copies are unloaded once their requests drain), eviction settings, timeouts and the key lists
-(read per request). Fixed until a restart, and logged as such when they change: the listen
-addresses and ``max_body_mb``. An invalid file is logged as the same one line ``--check``
-prints and the running config stays.
+(read per request). Fixed until a restart, and logged as such when they change:
+``RESTART_ONLY``. An invalid file is logged as the same one line ``--check`` prints and the
+running config stays.
 
 Both files become one new ``Settings``, assigned to the gateway's one ``Live`` reference: the
 gateway, the loader, the fleet and the catalogue read it per use, so none keeps the old one.
@@ -29,7 +29,16 @@ from cortex.sighup import reload_on_sighup
 
 log = logging.getLogger("cortex.gateway.reload")
 
-RESTART_ONLY = ("listen", "metrics_listen", "max_body_mb")
+# Read once when the server starts: the listeners, aiohttp's body limit and keep-alive, the
+# pin file's path, the log format.
+RESTART_ONLY = (
+    "listen",
+    "metrics_listen",
+    "max_body_mb",
+    "keepalive_timeout_s",
+    "state_file",
+    "log_format",
+)
 
 
 async def reload(gateway: Gateway, config_path: Path) -> bool:

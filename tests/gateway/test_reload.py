@@ -135,7 +135,7 @@ async def test_models_list_and_status_agree_through_load_pin_unpin_reload_and_re
 
 
 async def test_a_reload_reaches_every_component_at_once(
-    neuron: tuple[FaultyNeuron, str], tmp_path: Path
+    neuron: tuple[FaultyNeuron, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, url = neuron
     path = _write(tmp_path, url, [Y])
@@ -145,7 +145,13 @@ async def test_a_reload_reaches_every_component_at_once(
         gateway.catalogue.set_pin("y", True)
         before = gateway.live.settings
         _write(
-            tmp_path, url, [Y, Z], queue_depth=7, first_byte_timeout_s=9.0, connect_timeout_s=3.0
+            tmp_path,
+            url,
+            [Y, Z],
+            queue_depth=7,
+            first_byte_timeout_s=9.0,
+            connect_timeout_s=3.0,
+            keepalive_timeout_s=5.0,
         )
         assert await reload(gateway, path)
         settings = gateway.live.settings
@@ -156,6 +162,8 @@ async def test_a_reload_reaches_every_component_at_once(
         assert (settings.timeout.sock_read, settings.timeout.connect) == (9.0, 3.0)
         assert [m.id for m in gateway.catalogue.view().models] == ["y", "z"]
         assert gateway.catalogue.pinned("y"), "a runtime pin outlives a reload"
+        # aiohttp's server took keepalive_timeout_s at start: the log says a restart applies it
+        assert "apply only after a restart: keepalive_timeout_s" in caplog.text
         # An invalid edit keeps the running settings whole, the very same object
         (tmp_path / "cortex.toml").write_text("[gateway]\nqueue_depth = 0\n")
         assert not await reload(gateway, path)
