@@ -53,7 +53,7 @@ class Settings:
 
 
 class Live:
-    """The one reference to the running ``Settings``. Written only at start-up (``app.wire``)
+    """The one reference to the running ``Settings``. Written only when built (``make_app``)
     and by ``reload.reload``, which replaces it whole; everyone else reads it per use."""
 
     __slots__ = ("settings",)
