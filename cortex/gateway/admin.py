@@ -41,8 +41,7 @@ def cards(gateway: Gateway) -> list[ModelCard]:
     upstream_models = {
         name: list(up.models) for name, up in gateway.fleet.upstreams.items() if up.up
     }
-    fleet = gateway.fleet
-    return gateway.catalogue.model_cards(fleet.view(), upstream_models, fleet.pin_overrides)
+    return gateway.catalogue.view().model_cards(gateway.fleet.view(), upstream_models)
 
 
 def _anthropic(request: web.Request) -> bool:
@@ -105,9 +104,9 @@ def build_status(gateway: Gateway) -> GatewayStatus:
         if m.progress is not None
     }
     models = []
-    catalogue = fleet.catalogue()
+    catalogue = gateway.catalogue.view()
     now, default_ttl = time.time(), gateway.config.eviction.default_ttl_s
-    for entry in catalogue.values():
+    for entry in catalogue.models:
         ttl = idle.ttl_of(entry, default_ttl)
         holders = list(view.holders(entry.id))
         placements = [
@@ -142,7 +141,7 @@ def build_status(gateway: Gateway) -> GatewayStatus:
                 tokens_per_s=per_model.get(entry.id, (0.0, 0.0))[1],
                 placements=placements,
                 sampling=sampling_in_use(entry.sampling, [copy for _, copy in holders]),
-                store=found.store if (found := fleet.discovered.get(entry.id)) else None,
+                store=catalogue.stores.get(entry.id),
                 nodes=list(entry.nodes),
             )
         )
@@ -211,7 +210,7 @@ async def model_action(request: web.Request) -> web.Response:
         raise InvalidRequest(f"unknown node {body.node!r}", param="node")
     fleet = gateway.fleet
     if action in ("pin", "unpin"):
-        fleet.set_pin(entry.id, action == "pin")
+        gateway.catalogue.set_pin(entry.id, action == "pin")
         if action == "pin":
             gateway.loader.ensure_pinned()
         return _json(ActionResult(model=entry.id, action=action + "ned"))

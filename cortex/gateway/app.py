@@ -52,7 +52,9 @@ from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.metrics import METRICS, GatewayMetrics, listener
+from cortex.gateway.neuron_client import NeuronClient
 from cortex.gateway.pins import PinStore
+from cortex.gateway.settings import Live
 
 log = logging.getLogger("cortex.gateway")
 
@@ -130,16 +132,16 @@ def _new_request_id() -> str:
     return f"req_{_request_ids.getrandbits(96):024x}"
 
 
-def edge_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+def edge_middleware(live: Live) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The gateway's one middleware, in this order (one layer: each layer costs every request):
 
     1. a ``request-id`` on every answer (the client's own when it sent a safe one), which the
        request log line repeats;
     2. the key check (``authorize``);
-    3. the whole body read within ``body_timeout_s`` before any handler runs;
+    3. the whole body read within ``body_timeout_s`` (the running config's) before any
+       handler runs;
     4. every error, ours or aiohttp's, rendered in the request's dialect (``edge.failure``).
     """
-    timeout_s = config.gateway.body_timeout_s
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -147,7 +149,7 @@ def edge_middleware(config: cfg.CortexConfig) -> Callable[..., Awaitable[web.Str
         request[REQUEST_ID] = request_id
         try:
             authorize(request)
-            await edge.read_body(request, timeout_s)
+            await edge.read_body(request, live.settings.config.gateway.body_timeout_s)
             response = await handler(request)
         except (Exception, asyncio.CancelledError) as exc:
             response = edge.failure(request, exc, _error_response, _from_http, log, INTERNAL)
@@ -284,6 +286,22 @@ async def drop_events(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def wire(
+    live: Live,
+    session: aiohttp.ClientSession,
+    pins: PinStore | None = None,
+    client: NeuronClient | None = None,
+) -> Gateway:
+    """The gateway's parts, connected: one ``Catalogue`` and one ``Live`` settings reference,
+    shared by the fleet, the loader and the gateway. Nothing runs until ``fleet.start()``.
+    ``pins``: the runtime pin file (None: memory only); ``client``: a fake in tests."""
+    fleet = Fleet(live, Catalogue(live, pins), session, client)
+    loader = Loader(live, fleet, session)
+    fleet.on_node_up.append(loader.ensure_pinned)
+    fleet.on_node_down.append(loader.node_down)
+    return Gateway(live, fleet, loader, session)
+
+
 def make_app(
     config: cfg.CortexConfig, models: cfg.ModelsConfig, state_path: Path | None = None
 ) -> web.Application:
@@ -292,11 +310,11 @@ def make_app(
     ``state_path``: where runtime pins are kept across restarts (None: in memory only).
     """
     max_body = int(config.gateway.max_body_mb * 1_000_000)
+    live = Live.of(config, models.models, read_at=time.time())
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[edge_middleware(config)],
+        middlewares=[edge_middleware(live)],
     )
-    catalogue = Catalogue(models.models, read_at=time.time())
     app[messages.COUNT_CACHE] = messages.CountCache()
     app[METRICS] = GatewayMetrics()
 
@@ -305,15 +323,10 @@ def make_app(
         # default) would close them under a request.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        fleet = Fleet(config, catalogue.by_id, session)
-        fleet.pins = PinStore(state_path)
-        fleet.pin_overrides = fleet.pins.load()
-        loader = Loader(config, fleet, session)
-        gateway = Gateway(config, catalogue, fleet, loader, session)
+        gateway = wire(live, session, PinStore(state_path))
+        fleet, loader = gateway.fleet, gateway.loader
         app[GATEWAY] = gateway
         app[METRICS].attach(gateway)
-        fleet.on_node_up.append(loader.ensure_pinned)
-        fleet.on_node_down.append(loader.node_down)
         await fleet.start()
         loader.spawn(loader.reap_idle())
         loader.ensure_pinned()
@@ -321,7 +334,7 @@ def make_app(
             "gateway ready: %d neurons, %d upstreams, %d catalogue models",
             len(config.neurons),
             len(config.upstreams),
-            len(catalogue.models),
+            len(gateway.catalogue.view().models),
         )
         yield
         await loader.stop()

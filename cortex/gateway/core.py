@@ -1,8 +1,9 @@
 """The gateway's request core, shared by every dialect: resolve, route, open upstream, account.
 
-``Gateway`` owns nothing but wiring: the fleet (state), the loader (effects) and the catalogue
-(pure). Dialect modules (chat.py, dialects/*/routes.py) decode their request, call
-``open`` for an upstream answer whose status arrived, and relay it in their own shape.
+``Gateway`` owns nothing but wiring: the running settings (``Live``), the fleet (state), the
+loader (effects) and the catalogue (what models exist). Dialect modules (chat.py,
+dialects/*/routes.py) decode their request, call ``open`` for an upstream answer whose status
+arrived, and relay it in their own shape.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from yarl import URL
 
 from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
 from cortex.errors import ContextLengthExceeded, CortexError, ModelNotFound, Unavailable
-from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet, upstream_base, upstream_headers
 from cortex.gateway.history import Finished, History
@@ -26,6 +26,7 @@ from cortex.gateway.loads import Loader
 from cortex.gateway.neuron_client import neuron_headers
 from cortex.gateway.proxy import NodeDown, Target, UpstreamResponse, open_upstream
 from cortex.gateway.router import pick
+from cortex.gateway.settings import Live
 from cortex.tasks import Task, check_task
 
 log = logging.getLogger("cortex.gateway")
@@ -49,47 +50,21 @@ class Gateway:
     """The request core; one per application, reached by handlers through ``GATEWAY``."""
 
     def __init__(
-        self,
-        config: CortexConfig,
-        catalogue: Catalogue,
-        fleet: Fleet,
-        loader: Loader,
-        session: aiohttp.ClientSession,
+        self, live: Live, fleet: Fleet, loader: Loader, session: aiohttp.ClientSession
     ) -> None:
-        self.config = config
-        self.configured = catalogue  # models.toml; ``catalogue`` adds the discovered models
-        self._merged: tuple[object, Catalogue] | None = None
+        self.live = live
+        self.catalogue = fleet.catalogue  # the one Catalogue, shared with the fleet and loader
         self.fleet = fleet
         self.loader = loader
         self.session = session
         self.history = History()
         self.observers: list[ExchangeObserver] = []
         self._addresses: dict[tuple[NeuronRef | UpstreamRef, str], Target] = {}
-        gw = config.gateway
-        # Non-stream: the first byte is the whole answer. Streams: neurons send the role chunk
-        # before prefill, so every later read may wait at most idle_timeout_s (enforced by
-        # aiohttp per read, with no timer of ours per chunk).
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=gw.connect_timeout_s, sock_read=gw.first_byte_timeout_s
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=gw.connect_timeout_s, sock_read=gw.idle_timeout_s
-        )
 
     @property
-    def catalogue(self) -> Catalogue:
-        """models.toml's entries, then the models neurons discovered that it does not name
-        (``Fleet.discovered``, replaced whenever it changes: rebuilt only then)."""
-        found = self.fleet.discovered
-        if self._merged is None or self._merged[0] is not found:
-            merged = self.configured.with_entries([f.entry for f in found.values()])
-            self._merged = (found, merged)
-        return self._merged[1]
-
-    @catalogue.setter
-    def catalogue(self, catalogue: Catalogue) -> None:
-        self.configured = catalogue
-        self._merged = None
+    def config(self) -> CortexConfig:
+        """The running cortex.toml (``Live``), never a copy."""
+        return self.live.settings.config
 
     def resolve(self, name: str) -> Resolved:
         entry = self.catalogue.resolve(name)
@@ -123,7 +98,8 @@ class Gateway:
             claim = exchange.claim = self.fleet.claim(resolved.model_id, target.node, "in_flight")
             exchange.upstream_sent = time.perf_counter()
             try:
-                timeout = self._stream_timeout if exchange.stream else self._timeout
+                settings = self.live.settings
+                timeout = settings.stream_timeout if exchange.stream else settings.timeout
                 if target.is_neuron and target.node in self.fleet.neurons:
                     upstream = await self._first_byte(target, body, timeout)
                 else:  # an upstream: no fleet poll to race against
@@ -148,7 +124,7 @@ class Gateway:
                 last_error = err.message
                 continue
             if isinstance(err, ContextLengthExceeded):
-                err.message += self.catalogue.too_long_hint(resolved.model_id, err.message)
+                err.message += self.catalogue.view().too_long_hint(resolved.model_id, err.message)
             raise err
         raise Unavailable(
             f"no node could serve {resolved.model_id}: {last_error}", retry_after_s=5.0

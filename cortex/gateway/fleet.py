@@ -1,4 +1,6 @@
 """The one owner of fleet state: neuron statuses, upstream model lists and the gateway's counts.
+(What models exist, and which are pinned, is the ``Catalogue``'s; the Fleet tells it what the
+neurons discovered after each poll.)
 
 One poll loop per neuron (``GET /status`` every ``poll_interval_s``, at once after a load or an
 unload via ``refresh``); a down node is probed at least every ``DOWN_PROBE_S`` so its return is
@@ -17,22 +19,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
 import msgspec
 
-from cortex.config import CortexConfig, ModelEntry, NeuronRef, UpstreamRef
+from cortex.config import CortexConfig, NeuronRef, UpstreamRef
 from cortex.errors import CortexError
-from cortex.gateway.discovered import Found, discovered_entries
+from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.neuron_client import (
     HttpNeuronClient,
     NeuronClient,
     NeuronUnreachable,
 )
-from cortex.gateway.pins import PinStore
+from cortex.gateway.settings import Live
 from cortex.gateway.snapshot import FleetView, Usage, fleet_from_statuses
 from cortex.protocol.neuron import NeuronStatus
 from cortex.protocol.openai import ModelList
@@ -109,30 +111,25 @@ def upstream_base(ref: UpstreamRef) -> str:
 class Fleet:
     def __init__(
         self,
-        config: CortexConfig,
-        catalogue: Mapping[str, ModelEntry],
+        live: Live,
+        catalogue: Catalogue,
         session: aiohttp.ClientSession,
         client: NeuronClient | None = None,
     ) -> None:
-        """``client``: how neurons are reached (default: HTTP over ``session``, which also
-        polls the upstreams); tests pass an in-memory fake."""
-        self.config = config
-        self._configured = dict(catalogue)  # models.toml
-        # Models the neurons found in their stores (discovered.py); replaced, never mutated
-        self.discovered: dict[str, Found] = {}
-        self._catalogue = dict(catalogue)  # both: models.toml's entries first
+        """``live``: the running settings, read per use; ``catalogue``: the one the gateway
+        shares (the Fleet reports discovered models to it and reads its entries for ``view``).
+        ``client``: how neurons are reached (default: HTTP over ``session``, which also polls
+        the upstreams); tests pass an in-memory fake."""
+        self.live = live
+        self.catalogue = catalogue
         self._session = session
         self.client: NeuronClient = client or HttpNeuronClient(
-            session, config.gateway.connect_timeout_s
+            session, lambda: live.config.gateway.connect_timeout_s
         )
+        config = live.config
         self.neurons = {ref.name: NeuronState(ref) for ref in config.neurons}
         self.upstreams = {ref.name: UpstreamState(ref) for ref in config.upstreams}
         self.usage: dict[tuple[str, str], Usage] = {}
-        self.pins = PinStore(None)  # the app sets the file; tests may leave it in memory
-        self.pin_overrides: dict[str, bool] = {}
-        # Idle TTLs set by clients (Ollama's keep_alive), in seconds (0 = never); each lasts
-        # until the model is next unloaded everywhere (Loader.unload clears it). Not saved.
-        self.ttl_overrides: dict[str, float] = {}
         self._changed: asyncio.Future[None] | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}  # "neuron:NAME" / "upstream:NAME"
         self.on_node_up: list[Callable[[str], None]] = []
@@ -175,19 +172,22 @@ class Fleet:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def reconfigure(
-        self, config: CortexConfig, catalogue: Mapping[str, ModelEntry]
-    ) -> list[str]:
-        """Apply a re-read config (SIGHUP): neurons and upstreams added, removed or changed.
+    @property
+    def config(self) -> CortexConfig:
+        """The running cortex.toml (``Live``), never a copy."""
+        return self.live.config
+
+    async def reconfigure(self) -> list[str]:
+        """Follow a reload (SIGHUP) that swapped ``live.settings``: neurons and upstreams
+        added, removed or changed, and the discovered models re-read against models.toml.
 
         Requests in flight hold their own target URL, so none is cut off: a removed node is
         just no longer polled or routed to, and a new one is polled once before it is offered.
         Returns what changed, for the log.
         """
         changes: list[str] = []
-        self.config = config
-        self._configured = dict(catalogue)
-        self._rediscover(force=True)
+        config = self.config
+        self._rediscover()  # before any await: models.toml's new entries win at once
         neurons = {ref.name: ref for ref in config.neurons}
         upstreams = {ref.name: ref for ref in config.upstreams}
         for name in [n for n in self.neurons if n not in neurons]:
@@ -223,37 +223,16 @@ class Fleet:
 
     # ------------------------------------------------------------------ reading
 
-    def set_pin(self, model: str, pinned: bool) -> None:
-        """A runtime pin or unpin: applied at once, saved for the next start."""
-        self.pin_overrides[model] = pinned
-        self.pins.save(self.pin_overrides)
-
-    def set_ttl(self, model: str, ttl_s: float | None) -> None:
-        """A client's idle TTL for ``model`` (0 = never), or None to go back to models.toml's."""
-        if ttl_s is None:
-            self.ttl_overrides.pop(model, None)
-        else:
-            self.ttl_overrides[model] = ttl_s
-
-    def catalogue(self) -> dict[str, ModelEntry]:
-        """The catalogue with runtime pin/unpin and client TTLs applied."""
-        if not self.pin_overrides and not self.ttl_overrides:
-            return self._catalogue
+    def statuses(self) -> dict[str, NeuronStatus | None]:
+        """Node name -> its last status, None while it is down."""
         return {
-            mid: msgspec.structs.replace(
-                e,
-                pinned=self.pin_overrides.get(mid, e.pinned),
-                ttl_s=self.ttl_overrides.get(mid, e.ttl_s),
-            )
-            for mid, e in self._catalogue.items()
+            name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
         }
 
     def view(self) -> FleetView:
-        statuses = {
-            name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
-        }
         suspect = {name for name, s in self.neurons.items() if s.health == "suspect"}
-        return fleet_from_statuses(statuses, self.catalogue(), self.usage, suspect=suspect)
+        entries = self.catalogue.view().by_id
+        return fleet_from_statuses(self.statuses(), entries, self.usage, suspect=suspect)
 
     def upstreams_for(self, model: str) -> list[UpstreamState]:
         """Every up upstream that lists ``model``: replicas that share its traffic."""
@@ -382,27 +361,9 @@ class Fleet:
                 callback(ref.name)
         self._notify()
 
-    def _rediscover(self, force: bool = False) -> None:
-        """Recompute the discovered entries from the live nodes' statuses; the catalogue is
-        rebuilt (and the change logged) only when they changed, or when ``force``d after
-        models.toml changed."""
-        statuses = {
-            name: (s.status if s.health != "down" else None) for name, s in self.neurons.items()
-        }
-        found = discovered_entries(statuses, self._configured)
-        if found == self.discovered and not force:
-            return
-        added = sorted(set(found) - set(self.discovered))
-        gone = sorted(set(self.discovered) - set(found))
-        if added or gone:
-            log.info(
-                "discovered models: %d (new: %s; gone: %s)",
-                len(found),
-                ", ".join(added) or "none",
-                ", ".join(gone) or "none",
-            )
-        self.discovered = found
-        self._catalogue = self._configured | {mid: f.entry for mid, f in found.items()}
+    def _rediscover(self) -> None:
+        """Tell the catalogue what the live nodes' stores hold (it keeps what changed)."""
+        self.catalogue.discover(self.statuses())
 
     def _settle_loading(self, node: str, status: NeuronStatus) -> None:
         """Once the node reports a model, the gateway's own loading marker is redundant."""

@@ -32,6 +32,7 @@ from cortex.gateway.defrag import plan_defrag
 from cortex.gateway.fleet import Claim, Fleet
 from cortex.gateway.neuron_client import NeuronUnreachable
 from cortex.gateway.router import Impossible, Load, Route, Wait, allowed_up_nodes, choose
+from cortex.gateway.settings import Live
 from cortex.gateway.snapshot import FleetView
 from cortex.protocol.neuron import LoadRequest, UnloadRequest
 
@@ -71,15 +72,22 @@ def _without(fleet: FleetView, exclude: Collection[str], only: str | None) -> Fl
 
 
 class Loader:
-    def __init__(self, config: CortexConfig, fleet: Fleet, session: aiohttp.ClientSession) -> None:
-        self.config = config
+    def __init__(self, live: Live, fleet: Fleet, session: aiohttp.ClientSession) -> None:
+        """``live``: the running settings, read per use; the catalogue is the fleet's."""
+        self.live = live
         self.fleet = fleet
+        self.catalogue = fleet.catalogue
         self.session = session
         self.stats = LoadStats()
         self.gates: dict[str, Gate] = {}
         self._unplaceable: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.observers: list[LoadObserver] = []
+
+    @property
+    def config(self) -> CortexConfig:
+        """The running cortex.toml (``Live``), never a copy."""
+        return self.live.config
 
     # ------------------------------------------------------------------ requests
 
@@ -174,7 +182,7 @@ class Loader:
         if gate.waiting or gate.keep:
             return
         # Pins as of now, runtime ones included: `cortex pin` may have come after the request.
-        if self.fleet.catalogue().get(entry.id, entry).pinned:
+        if self.catalogue.pinned(entry.id):
             log.info("keeping %s although every waiting client left: it is pinned", entry.id)
         else:
             log.info("unloading %s again: every waiting client left", entry.id)
@@ -228,7 +236,7 @@ class Loader:
         finally:
             await self.fleet.refresh_now(node)
             if next(self.fleet.view().holders(model), None) is None:
-                self.fleet.set_ttl(model, None)
+                self.catalogue.set_ttl(model, None)
 
     async def _call(self, node: str, path: str, body: bytes, timeout_s: float) -> None:
         state = self.fleet.neurons.get(node)
@@ -245,7 +253,7 @@ class Loader:
     def ensure_pinned(self, node: str | None = None) -> None:
         """Load every pinned model that is resident nowhere (at start-up, when a node returns)."""
         view = self.fleet.view()
-        for entry in self.fleet.catalogue().values():
+        for entry in self.catalogue.view().models:
             if not entry.pinned or next(view.holders(entry.id), None) is not None:
                 continue
             if node is not None and entry.nodes and node not in entry.nodes:
@@ -270,7 +278,7 @@ class Loader:
         self._unplaceable = {
             m: t for m, t in self._unplaceable.items() if now - t < UNPLACEABLE_MEMORY_S
         }
-        catalogue = self.fleet.catalogue()
+        catalogue = self.catalogue.view().by_id
         wanted = [catalogue[m] for m in self._unplaceable if m in catalogue]
         moves = plan_defrag(
             self.fleet.view(), wanted, time.time(), self.config.eviction.min_resident_s
@@ -294,7 +302,7 @@ class Loader:
             await asyncio.sleep(IDLE_CHECK_S)
             default = self.config.eviction.default_ttl_s  # re-read: SIGHUP may change it
             for copy in idle.expired(
-                self.fleet.view(), self.fleet.catalogue(), default, time.time()
+                self.fleet.view(), self.catalogue.view().by_id, default, time.time()
             ):
                 log.info("%s idle on %s past its ttl: unloading", copy.model_id, copy.node)
                 try:

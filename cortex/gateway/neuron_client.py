@@ -9,6 +9,7 @@ by proxy.py, which relays bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
@@ -44,9 +45,12 @@ def neuron_headers(ref: NeuronRef) -> dict[str, str]:
 
 
 class HttpNeuronClient:
-    """The real client, over the gateway's shared connection pool."""
+    """The real client, over the gateway's shared connection pool. ``connect_timeout_s`` is
+    asked per call (the running config's, which a reload may change)."""
 
-    def __init__(self, session: aiohttp.ClientSession, connect_timeout_s: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connect_timeout_s: Callable[[], float]
+    ) -> None:
         self._session = session
         self._connect_timeout_s = connect_timeout_s
 
@@ -64,7 +68,7 @@ class HttpNeuronClient:
         self, method: str, ref: NeuronRef, path: str, body: bytes | None, timeout_s: float
     ) -> bytes:
         headers = {"content-type": "application/json", **neuron_headers(ref)}
-        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s)
+        timeout = aiohttp.ClientTimeout(total=timeout_s, connect=self._connect_timeout_s())
         url = ref.endpoint.rstrip("/") + path
         try:
             async with self._session.request(

@@ -3,9 +3,13 @@
 Applied live: neurons and upstreams (added, removed, changed endpoint or token), the model
 catalogue (new, changed and removed models, aliases, pins, TTLs; a removed model's resident
 copies are unloaded once their requests drain), eviction settings, timeouts and the key lists
-(read per request). Fixed until a restart, and logged as such when they change: the listen
-addresses and ``max_body_mb``. An invalid file is logged as the same one line ``--check``
-prints and the running config stays.
+(read per request). Fixed until a restart, and logged as such when they change:
+``RESTART_ONLY``. An invalid file is logged as the same one line ``--check`` prints and the
+running config stays.
+
+Both files become one new ``Settings``, assigned to the gateway's one ``Live`` reference: the
+gateway, the loader, the fleet and the catalogue read it per use, so none keeps the old one.
+Runtime pins and client TTLs are the catalogue's and outlive a reload.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ from aiohttp import web
 
 from cortex import config as cfg
 from cortex.errors import ConfigError
-from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.core import GATEWAY, Gateway
+from cortex.gateway.settings import Settings
 from cortex.sighup import reload_on_sighup
 
 log = logging.getLogger("cortex.gateway.reload")
 
-RESTART_ONLY = ("listen", "metrics_listen", "max_body_mb")
+# Read once when the server starts: the listeners, aiohttp's body limit and keep-alive, the
+# pin file's path, the log format.
+RESTART_ONLY = (
+    "listen",
+    "metrics_listen",
+    "max_body_mb",
+    "keepalive_timeout_s",
+    "state_file",
+    "log_format",
+)
 
 
 async def reload(gateway: Gateway, config_path: Path) -> bool:
@@ -41,12 +54,10 @@ async def reload(gateway: Gateway, config_path: Path) -> bool:
         for key in RESTART_ONLY
         if getattr(config.gateway, key) != getattr(gateway.config.gateway, key)
     ]
-    catalogue = Catalogue(models.models, read_at=time.time())
-    before = set(gateway.catalogue.by_id)
-    gateway.config = gateway.loader.config = config
-    gateway.catalogue = catalogue  # the fleet's discovered models are added to it
-    changes = await gateway.fleet.reconfigure(config, catalogue.by_id)
-    removed = before - set(gateway.catalogue.by_id)  # a model still discovered stays
+    before = set(gateway.catalogue.view().by_id)
+    gateway.live.settings = Settings(config, models.models, int(time.time()))  # the one swap
+    changes = await gateway.fleet.reconfigure()
+    removed = before - set(gateway.catalogue.view().by_id)  # a model still discovered stays
     for node in gateway.fleet.view().nodes:
         for copy in node.models:
             if copy.model_id in removed and copy.state == "loaded":
@@ -57,7 +68,7 @@ async def reload(gateway: Gateway, config_path: Path) -> bool:
     log.info(
         "reloaded %s: %d models; %s",
         config_path,
-        len(catalogue.models),
+        len(models.models),
         ", ".join(changes) or "no neuron or upstream changes",
     )
     if fixed:

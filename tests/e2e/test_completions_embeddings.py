@@ -282,6 +282,8 @@ def test_models_carry_the_context_window_where_clients_read_it(
     assert tiny["top_provider"] == {"context_length": 1024, "max_completion_tokens": 100}
     _, fim = gw.call("GET", "/v1/models/coder-x")  # by alias
     assert fim["max_model_len"] == 1024 and fim["max_output_tokens"] == 256  # a quarter
+    # The neuron's own listing has resident models only: load fim here, not by test order
+    assert gw.call("POST", "/cortex/models/fim/load")[0] == 200
     _, resident = neuron.api("GET", "/v1/models")
     assert {c["id"]: c["max_model_len"] for c in resident["data"]}["fim"] == 1024
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
-from cortex.config import SamplingDefaults
-from cortex.gateway.catalogue import Catalogue, CortexModelInfo
+from cortex.config import CortexConfig, SamplingDefaults
+from cortex.gateway.catalogue import Catalogue, CatalogueView, CortexModelInfo
+from cortex.gateway.pins import PinStore
+from cortex.gateway.settings import Live, Settings
 from cortex.gateway.snapshot import FleetView
 from cortex.protocol.openai import ModelCard, ModelList
 from tests.gateway.fleets import entry, fleet, model, node
 
-CATALOGUE = Catalogue(
+CATALOGUE = CatalogueView(
     [
         entry("qwen3-32b", 20, aliases=("claude-*-opus-*", "claude-opus-*"), context_length=32768),
         entry("qwen3-8b", 8, aliases=("claude-*-sonnet-*", "claude-*"), pinned=True),
@@ -107,14 +111,14 @@ def _summary(card: ModelCard) -> tuple[str, list[str], int, bool, str]:
         ),
         pytest.param(
             fleet(
-                node("gpu1", model("stray", context_length=4096, pinned=True)),
+                node("gpu1", model("stray", context_length=4096)),
                 node("gpu2", model("gone", state="unloading")),
             ),
             {},
             {
                 "qwen3-32b": ("available", [], 32768, False, "cortex"),
                 "qwen3-8b": ("available", [], 0, True, "cortex"),
-                "stray": ("resident", ["gpu1"], 4096, True, "cortex"),
+                "stray": ("resident", ["gpu1"], 4096, False, "cortex"),
             },
             id="resident-model-outside-the-catalogue",
         ),
@@ -162,7 +166,7 @@ def test_model_list_encodes_the_cortex_object() -> None:
 
 
 def test_created_is_the_load_time_else_when_the_catalogue_was_read() -> None:
-    catalogue = Catalogue([entry("a", 1), entry("b", 1)], read_at=1_750_000_000.7)
+    catalogue = CatalogueView([entry("a", 1), entry("b", 1)], read_at=1_750_000_000.7)
     view = fleet(node("n1", model("a", 1, age_s=60.0)))
     listed = {c.id: c.created for c in catalogue.model_cards(view, {"up": ["c"]})}
     [copy] = view.nodes[0].models
@@ -183,7 +187,7 @@ def test_created_is_the_load_time_else_when_the_catalogue_was_read() -> None:
 def test_cards_carry_the_window_in_the_fields_clients_read(
     context: int, max_output: int, expected: tuple[int, int] | None
 ) -> None:
-    catalogue = Catalogue([entry("m", 1, context_length=context, max_output_tokens=max_output)])
+    catalogue = CatalogueView([entry("m", 1, context_length=context, max_output_tokens=max_output)])
     (card,) = catalogue.model_cards(fleet(node("gpu1")), {})
     wire = msgspec.json.decode(msgspec.json.encode(card))
     fields = ("max_model_len", "context_length", "max_context_length", "max_output_tokens")
@@ -203,7 +207,7 @@ def test_a_resident_copy_gives_the_window_an_entry_lacks() -> None:
 
 def test_cards_show_the_sampling_defaults_a_neuron_reports_else_models_toml() -> None:
     configured = SamplingDefaults(temperature=0.2, top_p=0.9)
-    catalogue = Catalogue([entry("smol", 1, sampling=configured), entry("plain", 1)])
+    catalogue = CatalogueView([entry("smol", 1, sampling=configured), entry("plain", 1)])
     available = {c.id: c.cortex for c in catalogue.model_cards(fleet(node("gpu1")), {})}
     assert available["smol"] is not None and available["smol"].sampling == configured
     assert available["plain"] is not None and available["plain"].sampling is None
@@ -236,8 +240,30 @@ TOO_LONG = (
     ],
 )
 def test_a_prompt_too_long_is_told_where_it_fits(models: list[object], hint: str) -> None:
-    assert Catalogue(models).too_long_hint("small", TOO_LONG) == hint  # type: ignore[arg-type]
+    assert CatalogueView(models).too_long_hint("small", TOO_LONG) == hint  # type: ignore[arg-type]
 
 
 def test_other_errors_get_no_hint() -> None:
     assert CATALOGUE.too_long_hint("qwen3-8b", "something else went wrong") == ""
+
+
+def test_the_catalogue_answers_from_one_view_rebuilt_only_after_a_write(tmp_path: Path) -> None:
+    live = Live.of(CortexConfig(), [entry("a", 1, pinned=True), entry("b", 1)])
+    catalogue = Catalogue(live, PinStore(tmp_path / "state.json"))
+    first = catalogue.view()
+    assert catalogue.view() is first, "no write, no rebuild"
+    catalogue.set_pin("a", False)  # a runtime unpin wins over models.toml's pin
+    catalogue.set_ttl("b", 60.0)
+    catalogue.set_ttl("b", 60.0)
+    after = catalogue.view()
+    assert after is not first and catalogue.view() is after, "a repeated TTL rebuilds nothing"
+    assert [(m.id, m.pinned, m.ttl_s) for m in after.models] == [
+        ("a", False, None),
+        ("b", False, 60.0),
+    ]
+    live.settings = Settings(CortexConfig(), (entry("a", 1, pinned=True), entry("c", 1)))
+    assert catalogue.view() is not after, "a reload's new settings are seen at once"
+    assert not catalogue.pinned("a") and catalogue.get("b") is None
+    # The runtime pin is read back on the next start; the client TTL is not saved
+    restarted = Catalogue(live, PinStore(tmp_path / "state.json"))
+    assert not restarted.pinned("a")

@@ -11,14 +11,17 @@ import msgspec
 
 import cortex.gateway
 from cortex.config import CortexConfig, NeuronRef
+from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
+from cortex.gateway.settings import Live
 from cortex.protocol.neuron import ModelStatus, NeuronStatus
 from tests.gateway.test_loads import FakeNeuron, FakeNeuronClient
 
 
 def _fleet() -> Fleet:
     session: Any = None  # counting never touches the network
-    return Fleet(CortexConfig(), {}, session)
+    live = Live.of(CortexConfig())
+    return Fleet(live, Catalogue(live), session)
 
 
 def test_release_is_idempotent_and_stamps_last_used() -> None:
@@ -76,7 +79,8 @@ async def test_a_request_that_ended_after_the_poll_left_is_not_counted_busy() ->
     config = CortexConfig(neurons=(NeuronRef(name="n1", endpoint="http://n1.invalid"),))
     client = SlowStatusClient(FakeNeuron())
     session: Any = None
-    fleet = Fleet(config, {}, session, client)
+    live = Live.of(config)
+    fleet = Fleet(live, Catalogue(live), session, client)
     state = fleet.neurons["n1"]
     claim = fleet.claim("m", "n1", "in_flight")
     client.in_flight = 1  # the neuron still runs it when the poll arrives

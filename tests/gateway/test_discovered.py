@@ -14,6 +14,7 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.discovered import discovered_entries
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.neuron_client import NeuronUnreachable
+from cortex.gateway.settings import Live, Settings
 from cortex.gateway.snapshot import FleetView, NodeView
 from cortex.protocol.neuron import DiscoveredModel, NeuronStatus
 
@@ -102,9 +103,14 @@ async def fleet(
         neurons=tuple(NeuronRef(name=n, endpoint=f"http://{n}.invalid") for n in statuses),
     )
     session: Any = None
-    made = Fleet(config, models, session, Client(statuses))
+    live = Live.of(config, list(models.values()))
+    made = Fleet(live, Catalogue(live), session, Client(statuses))
     await made.start()
     return made
+
+
+def _ids(made: Fleet) -> list[str]:
+    return [m.id for m in made.catalogue.view().models]
 
 
 async def test_the_fleet_catalogue_follows_what_the_neurons_report() -> None:
@@ -112,38 +118,41 @@ async def test_the_fleet_catalogue_follows_what_the_neurons_report() -> None:
     statuses: dict[str, NeuronStatus | None] = {"n1": status("n1", OLLAMA)}
     made = await fleet(statuses, {"qwen": configured})
     try:
-        assert list(made.catalogue()) == ["qwen", "tiny:latest"]
-        before = made.discovered
+        assert _ids(made) == ["qwen", "tiny:latest"]
+        before = made.catalogue.view()
         await made._poll(made.neurons["n1"])
-        assert made.discovered is before, "an unchanged report keeps the same entries"
+        assert made.catalogue.view() is before, "an unchanged report keeps the same entries"
         statuses["n1"] = status("n1", OLLAMA, HF)
         await made._poll(made.neurons["n1"])
-        assert list(made.catalogue()) == ["qwen", "org/tiny", "tiny:latest"]
+        assert _ids(made) == ["qwen", "org/tiny", "tiny:latest"]
         statuses["n1"] = None
         await made._poll(made.neurons["n1"])
         await made._poll(made.neurons["n1"])  # two failed polls: down
-        assert list(made.catalogue()) == ["qwen"]
+        assert _ids(made) == ["qwen"]
         # SIGHUP: models.toml now names the Ollama model by its source, under its own id
         statuses["n1"] = status("n1", OLLAMA)
         await made._poll(made.neurons["n1"])
         named = ModelEntry(id="tiny", source="ollama:tiny:latest", aliases=("small-*",))
-        await made.reconfigure(made.config, {"tiny": named})
-        assert list(made.catalogue()) == ["tiny"]
+        made.live.settings = Settings(made.config, (named,))
+        await made.reconfigure()
+        assert _ids(made) == ["tiny"]
     finally:
         await made.stop()
 
 
 async def test_discovered_models_are_listed_after_models_toml() -> None:
-    made = await fleet({"n1": status("n1", OLLAMA, HF)}, {})
+    made = await fleet(
+        {"n1": status("n1", OLLAMA, HF)}, {"qwen": ModelEntry(id="qwen", source="Qwen3-8B")}
+    )
     try:
-        catalogue = Catalogue([ModelEntry(id="qwen", source="Qwen3-8B")], read_at=1.0)
-        merged = catalogue.with_entries([f.entry for f in made.discovered.values()])
+        merged = made.catalogue.view()
         view = FleetView(nodes=(NodeView(name="n1", health="up"),))
         cards = merged.model_cards(view, {})
         assert [c.id for c in cards] == ["qwen", "org/tiny", "tiny:latest"]
         assert all(c.cortex is not None and c.cortex.state == "available" for c in cards)
         assert cards[1].cortex is not None and cards[1].cortex.context_length == 4096
         assert merged.resolve("tiny:latest") is merged.resolve("tiny") is not None
+        assert merged.stores == {"org/tiny": "huggingface", "tiny:latest": "ollama"}
         # A node that did not report it does not make it available
         other = FleetView(nodes=(NodeView(name="n2", health="up"),))
         assert [c.id for c in merged.model_cards(other, {})] == ["qwen"]

@@ -18,11 +18,11 @@ from aiohttp.test_utils import TestServer
 
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
 from cortex.errors import ModelNotLoaded
-from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.app import wire
 from cortex.gateway.core import Gateway
 from cortex.gateway.exchange import Exchange
-from cortex.gateway.fleet import DOWN_PROBE_S, Fleet, probe_delay
-from cortex.gateway.loads import Loader
+from cortex.gateway.fleet import DOWN_PROBE_S, probe_delay
+from cortex.gateway.settings import Live
 from cortex.protocol.neuron import LoadRequest, ModelStatus
 from tests.gateway.test_loads import GB, FakeNeuron
 
@@ -97,11 +97,9 @@ async def _gateway(
         neurons=tuple(NeuronRef(name=name, endpoint=url) for name, (_, url) in servers.items()),
     )
     session = aiohttp.ClientSession()
-    fleet = Fleet(config, {entry.id: entry}, session)
-    loader = Loader(config, fleet, session)
-    fleet.on_node_down.append(loader.node_down)  # as app.py wires it
-    await fleet.start()
-    return Gateway(config, Catalogue((entry,)), fleet, loader, session), session
+    gateway = wire(Live.of(config, [entry]), session)
+    await gateway.fleet.start()
+    return gateway, session
 
 
 async def _close(gateway: Gateway, session: aiohttp.ClientSession) -> None:

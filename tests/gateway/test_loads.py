@@ -19,9 +19,11 @@ import pytest
 
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, NeuronRef
 from cortex.errors import ModelNotLoaded, Overloaded, Unavailable
+from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.loads import Loader
 from cortex.gateway.neuron_client import NeuronUnreachable
+from cortex.gateway.settings import Live
 from cortex.protocol.neuron import DeviceStatus, LoadRequest, ModelStatus, NeuronStatus
 
 GB = 1_000_000_000
@@ -104,9 +106,10 @@ async def _loader(
         neurons=tuple(NeuronRef(name=n, endpoint=f"http://{n}.invalid") for n in fakes),
     )
     session: Any = None  # nothing here reaches the network
-    fleet = Fleet(config, catalogue or {ENTRY.id: ENTRY}, session, FakeNeuronClient(fakes))
+    live = Live.of(config, list((catalogue or {ENTRY.id: ENTRY}).values()))
+    fleet = Fleet(live, Catalogue(live), session, FakeNeuronClient(fakes))
     await fleet.start()
-    return Loader(config, fleet, session), fleet
+    return Loader(live, fleet, session), fleet
 
 
 @pytest.fixture
@@ -185,7 +188,7 @@ async def test_a_load_pinned_meanwhile_is_kept_when_its_waiters_leave(
     fake.hold = asyncio.Event()
     waiter = asyncio.create_task(loader.route(ENTRY))
     await asyncio.wait_for(fake.loading.wait(), 5)
-    fleet.set_pin(ENTRY.id, True)  # `cortex pin` while the load is under way
+    fleet.catalogue.set_pin(ENTRY.id, True)  # `cortex pin` while the load is under way
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     fake.hold.set()
@@ -196,7 +199,7 @@ async def test_a_load_pinned_meanwhile_is_kept_when_its_waiters_leave(
 
 async def test_pinned_model_loads_at_start_up(neuron: tuple[FakeNeuron, Loader, Fleet]) -> None:
     fake, loader, fleet = neuron
-    fleet.pin_overrides[ENTRY.id] = True
+    fleet.catalogue.set_pin(ENTRY.id, True)
     loader.ensure_pinned()
     await asyncio.wait_for(fake.loading.wait(), 5)  # the pinned load has begun
     await asyncio.gather(*(g.load for g in loader.gates.values() if g.load))

@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from cortex.config import CortexConfig, GatewaySection, ModelsConfig, NeuronRef, UpstreamRef
 from cortex.gateway.app import make_app
+from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.exchange import Exchange
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import METRICS, FleetCollector, GatewayMetrics, _Pending, listener
+from cortex.gateway.settings import Live
 from cortex.metric_families import OVERHEAD_BUCKETS
 from cortex.protocol.neuron import DeviceStatus, ModelStatus, NeuronStatus
 from tests.gateway.mock_upstream import WORDS, MockState, make_mock_upstream
@@ -113,7 +115,8 @@ def test_fleet_gauges_are_read_at_scrape_time() -> None:
             NeuronRef(name="n2", endpoint="http://127.0.0.1:2"),
         )
     )
-    fleet = Fleet(config, {}, None)  # type: ignore[arg-type]  # never polls here
+    live = Live.of(config)
+    fleet = Fleet(live, Catalogue(live), None)  # type: ignore[arg-type]  # never polls here
     loaded = ModelStatus(
         id="m", state="loaded", harness="h", device="cuda:0", source="s", quantization="none"
     )

@@ -59,7 +59,7 @@ def _target(request: web.Request) -> tuple[str, str]:
 
 
 def _model(gateway: Gateway, card: ModelCard) -> gm.Model:
-    entry = gateway.fleet.catalogue().get(card.id)
+    entry = gateway.catalogue.get(card.id)
     embed = entry is not None and entry.task == "embed"
     context_length = card.cortex.context_length if card.cortex is not None else 0
     return gm.Model(

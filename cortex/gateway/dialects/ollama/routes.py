@@ -8,7 +8,7 @@ expiry from the idle TTL, ``/api/show`` a model's context length, template and c
 ``/api/embed`` (and the older ``/api/embeddings``) go to the neuron's /v1/embeddings for a model
 with ``task = "embed"``; any other model is a 400 naming its task.
 
-``keep_alive`` is the model's idle TTL (Fleet.set_ttl, until it next unloads): a duration sets
+``keep_alive`` is the model's idle TTL (Catalogue.set_ttl, until it next unloads): a duration sets
 it, a negative one means never, 0 unloads the model (now, for a request with no messages or
 prompt; else as soon as it is idle). Models come from models.toml only: pull, push, create,
 copy and delete answer 403 saying so. Errors are Ollama's ``{"error": "..."}``.
@@ -108,7 +108,7 @@ async def _generation(
     ex.stream = req.stream
     keep_alive = _keep_alive(resolved, req.keep_alive)
     if keep_alive is not None:
-        gateway.fleet.set_ttl(resolved.model_id, keep_alive)
+        gateway.catalogue.set_ttl(resolved.model_id, keep_alive)
     target = Target(
         resolved.model_id,
         _context_length(gateway, resolved),
@@ -178,17 +178,17 @@ async def _load(gateway: Gateway, resolved: Resolved, keep_alive: ol.KeepAlive |
     unload = keep_alive is not None and ol.parse_duration(keep_alive) == 0
     entry = resolved.entry
     if entry is not None and unload:
-        if gateway.fleet.catalogue().get(entry.id, entry).pinned:
+        if gateway.catalogue.pinned(entry.id):
             raise Conflict(f"model {entry.id} is pinned; unpin it before unloading it")
         for node, _ in list(gateway.fleet.view().holders(entry.id)):
             with contextlib.suppress(ModelNotFound):  # gone meanwhile (idle TTL): as asked
                 await gateway.loader.unload(entry.id, node.name)
-        gateway.fleet.set_ttl(entry.id, None)
+        gateway.catalogue.set_ttl(entry.id, None)
     elif entry is not None:
         await gateway.loader.route(entry, keep=True)
         ttl = _keep_alive(resolved, keep_alive)
         if ttl is not None:
-            gateway.fleet.set_ttl(entry.id, ttl)
+            gateway.catalogue.set_ttl(entry.id, ttl)
     elif unload:
         _keep_alive(resolved, keep_alive)  # raises: upstream models do not unload
     return unload
@@ -214,7 +214,7 @@ def _digest(model_id: str) -> str:
 
 
 def _details(gateway: Gateway, model_id: str) -> ol.ModelDetails:
-    entry = gateway.fleet.catalogue().get(model_id)
+    entry = gateway.catalogue.get(model_id)
     if entry is None:
         return ol.ModelDetails(format="")
     level = entry.quantization if entry.quantization != "none" else entry.dtype
@@ -226,7 +226,7 @@ def _size(gateway: Gateway, model_id: str) -> int:
     measured = [c.measured_bytes for _, c in gateway.fleet.view().holders(model_id)]
     if any(measured):
         return max(measured)
-    entry = gateway.fleet.catalogue().get(model_id)
+    entry = gateway.catalogue.get(model_id)
     return int(entry.vram_gb * 1e9) if entry is not None else 0
 
 
@@ -249,7 +249,7 @@ async def tags(request: web.Request) -> web.Response:
 async def ps(request: web.Request) -> web.Response:
     """Loaded copies (one line a model), each with when its idle TTL would unload it."""
     gateway = request.app[GATEWAY]
-    catalogue = gateway.fleet.catalogue()
+    catalogue = gateway.catalogue.view().by_id
     default_ttl = gateway.config.eviction.default_ttl_s
     now = time.time()
     running: dict[str, ol.RunningModel] = {}
@@ -308,7 +308,7 @@ async def show(request: web.Request) -> web.Response:
             details=_details(gateway, resolved.model_id),
             model_info=info,
             capabilities=capabilities,
-            modified_at=_iso(gateway.catalogue.read_at),
+            modified_at=_iso(gateway.catalogue.view().read_at),
         )
     )
 
@@ -333,7 +333,7 @@ async def embed(gateway: Gateway, request: web.Request, ex: Exchange) -> web.Str
         )
     keep_alive = _keep_alive(resolved, req.keep_alive)
     if keep_alive is not None:
-        gateway.fleet.set_ttl(resolved.model_id, keep_alive)
+        gateway.catalogue.set_ttl(resolved.model_id, keep_alive)
     target = Target(
         resolved.model_id, _context_length(gateway, resolved), False, bool(resolved.entry)
     )
