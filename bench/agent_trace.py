@@ -150,11 +150,18 @@ async def _session(
     return rows
 
 
-async def run(url: str, model: str, trace: Trace, key: str = "") -> dict[str, Any]:
-    """Replay ``trace`` against ``url`` (ending in /v1); returns the summary and every turn."""
+async def run(
+    url: str, model: str, trace: Trace, key: str = "", fresh_connections: bool = False
+) -> dict[str, Any]:
+    """Replay ``trace`` against ``url`` (ending in /v1); returns the summary and every turn.
+
+    ``fresh_connections`` opens a connection per request: llama-server closes a keep-alive
+    connection between requests, and a request written to it then fails mid-body.
+    """
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     timeout = aiohttp.ClientTimeout(total=3600)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+    connector = aiohttp.TCPConnector(force_close=fresh_connections)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
         started = time.perf_counter()
         per = await asyncio.gather(
             *(_session(http, url, model, trace, s) for s in range(trace.sessions))

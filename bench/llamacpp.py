@@ -254,7 +254,7 @@ async def measure(url: str, model: str, args: argparse.Namespace) -> dict[str, A
         result[f"decode_{streams}"] = statistics.median(rates)
     if args.turns:
         trace = Trace(turns=args.turns)
-        summary = await run_trace(url, model, trace)
+        summary = await run_trace(url, model, trace, fresh_connections=True)
         result["trace"] = {k: v for k, v in summary.items() if k != "rows"}
     return result
 
