@@ -12,7 +12,8 @@ is on only where /proc/cpuinfo lists it. Never part of ``make test``.
 
 The run: SmolLM2-135M-Instruct, the Q4_1 GGUF ``python -m cortex.starter`` caches, served by
 ``llama-server`` (8 slots) and by a cortex neuron (the transformers harness; ``--compiled``
-adds a second neuron with ``compiled_decode = true``), one server at a time, each with
+adds a neuron with ``compiled_decode = true``, ``--quantization int4`` one with 4-bit weights,
+both together one with both), one server at a time, each with
 ``--threads`` threads. Tables, with each server's ratio to llama.cpp's:
 
 - decode tok/s, 1 stream and 8 concurrent, ``--tokens`` greedy tokens with ``ignore_eos``:
@@ -164,7 +165,9 @@ async def llama_server(server: Path, gguf: Path, threads: int) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def cortex_neuron(gguf: Path, threads: int, compiled: bool) -> AsyncIterator[str]:
+async def cortex_neuron(
+    gguf: Path, threads: int, compiled: bool, quantization: str = "none"
+) -> AsyncIterator[str]:
     """A neuron serving ``gguf`` as model "smollm2" (preloaded; with ``compiled_decode`` the
     load compiles its graphs: minutes); yields /v1."""
     work = Path(tempfile.mkdtemp(prefix="cortex-llamacpp-"))
@@ -172,6 +175,7 @@ async def cortex_neuron(gguf: Path, threads: int, compiled: bool) -> AsyncIterat
     (work / "models.toml").write_text(
         f'[[models]]\nid = "smollm2"\nsource = "{gguf.name}"\n'
         f"context_length = {SLOT_CONTEXT}\ncompiled_decode = {str(compiled).lower()}\n"
+        f'quantization = "{quantization}"\n'
     )
     (work / "neuron.toml").write_text(
         f'preload = ["smollm2"]\n[neuron]\nname = "bench"\nlisten = "127.0.0.1:{port}"\n'
@@ -296,8 +300,14 @@ async def bench(server: Path, args: argparse.Namespace) -> None:
     async with llama_server(server, gguf, args.threads) as url:
         results["llama.cpp"] = await measure(url, "smollm2", args)
     print(json.dumps({"llama.cpp": results["llama.cpp"]}), flush=True)
-    for name, compiled in (("cortex", False), ("cortex compiled", True))[: 1 + args.compiled]:
-        async with cortex_neuron(gguf, args.threads, compiled) as url:
+    variants = [("cortex", False, "none")]
+    variants += [("cortex compiled", True, "none")] if args.compiled else []
+    if args.quantization != "none":
+        variants += [(f"cortex {args.quantization}", False, args.quantization)]
+        if args.compiled:
+            variants += [(f"cortex {args.quantization} compiled", True, args.quantization)]
+    for name, compiled, quantization in variants:
+        async with cortex_neuron(gguf, args.threads, compiled, quantization) as url:
             results[name] = await measure(url, "smollm2", args)
         print(json.dumps({name: results[name]}), flush=True)
     print(f"load average after: {os.getloadavg()}")
@@ -314,6 +324,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--turns", type=int, default=6, help="agent trace turns (0: none)")
     parser.add_argument("--compiled", action="store_true", help="a compiled_decode neuron too")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "int8", "int4"),
+        default="none",
+        help="a neuron with this CPU weight quantization too (compiled too with --compiled)",
+    )
     args = parser.parse_args()
     if args.build:
         print(f"built {build(args.cache, args.jobs)}", flush=True)

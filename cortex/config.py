@@ -26,7 +26,7 @@ Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 Gigabytes = Annotated[float, msgspec.Meta(ge=0, le=MAX_GIGABYTES)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
-Quantization = Literal["4bit", "8bit", "none"]
+Quantization = Literal["4bit", "8bit", "int4", "int8", "none"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Store = Literal["huggingface", "ollama"]  # model stores a neuron can discover
 

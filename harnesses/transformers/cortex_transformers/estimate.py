@@ -2,7 +2,9 @@
 
 Lets the neuron refuse a load that cannot fit (507) before spending minutes on it. bitsandbytes
 quantizes 2-D linear weights only; embeddings, the LM head, norms and biases keep the load dtype.
-A GGUF is dequantised to the load dtype, so its own quantization does not count.
+A GGUF is dequantised to the load dtype, so its own quantization does not count. The CPU
+kernels' "int8" / "int4" (cpu_quant.py) quantise a model loaded whole in the load dtype, so
+their estimate is that whole load, the peak (the steady state, smaller, is reported once loaded).
 """
 
 from __future__ import annotations

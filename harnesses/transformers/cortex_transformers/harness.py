@@ -34,6 +34,7 @@ from cortex_transformers import __version__, fim
 from cortex_transformers.attention import use_cortex_sdpa
 from cortex_transformers.block_manager import BLOCK_SIZE, BlockManager
 from cortex_transformers.compiled import CompiledDecode, compiled_decode_refusal
+from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS, cpu_quantization_refusal
 from cortex_transformers.embedding import load_embedding_model
 from cortex_transformers.estimate import weight_bytes
 from cortex_transformers.generation import Generation
@@ -255,7 +256,7 @@ class TransformersHarness(Harness):
         kinds = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
         return HarnessInfo(
             name=self.name,
-            quantizations=("none", "8bit", "4bit"),
+            quantizations=("none", "8bit", "4bit", *CPU_QUANTIZATIONS),
             device_kinds=kinds,
             version=__version__,
             sampling=SAMPLING,
@@ -272,6 +273,8 @@ class TransformersHarness(Harness):
     ) -> LoadedModel:
         if options.torch_threads > 0:
             torch.set_num_threads(options.torch_threads)
+        if refusal := cpu_quantization_refusal(device, request.quantization):
+            raise InvalidRequest(refusal, param="quantization")
         if request.compiled_decode and (
             refusal := compiled_decode_refusal(device, request.quantization, request.task)
         ):

@@ -32,6 +32,7 @@ from cortex.errors import InsufficientMemory, InvalidRequest
 from cortex.neuron.harness import LoadOptions
 from cortex.protocol.neuron import LoadRequest
 from cortex_transformers import gguf_cache, gguf_source
+from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS, quantize_linears
 from cortex_transformers.demo import CHAT_TEMPLATE as HERMES_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def quantization_config(quantization: str, device: str) -> BitsAndBytesConfig | None:
-    if quantization == "none":
+    """bitsandbytes' options for "8bit" / "4bit"; None for "none" and the CPU kernels' "int8" /
+    "int4" (cpu_quant.py), which act on the loaded model instead."""
+    if quantization == "none" or quantization in CPU_QUANTIZATIONS:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InvalidRequest(
@@ -207,6 +210,8 @@ def load_model(
             gguf_cache.keep(path, part, functools.partial(gguf_cache.save_dequantised, model))
         if requantize and quantization is not None:
             model = gguf_source.requantize(model, quantization, device)
+        if request.quantization in CPU_QUANTIZATIONS:
+            quantize_linears(model, request.quantization)
     except torch.OutOfMemoryError as exc:
         raise InsufficientMemory(f"{request.model} does not fit on {device}: {exc}") from exc
     except (OSError, ValueError, ImportError) as exc:

@@ -1,0 +1,146 @@
+"""Weight-only int8 / int4 linears on CPU: ``quantization = "int8"`` or ``"int4"``.
+
+A decode step on CPU is bound by reading the weights: SmolLM2-135M's linears are 540 MB in fp32
+and ~70 MB in 4 bits. PyTorch ships CPU kernels that read packed weights and dequantise in
+registers (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``); on this project's CPUs
+(AVX-512, no AVX512-BF16) they are fast only with bf16 activations, and 4-7x slower than fp32
+with fp32 ones (bench/quant_kernels.py). So each quantised linear rounds its input to bf16,
+multiplies, and hands fp32 back; everything else (embeddings, norms, attention, the KV cache)
+stays fp32.
+
+- ``int4``: asymmetric groups of 32 along the input dimension (tinygemm's layout:
+  ``w = (q - 8) * scale + zero``), the grid of a GGUF's Q4_1, so a Q4_1 model requantises to
+  its own values (within the bf16 rounding of scales and zeros, ~0.2 %); the LM head gets int8.
+- ``int8``: symmetric, one scale per output channel.
+
+A linear whose input width is not a whole number of groups, or a model on another device, stays
+as it is. The cost in quality is measured by bench/quantization.py (perplexity on a fixed text
+against fp32) and stated in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CPU_QUANTIZATIONS = ("int8", "int4")
+INT4_GROUP = 32
+INT4_ROWS = 16  # the packed layout holds output features in tiles of 16: pad to a whole tile
+
+
+def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
+    """Why a load cannot use ``quantization`` on ``device`` (None: it can)."""
+    if quantization in CPU_QUANTIZATIONS and device != "cpu":
+        return (
+            f"quantization {quantization!r} uses PyTorch's CPU kernels; on {device} use "
+            "'8bit' or '4bit' (bitsandbytes)"
+        )
+    return None
+
+
+class Int4Linear(nn.Module):
+    """``nn.Linear`` with 4-bit grouped weights; fp32 in, fp32 out, bf16 inside the matmul."""
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.out_features, self.in_features = weight.shape
+        self.group = group
+        padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
+        padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
+        packed, scales_and_zeros = pack_int4(padded, group)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.bias = _bias(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, self.group, self.scales_and_zeros
+        )
+        if out.shape[-1] != self.out_features:
+            out = out[:, : self.out_features]
+        return _finish(out, x, self.out_features, self.bias)
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights and one scale per output channel."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.out_features, self.in_features = weight.shape
+        scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        quantised = torch.round(weight / scale[:, None]).clamp(-128, 127).to(torch.int8)
+        self.register_buffer("weight_int8", quantised)
+        self.register_buffer("scales", scale.to(torch.bfloat16))
+        self.bias = _bias(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scales)
+        return _finish(out, x, self.out_features, self.bias)
+
+
+def pack_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``[N, K]`` -> (the CPU kernel's packed uint8 weight, bf16 scales and zeros
+    ``[K / group, N, 2]``)."""
+    n, k = weight.shape
+    grouped = weight.reshape(n, k // group, group)
+    low, high = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    scale = (high - low).clamp(min=1e-8) / 15
+    levels = torch.round((grouped - low) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+    zero = low + 8 * scale
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 1)
+    pairs = torch.stack([scale.reshape(n, -1), zero.reshape(n, -1)], -1).transpose(0, 1)
+    return packed, pairs.contiguous().to(torch.bfloat16)
+
+
+def _bias(linear: nn.Linear) -> nn.Parameter | None:
+    if linear.bias is None:
+        return None
+    return nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+
+def _finish(
+    out: torch.Tensor, x: torch.Tensor, features: int, bias: nn.Parameter | None
+) -> torch.Tensor:
+    result = out.to(x.dtype).reshape(*x.shape[:-1], features)
+    return result + bias if bias is not None else result
+
+
+def quantize_linears(model: nn.Module, quantization: str) -> int:
+    """Replace every ``nn.Linear`` of ``model`` (the LM head too, untied from the embeddings)
+    with its ``quantization`` form, in place; returns how many were replaced.
+
+    Under int4 the LM head gets int8: GGUFs keep it (or the embeddings it is tied to) at 6-8
+    bits, so 4 bits would add its largest error to every token's choice (SmolLM2: 9 % relative
+    weight error, perplexity +10 % instead of +1-2 %) for ~2 ms a step saved.
+    """
+    head = _output_embeddings(model)
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or child.weight.device.type != "cpu":
+                continue
+            if quantization == "int4" and child is not head:
+                if child.in_features % INT4_GROUP:
+                    continue
+                setattr(parent, name, Int4Linear(child))
+            else:
+                setattr(parent, name, Int8Linear(child))
+            replaced += 1
+    config = getattr(model, "config", None)
+    if config is not None and replaced:
+        config.tie_word_embeddings = False  # the head is its own (quantised) module now
+    log.info("%s: %d linears quantised", quantization, replaced)
+    return replaced
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
