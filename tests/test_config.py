@@ -120,7 +120,8 @@ def test_bad_model_entry_names_its_index(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         config.load_models(_write(tmp_path, "models.toml", text))
     assert str(err.value) == (
-        "models.toml: models[1].quantization: expected one of 4bit, 8bit, int4, int8, none, got '3bit'"
+        "models.toml: models[1].quantization: "
+        "expected one of 4bit, 8bit, int4, int8, none, got '3bit'"
     )
 
 

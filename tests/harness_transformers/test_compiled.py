@@ -29,7 +29,7 @@ def test_the_harness_says_it_can_compile_decode() -> None:
 @pytest.mark.parametrize(
     ("fields", "device", "reason"),
     [
-        ({"quantization": "8bit"}, "cpu", "unquantised"),
+        ({"quantization": "8bit"}, "cpu", "unquantised"),  # bitsandbytes: not checked
         ({"task": "embed"}, "cpu", "generate"),
         ({}, "cuda:0", "CPU only"),
     ],
@@ -70,3 +70,18 @@ def test_a_compiled_engine_decodes_as_eager_does(demo_dir: Path, demo: Transform
             assert got == asyncio.run(_replies(demo, group))
     finally:
         compiled.unload()
+
+
+@pytest.mark.slow
+def test_a_compiled_int4_engine_decodes_as_eager_int4_does(demo_dir: Path) -> None:
+    """The CPU kernels' int4 linears compile too (one and two rows; ~30 s here)."""
+    options = LoadOptions(max_concurrency=2)
+    eager = load(demo_dir, options, quantization="int4")
+    compiled = load(demo_dir, options, quantization="int4", compiled_decode=True)
+    try:
+        prompts = [list(range(5, 17)), list(range(30, 39))]
+        for group in ([prompts[0]], prompts):
+            assert asyncio.run(_replies(compiled, group)) == asyncio.run(_replies(eager, group))
+    finally:
+        compiled.unload()
+        eager.unload()

@@ -102,4 +102,3 @@ def test_the_cpu_kernels_are_refused_on_a_gpu_with_the_field_named(demo_dir: Pat
     with pytest.raises(InvalidRequest, match="CPU kernels") as err:
         TransformersHarness().load(request, str(demo_dir), "cuda:0", LoadOptions(), lambda *_: None)
     assert err.value.param == "quantization"
-

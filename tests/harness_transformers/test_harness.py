@@ -33,7 +33,13 @@ def test_harness_is_registered_as_an_entry_point() -> None:
         if e.name == "transformers"
     ]
     assert entry.load() is TransformersHarness
-    assert set(TransformersHarness().info().quantizations) == {"none", "8bit", "4bit", "int8", "int4"}
+    assert set(TransformersHarness().info().quantizations) == {
+        "none",
+        "8bit",
+        "4bit",
+        "int8",
+        "int4",
+    }
 
 
 def test_load_reports_context_bytes_and_progress(demo_dir: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS
 from cortex_transformers.kvcache import KVPool
 
 BUCKETS = (1, 2, 4, 8, 16)
@@ -108,6 +109,9 @@ def compiled_decode_refusal(device: str, quantization: str, task: str) -> str | 
         return f'compiled_decode applies to task "generate" models only, not {task!r}'
     if device != "cpu":
         return f"compiled_decode is checked on the CPU only so far, not on {device}"
-    if quantization != "none":
-        return f"compiled_decode needs unquantised weights, not quantization {quantization!r}"
+    if quantization not in ("none", *CPU_QUANTIZATIONS):  # bitsandbytes' layers: unchecked
+        return (
+            "compiled_decode needs unquantised or int8/int4 weights, "
+            f"not quantization {quantization!r}"
+        )
     return None
