@@ -7,10 +7,12 @@ Loads the starter model (the Q4_1 GGUF ``python -m cortex.starter`` caches) thro
 own loading code once per quantization (fp32 "none", "int8", "int4") and reports, one run:
 
 - perplexity on two fixed texts (English prose written for this bench, and the first 4,000
-  characters of the standard library's ``textwrap.py`` source), and its ratio to fp32's;
+  characters of the standard library's ``textwrap.py`` source), and its ratio to fp32's, with
+  every row through the kernels as in a decode step (bf16 inside: the lossier path);
 - the greedy answers to the end-to-end tests' acceptance prompts, side by side;
 - the ms of one forward pass over one new token with 256 tokens of context (transformers' own
-  cache), as a rough decode cost; the served figures come from bench/llamacpp.py.
+  cache), as a rough decode cost, and of one 512-token prefill chunk; the served figures come
+  from bench/llamacpp.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import textwrap
 import time
 
 import torch
+from cortex_transformers import cpu_quant
 from cortex_transformers.loading import load_model, load_tokenizer
 
 from cortex import starter
@@ -54,8 +57,15 @@ ACCEPTANCE = [
 
 
 def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    with torch.inference_mode():
-        loss = model(input_ids=ids, labels=ids).loss
+    """Every row through the CPU kernels (bf16 inside), as a decode step runs: the lossier of
+    the two paths (a prefill chunk of more than ``KERNEL_ROWS`` multiplies in float32)."""
+    saved = dict(cpu_quant.KERNEL_ROWS)
+    cpu_quant.KERNEL_ROWS.update(dict.fromkeys(saved, 1 << 30))
+    try:
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=ids).loss
+    finally:
+        cpu_quant.KERNEL_ROWS.update(saved)
     return math.exp(float(loss))
 
 
@@ -83,6 +93,19 @@ def step_ms(model: torch.nn.Module, rounds: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def prefill_ms(model: torch.nn.Module, rounds: int = 3) -> float:
+    """Least ms of one 512-token forward pass (no cache)."""
+    ids = torch.randint(100, 1000, (1, 512))
+    with torch.inference_mode():
+        model(input_ids=ids)
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            model(input_ids=ids)
+            times.append((time.perf_counter() - started) * 1e3)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -98,21 +121,27 @@ def main() -> None:
         tokenizer = load_tokenizer(request, gguf, options)
         model = load_model(request, gguf, "cpu", options)
         row: dict[str, object] = {"MB": model.get_memory_footprint() / 1e6}  # type: ignore[no-untyped-call]
+        # Times first: once a kernel has multiplied the whole text in one call (perplexity
+        # below, which serving never does), later steps on this box ran up to 1.7x slower.
+        row["step_ms"] = step_ms(model)
+        row["prefill_ms"] = prefill_ms(model)
         for name, text in texts.items():
             ids = tokenizer(text, return_tensors="pt")["input_ids"]
             row[name] = perplexity(model, ids)
-        row["step_ms"] = step_ms(model)
         row["answers"] = [answer(model, tokenizer, q, args.tokens) for q in ACCEPTANCE]
         rows[quantization] = row
         print(f"{quantization}: { ({k: v for k, v in row.items() if k != 'answers'}) }", flush=True)
         del model
     base = rows["none"]
     print(f"\nSmolLM2-135M-Instruct (Q4_1 GGUF dequantised), {args.threads} thread(s)\n")
-    print("| quantization | weights MB | ppl prose | ppl textwrap.py | step ms (256 ctx) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| quantization | weights MB | ppl prose | ppl textwrap.py | decode step ms (256 ctx) "
+        "| prefill ms (512 tokens) |"
+    )
+    print("|---|---|---|---|---|---|")
     for quantization, row in rows.items():
         cells = [f"{row['MB']:.0f}"]
-        for key in ("prose", "textwrap.py", "step_ms"):
+        for key in ("prose", "textwrap.py", "step_ms", "prefill_ms"):
             value, ref = float(row[key]), float(base[key])  # type: ignore[arg-type]
             cells.append(f"{value:.3f} ({value / ref:.3f}x)")
         print(f"| {quantization} | " + " | ".join(cells) + " |")

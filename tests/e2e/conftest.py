@@ -59,8 +59,8 @@ def smollm2_gateway(
     """One real gateway and neuron serving SmolLM2 (pinned, 2048-token window), shared by every
     module that asks the real model something: loading it costs a process ~10-60 s and
     ~1.5 GB, so the session pays once. ``claude-*`` and ``gemini-*`` name it; ``broken`` is an
-    entry whose source does not exist. The caller waits for the load (some compute a
-    reference meanwhile)."""
+    entry whose source does not exist; ``smollm2-int4`` the same GGUF with 4-bit weights. The
+    caller waits for the load (some compute a reference meanwhile)."""
     from cortex import starter
 
     neuron = NeuronProcess.start(
@@ -78,6 +78,13 @@ def smollm2_gateway(
             "pinned": True,
         },
         {"id": "broken", "source": "smollm2/no-such-model.gguf"},
+        # the CPU kernels' 4-bit weights, loaded on demand (tests/e2e/test_starter_model.py)
+        {
+            "id": "smollm2-int4",
+            "source": starter.SOURCE,
+            "context_length": 2048,
+            "quantization": "int4",
+        },
     ]
     gateway = GatewayProcess.start(
         tmp_path_factory.mktemp("gw-smol"),

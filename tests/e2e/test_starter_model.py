@@ -121,6 +121,25 @@ def test_greedy_answers_equal_transformers_generate_in_both_dialects(
     assert answers == dict.fromkeys(answers, reference)
 
 
+def test_int4_weights_answer_the_question_in_less_memory(
+    reference: str, oai: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    """``quantization = "int4"`` (the CPU kernels) loaded on demand beside the float32 copy: the
+    Q4_1 GGUF's own grid, so the greedy answer still names Paris, in less than half the bytes."""
+    completion = oai.chat.completions.create(
+        model="smollm2-int4", messages=QUESTION, max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert "Paris" in (completion.choices[0].message.content or "")
+    _, status = gateway.call("GET", "/cortex/status")
+    measured = {
+        m["id"]: (m["quantization"], m["placements"][0]["bytes"])
+        for m in status["models"]
+        if m["placements"]
+    }
+    assert measured["smollm2-int4"][0] == "int4" and measured[MODEL][0] == "none"
+    assert measured["smollm2-int4"][1] < measured[MODEL][1] / 2
+
+
 def test_ollama_and_gemini_clients_get_the_same_greedy_answer(
     reference: str, gateway: GatewayProcess
 ) -> None:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cortex_transformers.cpu_quant import INT4_GROUP, Int4Linear, Int8Linear, quantize_linears
+from cortex_transformers.cpu_quant import (
+    INT4_GROUP,
+    KERNEL_ROWS,
+    Int4Linear,
+    Int8Linear,
+    quantize_linears,
+)
 from cortex_transformers.harness import TransformersHarness
 from torch import nn
 
@@ -52,6 +58,20 @@ def test_a_quantised_linear_stays_close_to_fp32(kind: type[nn.Module], bound: fl
         got, want = kind(linear)(x), linear(x)
     assert got.shape == (2, 5, 41) and got.dtype == torch.float32
     assert 0 < _relative_error(got, want) < bound  # lossy, but not far
+
+
+@pytest.mark.parametrize(("kind", "name"), [(Int8Linear, "int8"), (Int4Linear, "int4")])
+def test_prefill_rows_and_decode_rows_see_the_same_weights(
+    kind: type[nn.Module], name: str
+) -> None:
+    """Above KERNEL_ROWS a call multiplies in float32 over the weights dequantised for it; below,
+    the kernel does with bf16 inside: the two agree to bf16's precision, row for row."""
+    layer = kind(_linear(64, 40, bias=True))
+    rows = torch.randn(KERNEL_ROWS[name] + 1, 64)
+    with torch.inference_mode():
+        prefill = layer(rows)  # one call over every row: the dequantised path
+        decode = torch.cat([layer(rows[i : i + 8]) for i in range(0, len(rows), 8)])
+    assert _relative_error(decode, prefill) < 0.01
 
 
 def test_every_linear_is_replaced_and_the_head_untied(demo_dir: Path) -> None:

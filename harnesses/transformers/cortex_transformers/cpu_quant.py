@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 CPU_QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32
 INT4_ROWS = 16  # the packed layout holds output features in tiles of 16: pad to a whole tile
+# Up to this many rows a call goes through the kernel, above through float32 over weights
+# dequantised for the call (bench/quant_kernels.py --prefill: where the two cross on one core).
+KERNEL_ROWS = {"int4": 128, "int8": 64}
 
 
 def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
@@ -43,7 +46,14 @@ def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
 
 
 class Int4Linear(nn.Module):
-    """``nn.Linear`` with 4-bit grouped weights; fp32 in, fp32 out, bf16 inside the matmul."""
+    """``nn.Linear`` with 4-bit grouped weights; fp32 in, fp32 out.
+
+    Up to ``KERNEL_ROWS[int4]`` rows (decode steps) go through the CPU kernel with bf16 inside;
+    more (prefill chunks) through a float32 matmul over weights dequantised for that call,
+    from a second copy of the levels in a plain nibble layout (the kernel's own is blocked and
+    private): the kernel's compute, not its memory traffic, is the cost there, 2x fp32's at
+    512 rows.
+    """
 
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
         super().__init__()
@@ -52,23 +62,42 @@ class Int4Linear(nn.Module):
         self.group = group
         padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
         padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
-        packed, scales_and_zeros = pack_int4(padded, group)
+        levels, scale, zero = int4_levels(padded, group)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.to(torch.int32), 1)
+        pairs = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.register_buffer("scales_and_zeros", pairs)  # [K / group, N, 2], the kernel's
+        # The prefill path's copy: plain nibbles, and scale and zero as the kernel rounds them.
+        kept = levels[: self.out_features]
+        self.register_buffer("nibbles", (kept[:, 0::2] | (kept[:, 1::2] << 4)).contiguous())
+        rounded = pairs[:, : self.out_features].float().transpose(0, 1)  # [N, K / group, 2]
+        self.register_buffer("scale", rounded[..., :1].contiguous())
+        self.register_buffer("low", (rounded[..., 1:] - 8 * rounded[..., :1]).contiguous())
         self.bias = _bias(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > KERNEL_ROWS["int4"]:
+            out = torch.nn.functional.linear(flat, self.dequantised())
+            return _finish(out, x, self.out_features, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            flat, self.packed, self.group, self.scales_and_zeros
+            flat.to(torch.bfloat16), self.packed, self.group, self.scales_and_zeros
         )
         if out.shape[-1] != self.out_features:
             out = out[:, : self.out_features]
         return _finish(out, x, self.out_features, self.bias)
 
+    def dequantised(self) -> torch.Tensor:
+        """The float32 weight ``[N, K]``: ``level * scale + low`` (``low = zero - 8 * scale``)."""
+        n, k, group = self.out_features, self.in_features, self.group
+        levels = torch.stack([self.nibbles & 15, self.nibbles >> 4], -1)
+        levels = levels.reshape(n, k // group, group).float()
+        return torch.addcmul(self.low, levels, self.scale).reshape(n, k)
+
 
 class Int8Linear(nn.Module):
-    """``nn.Linear`` with int8 weights and one scale per output channel."""
+    """``nn.Linear`` with int8 weights and one scale per output channel; more than
+    ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised weight."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -81,23 +110,28 @@ class Int8Linear(nn.Module):
         self.bias = _bias(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scales)
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] > KERNEL_ROWS["int8"]:
+            weight = self.weight_int8.float() * self.scales.float()[:, None]
+            out = torch.nn.functional.linear(flat, weight)
+        else:
+            bf16 = flat.to(torch.bfloat16)
+            out = torch.ops.aten._weight_int8pack_mm(bf16, self.weight_int8, self.scales)
         return _finish(out, x, self.out_features, self.bias)
 
 
-def pack_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``[N, K]`` -> (the CPU kernel's packed uint8 weight, bf16 scales and zeros
-    ``[K / group, N, 2]``)."""
+def int4_levels(
+    weight: torch.Tensor, group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 ``[N, K]`` -> (levels 0-15 as uint8 ``[N, K]``, scale and zero ``[N, K / group]``)
+    with ``w ~ (level - 8) * scale + zero``."""
     n, k = weight.shape
     grouped = weight.reshape(n, k // group, group)
     low, high = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
     scale = (high - low).clamp(min=1e-8) / 15
-    levels = torch.round((grouped - low) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+    levels = torch.round((grouped - low) / scale).clamp(0, 15).to(torch.uint8).reshape(n, k)
     zero = low + 8 * scale
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 1)
-    pairs = torch.stack([scale.reshape(n, -1), zero.reshape(n, -1)], -1).transpose(0, 1)
-    return packed, pairs.contiguous().to(torch.bfloat16)
+    return levels, scale.reshape(n, -1), zero.reshape(n, -1)
 
 
 def _bias(linear: nn.Linear) -> nn.Parameter | None:
