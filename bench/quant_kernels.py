@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from cortex_transformers.cpu_quant import int4_levels
 
 # (in_features, out_features, copies in SmolLM2-135M)
 SHAPES: list[tuple[int, int, int]] = [
@@ -40,20 +41,11 @@ def int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def int4_weight(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric groupwise uint4 in tinygemm's form: w ~ (q - 8) * scale + zero.
-
-    w: [N, K] -> packed weight for ``_weight_int4pack_mm_for_cpu`` and scales_and_zeros
-    [K / group, N, 2].
-    """
-    n, k = w.shape
-    wg = w.reshape(n, k // group, group)
-    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-    scale = (hi - lo).clamp(min=1e-8) / 15
-    q = torch.round((wg - lo) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
-    zero = lo + 8 * scale
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    sz = torch.stack([scale.reshape(n, -1), zero.reshape(n, -1)], -1).transpose(0, 1).contiguous()
-    return packed, sz
+    """Asymmetric groupwise uint4 in tinygemm's form (cpu_quant.int4_levels): w: [N, K] ->
+    packed weight for ``_weight_int4pack_mm_for_cpu`` and scales_and_zeros [K / group, N, 2]."""
+    levels, scale, zero = int4_levels(w, group)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.to(torch.int32), 1)
+    return packed, torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
 
 
 def candidates(w: torch.Tensor) -> dict[str, Kernel]:

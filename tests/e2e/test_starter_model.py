@@ -121,23 +121,18 @@ def test_greedy_answers_equal_transformers_generate_in_both_dialects(
     assert answers == dict.fromkeys(answers, reference)
 
 
-def test_int4_weights_answer_the_question_in_less_memory(
-    reference: str, oai: openai.OpenAI, gateway: GatewayProcess
-) -> None:
+def test_int4_weights_answer_the_question(oai: openai.OpenAI, gateway: GatewayProcess) -> None:
     """``quantization = "int4"`` (the CPU kernels) loaded on demand beside the float32 copy: the
-    Q4_1 GGUF's own grid, so the greedy answer still names Paris, in less than half the bytes."""
+    Q4_1 GGUF's own grid, so the greedy answer still names Paris. (Its smaller weights are
+    checked in tests/harness_transformers/test_cpu_quant.py: here the KV pool, sized from what
+    the neuron had left when each loaded, is most of either copy's bytes.)"""
     completion = oai.chat.completions.create(
         model="smollm2-int4", messages=QUESTION, max_tokens=MAX_TOKENS, temperature=0
     )
     assert "Paris" in (completion.choices[0].message.content or "")
     _, status = gateway.call("GET", "/cortex/status")
-    measured = {
-        m["id"]: (m["quantization"], m["placements"][0]["bytes"])
-        for m in status["models"]
-        if m["placements"]
-    }
-    assert measured["smollm2-int4"][0] == "int4" and measured[MODEL][0] == "none"
-    assert measured["smollm2-int4"][1] < measured[MODEL][1] / 2
+    loaded = {m["id"]: m["quantization"] for m in status["models"] if m["placements"]}
+    assert loaded["smollm2-int4"] == "int4" and loaded[MODEL] == "none"
 
 
 def test_ollama_and_gemini_clients_get_the_same_greedy_answer(
