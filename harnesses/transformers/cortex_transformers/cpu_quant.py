@@ -55,6 +55,12 @@ class Int4Linear(nn.Module):
     512 rows.
     """
 
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    nibbles: torch.Tensor
+    scale: torch.Tensor
+    low: torch.Tensor
+
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
@@ -98,6 +104,9 @@ class Int4Linear(nn.Module):
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and one scale per output channel; more than
     ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised weight."""
+
+    weight_int8: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
