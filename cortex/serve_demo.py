@@ -173,7 +173,7 @@ def _served() -> Served:
         return _demo()
     # SmolLM2's own limit is 8192 tokens; one full context of fp32 KV cache is ~0.4 GB, which
     # the 4 GB CPU budget holds several times over next to its weights. int4: the Q4_1 file's
-    # own 4-bit grid through PyTorch's CPU kernels, 0.21 GB instead of 0.54 and a decode step
+    # own 4-bit grid through PyTorch's CPU kernels, 0.29 GB instead of 0.54 and a decode step
     # 0.6x as long, perplexity +0.4 % (docs/configuration.md). A request without max_tokens gets
     # at most 512 tokens.
     sizing = 'context_length = 8192\ndefault_max_tokens = 512\nvram_gb = 2.0\nquantization = "int4"'

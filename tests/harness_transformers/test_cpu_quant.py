@@ -74,6 +74,14 @@ def test_prefill_rows_and_decode_rows_see_the_same_weights(
     assert _relative_error(decode, prefill) < 0.01
 
 
+@pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
+def test_a_bfloat16_model_gets_bfloat16_back_on_both_paths(kind: type[nn.Module]) -> None:
+    layer = kind(_linear(64, 48).to(torch.bfloat16))
+    with torch.inference_mode():
+        for rows in (1, 200):  # a decode step, a prefill chunk
+            assert layer(torch.randn(rows, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_every_linear_is_replaced_and_the_head_untied(demo_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 

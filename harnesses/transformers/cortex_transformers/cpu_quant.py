@@ -46,7 +46,7 @@ def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
 
 
 class Int4Linear(nn.Module):
-    """``nn.Linear`` with 4-bit grouped weights; fp32 in, fp32 out.
+    """``nn.Linear`` with 4-bit grouped weights; out in the input's dtype (fp32 on the CPU).
 
     Up to ``KERNEL_ROWS[int4]`` rows (decode steps) go through the CPU kernel with bf16 inside;
     more (prefill chunks) through a float32 matmul over weights dequantised for that call,
@@ -84,7 +84,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] > KERNEL_ROWS["int4"]:
-            out = torch.nn.functional.linear(flat, self.dequantised())
+            out = torch.nn.functional.linear(flat.float(), self.dequantised())
             return _finish(out, x, self.out_features, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat.to(torch.bfloat16), self.packed, self.group, self.scales_and_zeros
@@ -122,7 +122,7 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] > KERNEL_ROWS["int8"]:
             weight = self.weight_int8.float() * self.scales.float()[:, None]
-            out = torch.nn.functional.linear(flat, weight)
+            out = torch.nn.functional.linear(flat.float(), weight)
         else:
             bf16 = flat.to(torch.bfloat16)
             out = torch.ops.aten._weight_int8pack_mm(bf16, self.weight_int8, self.scales)
