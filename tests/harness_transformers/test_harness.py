@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 from pathlib import Path
+from typing import Any
 
+import cortex_transformers.harness as harness_module
 import msgspec
 import pytest
 from cortex_transformers import loading
@@ -165,3 +168,54 @@ def test_estimate_matches_the_loaded_weights(demo, demo_dir: Path) -> None:
     quantized = msgspec.structs.replace(request, quantization="4bit")
     assert full / 4 < harness.estimate_bytes(quantized, str(demo_dir)) < full
     assert harness.estimate_bytes(request, "not/a/dir") == 0
+
+
+def test_two_loads_in_one_process_take_turns(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers' from_pretrained is not thread-safe (two at once left one model answering
+    garbage): a second load waits, says so in its progress, and starts when the first is done."""
+    real = harness_module.load_model
+    first_inside, second_waiting = threading.Event(), threading.Event()
+    guard, active, most = threading.Lock(), [0], [0]
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        first_inside.set()
+        second_waiting.wait(timeout=5)  # without turns, the second load would enter meanwhile
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(harness_module, "load_model", tracked)
+    stages: list[str] = []
+    loaded: list[Any] = []
+
+    def second_progress(fraction: float, stage: str) -> None:
+        stages.append(stage)
+        if stage.startswith("waiting"):
+            second_waiting.set()
+
+    def load_one(progress: Any) -> None:
+        spec = LoadRequest(model="demo", source=str(demo_dir))
+        loaded.append(
+            TransformersHarness().load(spec, str(demo_dir), "cpu", LoadOptions(), progress)
+        )
+
+    first = threading.Thread(target=load_one, args=(lambda f, s: None,))
+    first.start()
+    assert first_inside.wait(timeout=60)
+    second = threading.Thread(target=load_one, args=(second_progress,))
+    second.start()
+    first.join(timeout=120)
+    second.join(timeout=120)
+    try:
+        assert len(loaded) == 2 and most[0] == 1
+        assert stages[0] == "waiting for another load to finish" and stages[-1] == "loaded"
+    finally:
+        for model in loaded:
+            model.unload()

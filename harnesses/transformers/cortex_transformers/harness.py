@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -249,6 +250,14 @@ class TransformersModel(LoadedModel):
         release_memory(self.device)
 
 
+# transformers' loading is not thread-safe: from_pretrained swaps module-level state (torch's
+# init functions among it) while it runs. Two loads at once in one neuron (a pinned model and
+# one asked for on demand, in the e2e suite) left one of the two with wrong weights, answering
+# garbage. Loads in one process take turns; torch.compile's tracing, also process-global, is
+# inside the turn too.
+_LOADING = threading.Lock()
+
+
 class TransformersHarness(Harness):
     name: ClassVar[str] = "transformers"
 
@@ -264,6 +273,24 @@ class TransformersHarness(Harness):
         )
 
     def load(
+        self,
+        request: LoadRequest,
+        path: str,
+        device: str,
+        options: LoadOptions,
+        progress: ProgressFn,
+    ) -> LoadedModel:
+        """One load at a time in a process (``_LOADING``); the models already loaded go on
+        serving meanwhile."""
+        if not _LOADING.acquire(blocking=False):
+            progress(0.0, "waiting for another load to finish")
+            _LOADING.acquire()
+        try:
+            return self._load(request, path, device, options, progress)
+        finally:
+            _LOADING.release()
+
+    def _load(
         self,
         request: LoadRequest,
         path: str,
