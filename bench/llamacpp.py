@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 from agent_trace import Trace
 from agent_trace import run as run_trace
+from decode import PROMPTS as DECODE_PROMPTS
 from neuron_throughput import _free_port, _stop, _wait
 
 HERE = Path(__file__).resolve().parent.parent
@@ -130,16 +131,7 @@ def build(cache: Path, jobs: int) -> Path:
     return server_path(cache)
 
 
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how a hash map works.",
-    "What is the capital of France? Tell me about it.",
-    "List some tips for learning to cook.",
-    "Describe the water cycle.",
-    "Why is the sky blue?",
-    "Write a poem about autumn leaves.",
-    "How do airplanes stay in the air?",
-]
+PROMPTS = DECODE_PROMPTS[:8]  # bench/decode.py's, so the two benches decode the same replies
 SLOTS = 8
 SLOT_CONTEXT = 8192
 
