@@ -250,11 +250,11 @@ class TransformersModel(LoadedModel):
         release_memory(self.device)
 
 
-# transformers' loading is not thread-safe: from_pretrained swaps module-level state (torch's
-# init functions among it) while it runs. Two loads at once in one neuron (a pinned model and
-# one asked for on demand, in the e2e suite) left one of the two with wrong weights, answering
-# garbage. Loads in one process take turns; torch.compile's tracing, also process-global, is
-# inside the turn too.
+# Two of transformers' loads at once in one process are not safe: from_pretrained patches
+# module-level state (torch's init functions among it) while it runs, and two loads at once in
+# one neuron (a pinned model and one asked for on demand, in the e2e suite) left one of the two
+# answering garbage. Loads in one process take turns; torch.compile's tracing, also
+# process-global, is inside the turn too.
 _LOADING = threading.Lock()
 
 
