@@ -4,9 +4,10 @@ A decode step on CPU is bound by reading the weights: SmolLM2-135M's linears are
 and ~70 MB in 4 bits. PyTorch ships CPU kernels that read packed weights and dequantise in
 registers (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``); on this project's CPUs
 (AVX-512, no AVX512-BF16) they are fast only with bf16 activations, and 4-7x slower than fp32
-with fp32 ones (bench/quant_kernels.py). So each quantised linear rounds its input to bf16,
-multiplies, and hands fp32 back; everything else (embeddings, norms, attention, the KV cache)
-stays fp32.
+with fp32 ones (bench/quant_kernels.py). So a decode step's rows are rounded to bf16 inside
+the multiply and come back fp32; a prefill chunk, where the kernels' compute loses to fp32's,
+multiplies in fp32 over weights dequantised for the call (``KERNEL_ROWS``). Everything else
+(embeddings, norms, attention, the KV cache) stays fp32.
 
 - ``int4``: asymmetric groups of 32 along the input dimension (tinygemm's layout:
   ``w = (q - 8) * scale + zero``), the grid of a GGUF's Q4_1, so a Q4_1 model requantises to

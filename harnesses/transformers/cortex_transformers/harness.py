@@ -281,7 +281,13 @@ class TransformersHarness(Harness):
         progress: ProgressFn,
     ) -> LoadedModel:
         """One load at a time in a process (``_LOADING``); the models already loaded go on
-        serving meanwhile."""
+        serving meanwhile. A load this harness refuses is refused at once, not after a turn."""
+        if refusal := cpu_quantization_refusal(device, request.quantization):
+            raise InvalidRequest(refusal, param="quantization")
+        if request.compiled_decode and (
+            refusal := compiled_decode_refusal(device, request.quantization, request.task)
+        ):
+            raise InvalidRequest(refusal, param="compiled_decode")
         if not _LOADING.acquire(blocking=False):
             progress(0.0, "waiting for another load to finish")
             _LOADING.acquire()
@@ -300,12 +306,6 @@ class TransformersHarness(Harness):
     ) -> LoadedModel:
         if options.torch_threads > 0:
             torch.set_num_threads(options.torch_threads)
-        if refusal := cpu_quantization_refusal(device, request.quantization):
-            raise InvalidRequest(refusal, param="quantization")
-        if request.compiled_decode and (
-            refusal := compiled_decode_refusal(device, request.quantization, request.task)
-        ):
-            raise InvalidRequest(refusal, param="compiled_decode")
         if request.task == "embed":
             progress(0.1, "weights")
             embedder = load_embedding_model(request, path, device, options)
