@@ -85,3 +85,25 @@ def test_a_compiled_int4_engine_decodes_as_eager_int4_does(demo_dir: Path) -> No
     finally:
         compiled.unload()
         eager.unload()
+
+
+@pytest.mark.slow
+def test_compiled_models_of_one_class_keep_their_own_graphs(
+    demo_dir: Path, demo: TransformersModel
+) -> None:
+    """An fp32 and an int4 copy of one model class, compiled in one process: each decodes as
+    its eager twin. Their graphs keep no guards on the model (``_input_guards``), so only
+    ``isolate_recompiles`` keeps the int4 copy's steps off the fp32 graph (without it they ran
+    that graph and failed looking for a ``weight``). ~20 s here."""
+    options = LoadOptions(max_concurrency=1)
+    eager_int4 = load(demo_dir, options, quantization="int4")
+    fp32 = load(demo_dir, options, compiled_decode=True)
+    int4 = load(demo_dir, options, quantization="int4", compiled_decode=True)
+    try:
+        prompt = [list(range(5, 17))]
+        for _ in range(2):  # alternating steps: each lookup finds its own model's graph
+            assert asyncio.run(_replies(fp32, prompt)) == asyncio.run(_replies(demo, prompt))
+            assert asyncio.run(_replies(int4, prompt)) == asyncio.run(_replies(eager_int4, prompt))
+    finally:
+        for model in (fp32, int4, eager_int4):
+            model.unload()

@@ -22,7 +22,10 @@ before the worker sees its first request.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch._dynamo.types import GuardFilterEntry
 from transformers import PreTrainedModel
 
 from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS
@@ -46,13 +49,25 @@ class CompiledDecode:
         self.buckets = buckets(max_batch)
         self._pool = pool
         self._device = pool.keys[0].device
+
+        def forward(**inputs: Any) -> Any:
+            return model.forward(**inputs)
+
         # freezing: weights become constants, prepacked for the CPU's GEMM (needs no_grad or
-        # inference mode, which the worker runs under).
-        # One graph per bucket, per compiled model in the process: more than dynamo's default
-        # of 8 for the forward's code. Past the limit dynamo would run eager without a word.
-        limit = max(torch._dynamo.config.recompile_limit, 64)
-        torch._dynamo.config.recompile_limit = limit
-        self._forward = torch.compile(model.forward, dynamic=False, options={"freezing": True})
+        # inference mode, which the worker runs under). fullgraph: one frame, so every guard
+        # is on ``inputs`` or the model (see ``_input_guards``); a graph break fails the load.
+        # isolate_recompiles: this model's graphs alone, never another model's of the class.
+        # recompile_limit: one graph per bucket; past it the step raises instead of running
+        # eager without a word.
+        # torch 2.13's overloads do not declare isolate_recompiles and recompile_limit yet
+        self._forward = torch.compile(  # type: ignore[call-overload]
+            forward,
+            dynamic=False,
+            fullgraph=True,
+            isolate_recompiles=True,
+            recompile_limit=len(self.buckets) + 1,
+            options={"freezing": True, "guard_filter_fn": _input_guards},
+        )
 
     def bucket(self, rows: int) -> int | None:
         """The padded size for ``rows`` rows, None when more rows than the largest bucket."""
@@ -101,6 +116,18 @@ class CompiledDecode:
                 read = torch.full((size, 2), scratch, device=self._device)
                 valid = torch.ones((size, 2), dtype=torch.bool, device=self._device)
                 self.step([0] * size, [1] * size, read, valid)
+
+
+def _input_guards(entries: list[GuardFilterEntry]) -> list[bool]:
+    """Keep a graph's guards on the step's inputs (shapes, the cache's layout) and torch's
+    global state; drop those on the model, its modules and transformers' globals.
+
+    SmolLM2's graph had ~8,700 guards, all but ~360 on the model, and checking them before
+    every step cost ~3 ms of its ~23 (bench/results/2026-12-07-cpu-quantization.md). Dropping
+    them is safe here: the graphs are this model's alone (``isolate_recompiles``), freezing has
+    already made its weights constants of the graph, and nothing changes a model once loaded.
+    """
+    return [not e.is_global and (e.name == "" or e.name.startswith("inputs")) for e in entries]
 
 
 def compiled_decode_refusal(device: str, quantization: str, task: str) -> str | None:
