@@ -37,3 +37,19 @@ def test_cortex_sdpa_equals_transformers_sdpa(heads: int, kv_heads: int, queries
 def test_a_cpu_model_runs_cortex_sdpa(demo: TransformersModel) -> None:
     assert demo._model is not None
     assert demo._model.config._attn_implementation == attention.NAME
+
+
+@pytest.mark.parametrize("mask_heads", [1, 8])
+def test_a_compiled_decode_step_attends_as_eager_does(mask_heads: int) -> None:
+    """Under torch.compile transformers copies key/value heads for a decode step; cortex_sdpa
+    folds the query heads instead, there as in eager mode, with the same result."""
+    torch.manual_seed(0)
+    query = torch.randn(2, 8, 1, 16)
+    key, value = torch.randn(2, 2, 2, 30, 16).unbind(0)
+    mask = torch.ones(2, mask_heads, 1, 30, dtype=torch.bool)
+    mask[1, :, :, :5] = False  # a shorter row, right-aligned
+    module = _Module(4)
+    compiled = torch.compile(attention.cortex_sdpa, fullgraph=True, dynamic=False)
+    ours, _ = compiled(module, query, key, value, mask, scaling=0.25)
+    theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    torch.testing.assert_close(ours, theirs)
