@@ -17,6 +17,10 @@ printed before and after.
 
 ``--variant NAME:FIELD=VALUE,...`` loads this tree with those LoadRequest fields (``dtype``,
 ``quantization``, ``compiled_decode``; a value is JSON where it parses); several may be given.
+``--all FIELD=VALUE,...`` loads every column (trees too) with those fields:
+
+    .venv/bin/python bench/decode.py --tree old=/tmp/wt --all quantization=int4,compiled_decode=true
+
 Each column's load time (compilation included) is printed. ``--check`` also asserts that
 every column's greedy tokens equal the first column's.
 """
@@ -307,11 +311,17 @@ def _answer(proc: Any) -> dict[str, Any]:
     raise RuntimeError(f"a child exited ({proc.wait()})")
 
 
+def _fields(text: str) -> dict[str, str]:
+    """``FIELD=VALUE,...`` -> a dict."""
+    return dict(item.split("=", 1) for item in text.split(",") if item)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="NAME=PATH, another checkout")
     parser.add_argument("--variant", action="append", default=[], help="NAME:FIELD=VALUE,...")
     parser.add_argument("--no-this", action="store_true", help="leave this tree's column out")
+    parser.add_argument("--all", default="", help="FIELD=VALUE,... for every column")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=8)
@@ -335,16 +345,16 @@ def main() -> None:
     if args.compile_step:
         compile_step(args)
         return
+    common = _fields(args.all)
     columns: list[tuple[str, Path, dict[str, str]]] = []
     for spec in args.tree:
         name, _, path = spec.partition("=")
-        columns.append((name, Path(path), {}))
+        columns.append((name, Path(path), common))
     if not args.no_this:
-        columns.append(("this", HERE, {}))
+        columns.append(("this", HERE, common))
     for spec in args.variant:
         name, _, rest = spec.partition(":")
-        fields = dict(item.split("=", 1) for item in rest.split(",") if item)
-        columns.append((name, HERE, fields))
+        columns.append((name, HERE, {**common, **_fields(rest)}))
     print(f"load average before: {os.getloadavg()}", flush=True)
     procs = {name: _spawn(name, tree, fields, args) for name, tree, fields in columns}
     try:
