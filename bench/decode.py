@@ -17,6 +17,7 @@ printed before and after.
 
 ``--variant NAME:FIELD=VALUE,...`` loads this tree with those LoadRequest fields (``dtype``,
 ``quantization``, ``compiled_decode``; a value is JSON where it parses); several may be given.
+``--contexts 100 1000 2500`` adds one stream's decode tok/s after a prompt of each length.
 ``--all FIELD=VALUE,...`` loads every column (trees too) with those fields:
 
     .venv/bin/python bench/decode.py --tree old=/tmp/wt --all quantization=int4,compiled_decode=true
@@ -94,6 +95,21 @@ async def _measure(model: Any, streams: int, tokens: int) -> dict[str, Any]:
     return {"tok_s": decoded / (end - start), "step_ms": 1000 * (end - start) / (tokens - 1)}
 
 
+async def _contexts(model: Any, args: argparse.Namespace) -> dict[str, float]:
+    """One stream's decode tok/s after a prompt of each ``--contexts`` length (this file's
+    source, repeated, cut to that many tokens)."""
+    from cortex.neuron.harness import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.tokens, temperature=0.0, ignore_eos=True)
+    text = Path(__file__).read_text() * 8
+    ids = model.encode_chat([{"role": "user", "content": text}], None)
+    out = {}
+    for length in args.contexts:
+        first, last, counts = await _stream(model, ids[:length], params)
+        out[str(length)] = (counts[-1] - 1) / (last - first)
+    return out
+
+
 def _greedy_texts(model: Any, tokens: int) -> list[list[int]]:
     """The greedy replies to the first 8 prompts, one at a time, through the engine."""
     from cortex.neuron.harness import SamplingParams
@@ -140,6 +156,8 @@ def child(args: argparse.Namespace) -> None:
             one = asyncio.run(_measure(model, 1, args.tokens))
             many = asyncio.run(_measure(model, args.streams, args.tokens))
             print(json.dumps({"one": one, "many": many}), flush=True)
+        elif command == "contexts":
+            print(json.dumps(asyncio.run(_contexts(model, args))), flush=True)
         elif command == "check":
             print(json.dumps({"texts": _greedy_texts(model, args.tokens)}), flush=True)
         elif command == "profile":
@@ -292,6 +310,7 @@ def _spawn(name: str, tree: Path, fields: dict[str, str], args: argparse.Namespa
         "--threads", str(args.threads), "--tokens", str(args.tokens),
         "--streams", str(args.streams), "--rows", str(args.rows),
         "--concurrency", str(args.concurrency),
+        "--contexts", *map(str, args.contexts),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return proc
@@ -326,6 +345,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--contexts", type=int, nargs="*", default=[], help="also: 1 stream after N tokens"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=0, help="max_concurrency (0: max(16, --streams))"
     )
@@ -373,6 +395,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, proc in procs.items():
                 results[name].append(_ask(proc, "run"))
+                if args.contexts:
+                    results[name][-1]["contexts"] = _ask(proc, "contexts")
                 print(json.dumps({name: results[name][-1]}), flush=True)
     finally:
         for proc in procs.values():
@@ -395,6 +419,15 @@ def main() -> None:
     ]:
         values = [statistics.median(r[key][field] for r in runs) for runs in results.values()]
         print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    for length in map(str, args.contexts):
+        values = [
+            statistics.median(r["contexts"][length] for r in runs) for runs in results.values()
+        ]
+        print(
+            f"| 1 stream after {length} tokens, tok/s | "
+            + " | ".join(f"{v:.1f}" for v in values)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

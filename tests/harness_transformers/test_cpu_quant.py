@@ -15,6 +15,7 @@ from cortex_transformers.cpu_quant import (
     quantize_linears,
 )
 from cortex_transformers.harness import TransformersHarness
+from cortex_transformers.shared_input import SharedInput, SiblingPart, fuse_siblings
 from torch import nn
 
 from cortex.errors import InvalidRequest
@@ -92,7 +93,8 @@ def test_every_linear_is_replaced_and_the_head_untied(demo_dir: Path) -> None:
         before = model(input_ids=ids).logits
     assert quantize_linears(model, "int4") == linears
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
-    assert isinstance(model.model.layers[0].mlp.up_proj, Int4Linear)
+    up = model.model.layers[0].mlp.up_proj  # one int4 product with gate_proj
+    assert isinstance(up, SiblingPart) and isinstance(up._shared.fused, Int4Linear)
     assert isinstance(model.lm_head, Int8Linear)  # the head keeps 8 bits (see quantize_linears)
     assert not model.config.tie_word_embeddings
     with torch.inference_mode():
@@ -130,3 +132,27 @@ def test_the_cpu_kernels_are_refused_on_a_gpu_with_the_field_named(demo_dir: Pat
     with pytest.raises(InvalidRequest, match="CPU kernels") as err:
         TransformersHarness().load(request, str(demo_dir), "cuda:0", LoadOptions(), lambda *_: None)
     assert err.value.param == "quantization"
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int8"])
+def test_siblings_multiplied_as_one_equal_their_own_products(quantization: str) -> None:
+    """q/k/v through one quantised product equal each quantised alone, whichever is called
+    first, and a part called with another input recomputes."""
+    from cortex_transformers.cpu_quant import _quantised
+
+    torch.manual_seed(0)
+    attention = nn.Module()
+    for name, outputs in (("q_proj", 64), ("k_proj", 32), ("v_proj", 32)):
+        setattr(attention, name, _linear(64, outputs, bias=True))
+    alone = {
+        n: _quantised(getattr(attention, n), quantization) for n in ("q_proj", "k_proj", "v_proj")
+    }
+    assert fuse_siblings(attention, lambda linear: _quantised(linear, quantization)) == 3
+    assert isinstance(attention.q_k_v_proj, SharedInput)
+    x, other = torch.randn(3, 64), torch.randn(3, 64)
+    with torch.inference_mode():
+        for order in (("q_proj", "k_proj", "v_proj"), ("v_proj", "q_proj", "k_proj")):
+            for name in order:
+                torch.testing.assert_close(getattr(attention, name)(x), alone[name](x))
+        attention.q_proj(x)
+        torch.testing.assert_close(attention.k_proj(other), alone["k_proj"](other))

@@ -26,6 +26,8 @@ import logging
 import torch
 from torch import nn
 
+from cortex_transformers.shared_input import fuse_siblings
+
 log = logging.getLogger(__name__)
 
 CPU_QUANTIZATIONS = ("int8", "int4")
@@ -162,7 +164,8 @@ def _finish(
 
 def quantize_linears(model: nn.Module, quantization: str) -> int:
     """Replace every ``nn.Linear`` of ``model`` (the LM head too, untied from the embeddings)
-    with its ``quantization`` form, in place; returns how many were replaced.
+    with its ``quantization`` form, in place; returns how many were replaced. Siblings that
+    read one input (q/k/v, gate/up) become one quantised linear (shared_input.py).
 
     Under int4 the LM head gets int8: GGUFs keep it (or the embeddings it is tied to) at 6-8
     bits, so 4 bits would add its largest error to every token's choice (SmolLM2: 9 % relative
@@ -171,6 +174,7 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
     head = _output_embeddings(model)
     replaced = 0
     for parent in list(model.modules()):
+        replaced += fuse_siblings(parent, lambda linear: _quantised(linear, quantization))
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or child.weight.device.type != "cpu":
                 continue
@@ -186,6 +190,13 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
         config.tie_word_embeddings = False  # the head is its own (quantised) module now
     log.info("%s: %d linears quantised", quantization, replaced)
     return replaced
+
+
+def _quantised(linear: nn.Linear, quantization: str) -> nn.Module:
+    """``linear`` in its ``quantization`` form, or as it is where int4 cannot take it."""
+    if quantization != "int4":
+        return Int8Linear(linear)
+    return linear if linear.in_features % INT4_GROUP else Int4Linear(linear)
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module | None:
