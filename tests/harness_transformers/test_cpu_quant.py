@@ -107,6 +107,10 @@ def test_a_linear_whose_width_is_not_a_whole_number_of_groups_stays_fp32() -> No
     model = nn.Sequential(_linear(48, 16), _linear(16, 8))
     assert quantize_linears(model, "int4") == 0
     assert quantize_linears(model, "int8") == 2
+    mlp = nn.Module()
+    mlp.gate_proj, mlp.up_proj = _linear(48, 16), _linear(48, 16)  # siblings: left apart too
+    assert quantize_linears(mlp, "int4") == 0
+    assert isinstance(mlp.gate_proj, nn.Linear) and isinstance(mlp.up_proj, nn.Linear)
 
 
 def test_int4_is_served_by_the_engine_and_takes_less_memory(demo_dir: Path) -> None:

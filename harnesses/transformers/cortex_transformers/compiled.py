@@ -124,8 +124,9 @@ def _input_guards(entries: list[GuardFilterEntry]) -> list[bool]:
 
     SmolLM2's graph had ~8,700 guards, all but ~360 on the model, and checking them before
     every step cost ~3 ms of its ~23 (bench/results/2026-12-07-cpu-quantization.md). Dropping
-    them is safe here: the graphs are this model's alone (``isolate_recompiles``), freezing has
-    already made its weights constants of the graph, and nothing changes a model once loaded.
+    them is safe here because the graphs are this model's alone (``isolate_recompiles``: with
+    shared entries an int4 model of a class ran an fp32 one's graph) and nothing changes a
+    model's modules or weights once it is loaded.
     """
     return [not e.is_global and (e.name == "" or e.name.startswith("inputs")) for e in entries]
 

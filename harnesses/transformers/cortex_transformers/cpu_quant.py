@@ -178,13 +178,10 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or child.weight.device.type != "cpu":
                 continue
-            if quantization == "int4" and child is not head:
-                if child.in_features % INT4_GROUP:
-                    continue
-                setattr(parent, name, Int4Linear(child))
-            else:
-                setattr(parent, name, Int8Linear(child))
-            replaced += 1
+            replacement = Int8Linear(child) if child is head else _quantised(child, quantization)
+            if replacement is not None:
+                setattr(parent, name, replacement)
+                replaced += 1
     config = getattr(model, "config", None)
     if config is not None and replaced:
         config.tie_word_embeddings = False  # the head is its own (quantised) module now
@@ -192,11 +189,12 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
     return replaced
 
 
-def _quantised(linear: nn.Linear, quantization: str) -> nn.Module:
-    """``linear`` in its ``quantization`` form, or as it is where int4 cannot take it."""
+def _quantised(linear: nn.Linear, quantization: str) -> nn.Module | None:
+    """``linear`` in its ``quantization`` form; None where int4 cannot take it (an input
+    width that is not a whole number of groups)."""
     if quantization != "int4":
         return Int8Linear(linear)
-    return linear if linear.in_features % INT4_GROUP else Int4Linear(linear)
+    return None if linear.in_features % INT4_GROUP else Int4Linear(linear)
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module | None:

@@ -62,21 +62,25 @@ class SiblingPart(nn.Module):
         return shared.part(x, self.index)
 
 
-def fuse_siblings(parent: nn.Module, quantise: Callable[[nn.Linear], nn.Module]) -> int:
-    """Replace each group of ``SIBLINGS`` among ``parent``'s children (all ``nn.Linear`` of
-    one input width) by parts of one ``quantise``-d linear over their concatenated weights;
-    returns how many linears were replaced."""
+def fuse_siblings(parent: nn.Module, quantise: Callable[[nn.Linear], nn.Module | None]) -> int:
+    """Replace each group of ``SIBLINGS`` among ``parent``'s children (all ``nn.Linear`` on
+    the CPU, of one input width) by parts of one ``quantise``-d linear over their
+    concatenated weights; returns how many linears were replaced. A group ``quantise``
+    leaves alone (None) stays as it is."""
     replaced = 0
     for names in SIBLINGS:
         linears = [getattr(parent, name, None) for name in names]
         if not all(isinstance(linear, nn.Linear) for linear in linears):
             continue
         group: list[nn.Linear] = linears  # type: ignore[assignment]
-        if len({linear.in_features for linear in group}) != 1:
+        if len({(g.in_features, g.bias is None, g.weight.device.type) for g in group}) != 1:
             continue
-        if len({linear.bias is None for linear in group}) != 1:
+        if group[0].weight.device.type != "cpu":
             continue
-        shared = SharedInput(quantise(_concatenated(group)), [g.out_features for g in group])
+        fused = quantise(_concatenated(group))
+        if fused is None:
+            continue
+        shared = SharedInput(fused, [g.out_features for g in group])
         parent.add_module("_".join(n.removesuffix("_proj") for n in names) + "_proj", shared)
         for index, name in enumerate(names):
             setattr(parent, name, SiblingPart(shared, index))
