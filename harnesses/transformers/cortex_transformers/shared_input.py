@@ -11,8 +11,9 @@ Each sibling becomes a ``SiblingPart`` of one ``SharedInput``: the first part ca
 input multiplies it by the concatenated weight and keeps the result; its siblings called with
 the same tensor take their slice. Which part comes first does not matter, and a part called
 with another tensor recomputes, so correctness never depends on the model's call order; only
-the saving does. Owned by whoever runs the model (the decode worker): the kept result is
-per-model state, not thread-safe.
+the saving does. It does assume the input is not changed in place between its siblings' calls
+(Llama- and Qwen-style layers do not). Owned by whoever runs the model (the decode worker): the
+kept result is per-model state, not thread-safe.
 """
 
 from __future__ import annotations
