@@ -62,8 +62,9 @@ def _decode(
     """One query a row: each key/value head's query heads become that head's queries
     ([B, H, 1, D] -> [B, H_kv, groups, D]), so every key is read once per key/value head and
     nothing is copied. transformers does the same in the same ops, but in eager mode only:
-    under torch.compile it copies every key and value head ``groups`` times first (SmolLM2,
-    100 keys: 1.4 ms of a ~20 ms compiled step, growing with the context)."""
+    under torch.compile it copies every key and value head ``groups`` times first. SmolLM2
+    int4, compiled, one row: the copies (fused with the KV gather) took 1.4 ms of a ~20 ms step
+    at 100 keys, and folding took the step at 2,500 keys from ~90 to ~50 ms."""
     b, heads, _, d = query.shape
     packed = query.reshape(b, heads // groups, groups, d)
     if mask.shape[1] != 1:  # a mask per head: per group of queries too
