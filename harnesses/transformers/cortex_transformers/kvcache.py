@@ -120,10 +120,12 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         else:
             read = self._read.reshape(-1)
             keys, values = self._pool_k.index_select(1, read), self._pool_v.index_select(1, read)
-        # [H, B*W, D] -> [B, H, W, D]
-        self.keys = keys.view(h, b, width, d).transpose(0, 1)
-        self.values = values.view(h, b, width, -1).transpose(0, 1)
-        return self.keys, self.values
+        # [H, B*W, D] -> [B, H, W, D]. Not kept on the layer (DynamicLayer's ``keys``): in a
+        # compiled step every tensor kept on an attribute becomes one more graph output, so
+        # each layer's gathered K/V would stay allocated to the step's end.
+        return keys.view(h, b, width, d).transpose(0, 1), values.view(h, b, width, -1).transpose(
+            0, 1
+        )
 
     def get_seq_length(self) -> int:
         """Columns before the new tokens, which the model adds to its query positions when it
