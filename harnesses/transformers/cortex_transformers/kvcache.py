@@ -123,9 +123,8 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         # [H, B*W, D] -> [B, H, W, D]. Not kept on the layer (DynamicLayer's ``keys``): in a
         # compiled step every tensor kept on an attribute becomes one more graph output, so
         # each layer's gathered K/V would stay allocated to the step's end.
-        return keys.view(h, b, width, d).transpose(0, 1), values.view(h, b, width, -1).transpose(
-            0, 1
-        )
+        keys, values = keys.view(h, b, width, d), values.view(h, b, width, -1)
+        return keys.transpose(0, 1), values.transpose(0, 1)
 
     def get_seq_length(self) -> int:
         """Columns before the new tokens, which the model adds to its query positions when it
