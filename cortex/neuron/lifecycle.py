@@ -156,8 +156,17 @@ class ModelManager:
 
     async def load(self, request: LoadRequest) -> LoadResponse:
         """Idempotent and single-flight; raises Conflict, InsufficientMemory, InvalidRequest,
-        NoHarness, or the load's own error. A caller that goes away does not stop the load."""
+        NoHarness, or the load's own error. A caller that goes away does not stop the load.
+        A load that arrives while the model is unloading waits for the unload, then loads
+        afresh: an Ollama ``keep_alive: 0`` followed at once by a request must not fail."""
         slot = self._slots.get(request.model)
+        while slot is not None and slot.state == "unloading":
+            assert slot.unloading is not None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(slot.unloading)
+            if self._slots.get(request.model) is slot:  # the harness failed to free it
+                raise Unavailable(f"unloading {request.model!r} failed; see the neuron's log")
+            slot = self._slots.get(request.model)
         if slot is not None and slot.state == "failed":
             del self._slots[request.model]
             slot = None
@@ -172,8 +181,6 @@ class ModelManager:
                 f"(source {slot.request.source!r}, quantization {slot.request.quantization}); "
                 "unload it first"
             )
-        if slot.state == "unloading":
-            raise Conflict(f"model {request.model!r} is being unloaded; load it again after")
         if slot.state == "loading" and slot.loading is not None:
             await asyncio.shield(slot.loading)
         # Sampling defaults are no part of the weights: the latest models.toml values apply.
@@ -345,7 +352,11 @@ class ModelManager:
             await slot.idle.wait()
         freed = slot.committed_bytes
         if slot.model is not None:
-            await asyncio.to_thread(slot.model.unload)
+            try:
+                await asyncio.to_thread(slot.model.unload)
+            except Exception:
+                log.exception("unloading %s failed; it stays listed as unloading", model_id)
+                raise
         del self._slots[model_id]
         log.info("unloaded %s: freed %.2f GB", model_id, freed / GB)
         return UnloadResponse(model=model_id, cancelled=cancelled, freed_bytes=freed)

@@ -239,6 +239,34 @@ async def test_unload_waits_for_in_flight_requests_to_finish(
     assert code == 200 and body["choices"][0]["message"]["content"] == "0123456789"
 
 
+async def test_a_load_during_an_unload_waits_for_it_and_loads_afresh(
+    client: Client, harness: FakeHarness
+) -> None:
+    """Ollama's keep_alive 0 then a request at once: the load must not fail mid-unload."""
+    harness.step_s = 0.02
+    await load(client)
+    draining = model_of(harness)
+    draining.hold = hold = asyncio.Event()
+    request = asyncio.create_task(chat(client, "say:ok"))
+    await until(lambda: _in_flight(client, 1))
+    unload = asyncio.create_task(
+        client.post("/models/unload", json={"model": "tiny", "drain_s": 5})
+    )
+
+    async def unloading() -> bool:
+        return [m["state"] for m in (await status(client))["models"]] == ["unloading"]
+
+    await until(unloading)
+    reload = asyncio.create_task(load(client))
+    done, _ = await asyncio.wait({reload}, timeout=0.3)
+    assert not done  # without waiting, it was refused at once with 409
+    hold.set()
+    code, body = await reload
+    assert code == 200 and body["model"]["state"] == "loaded" and not body["already_loaded"]
+    assert draining.unloaded and model_of(harness) is not draining
+    assert (await unload).status == 200 and (await request)[0] == 200
+
+
 async def test_unload_cancels_what_outlives_the_drain_deadline(
     client: Client, harness: FakeHarness
 ) -> None:
