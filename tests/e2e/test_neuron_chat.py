@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import openai
@@ -39,8 +39,10 @@ def neuron(start_neuron: Callable[..., NeuronProcess], model_root: Path) -> Neur
 
 
 @pytest.fixture
-def client(neuron: NeuronProcess) -> Iterator[openai.AsyncOpenAI]:
-    yield openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key=neuron.token, max_retries=0)
+async def client(neuron: NeuronProcess) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key=neuron.token, max_retries=0)
+    yield client
+    await client.close()  # not at garbage collection, on a closed loop
 
 
 async def greedy(
@@ -123,6 +125,7 @@ async def test_wrong_token_is_401(neuron: NeuronProcess) -> None:
     bad = openai.AsyncOpenAI(base_url=neuron.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await bad.models.list()
+    await bad.close()
 
 
 async def test_models_lists_the_resident_model(client: openai.AsyncOpenAI) -> None:
@@ -230,6 +233,7 @@ async def test_a_short_request_is_answered_during_long_prefills(
     assert await ask("hi") == "length"
     assert not all(turn.done() for turn in first_turns)
     assert await asyncio.gather(*first_turns) == ["length"] * 3
+    await client.close()
 
 
 def test_the_log_holds_lines_not_progress_bars(neuron: NeuronProcess) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anthropic
@@ -37,6 +37,25 @@ async def upstream() -> AsyncIterator[tuple[TestServer, MockState]]:
     await server.start_server()
     yield server, state
     await server.close()
+
+
+SDKClient = TypeVar("SDKClient", openai.AsyncOpenAI, anthropic.AsyncAnthropic)
+Closing = Callable[[SDKClient], SDKClient]
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[Closing[Any]]:
+    """Closes each SDK client before the test's loop ends: one dropped open is closed at garbage
+    collection, on a dead loop, and logs an error into whichever test runs then."""
+    opened: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = []
+
+    def keep(client: SDKClient) -> SDKClient:
+        opened.append(client)
+        return client
+
+    yield keep
+    for client in opened:
+        await client.close()
 
 
 GatewayFactory = Callable[..., Any]
@@ -79,18 +98,22 @@ async def _post(
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def test_models_lists_upstream_models_as_resident(gateway: GatewayFactory) -> None:
+async def test_models_lists_upstream_models_as_resident(
+    closing: Closing[Any], gateway: GatewayFactory
+) -> None:
     base = await gateway()
-    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
+    client = closing(openai.AsyncOpenAI(base_url=base + "v1", api_key="unused"))
     models = await client.models.list()
     cards = {m.id: m for m in models.data}
     assert set(cards) == set(MODELS)
     assert cards["mock-gpt"].model_extra["cortex"]["state"] == "resident"  # type: ignore[index]
 
 
-async def test_models_retrieve_one_card_or_404(gateway: GatewayFactory) -> None:
+async def test_models_retrieve_one_card_or_404(
+    closing: Closing[Any], gateway: GatewayFactory
+) -> None:
     base = await gateway()
-    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused", max_retries=0)
+    client = closing(openai.AsyncOpenAI(base_url=base + "v1", api_key="unused", max_retries=0))
     card = await client.models.retrieve("mock-gpt")
     assert card.id == "mock-gpt" and card.owned_by == "mock"
     with pytest.raises(openai.NotFoundError) as err:
@@ -99,10 +122,13 @@ async def test_models_retrieve_one_card_or_404(gateway: GatewayFactory) -> None:
 
 
 async def test_anthropic_sdk_lists_and_retrieves_models_in_its_shape(
+    closing: Closing[Any],
     gateway: GatewayFactory,
 ) -> None:
     base = await gateway()
-    client = anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused", max_retries=0)
+    client = closing(
+        anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused", max_retries=0)
+    )
     page = await client.models.list()
     assert [m.id for m in page.data] == MODELS
     assert page.data[0].type == "model" and page.data[0].display_name == "mock-gpt"
@@ -120,10 +146,10 @@ async def test_non_stream_body_is_relayed_byte_for_byte(gateway: GatewayFactory)
 
 
 async def test_stream_forces_usage_upstream_and_hides_it_from_client(
-    gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
+    closing: Closing[Any], gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
 ) -> None:
     base = await gateway()
-    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
+    client = closing(openai.AsyncOpenAI(base_url=base + "v1", api_key="unused"))
     stream = await client.chat.completions.create(
         model="mock-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
     )
@@ -134,10 +160,10 @@ async def test_stream_forces_usage_upstream_and_hides_it_from_client(
 
 
 async def test_finished_streams_reuse_the_upstream_connection(
-    gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
+    closing: Closing[Any], gateway: GatewayFactory, upstream: tuple[TestServer, MockState]
 ) -> None:
     base = await gateway()
-    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
+    client = closing(openai.AsyncOpenAI(base_url=base + "v1", api_key="unused"))
     for _ in range(3):
         stream = await client.chat.completions.create(
             model="mock-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -146,9 +172,11 @@ async def test_finished_streams_reuse_the_upstream_connection(
     assert len(upstream[1].peers) == 1, "keep-alive: one connection for three streams"
 
 
-async def test_stream_keeps_usage_when_client_asks(gateway: GatewayFactory) -> None:
+async def test_stream_keeps_usage_when_client_asks(
+    closing: Closing[Any], gateway: GatewayFactory
+) -> None:
     base = await gateway()
-    client = openai.AsyncOpenAI(base_url=base + "v1", api_key="unused")
+    client = closing(openai.AsyncOpenAI(base_url=base + "v1", api_key="unused"))
     stream = await client.chat.completions.create(
         model="mock-gpt",
         messages=[{"role": "user", "content": "hi"}],
@@ -159,9 +187,11 @@ async def test_stream_keeps_usage_when_client_asks(gateway: GatewayFactory) -> N
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(WORDS)
 
 
-async def test_anthropic_sdk_create_and_stream_through_gateway(gateway: GatewayFactory) -> None:
+async def test_anthropic_sdk_create_and_stream_through_gateway(
+    closing: Closing[Any], gateway: GatewayFactory
+) -> None:
     base = await gateway()
-    client = anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused")
+    client = closing(anthropic.AsyncAnthropic(base_url=base.rstrip("/"), api_key="unused"))
     message = await client.messages.create(
         model="mock-gpt", max_tokens=32, messages=[{"role": "user", "content": "hi"}]
     )

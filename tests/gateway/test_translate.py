@@ -749,6 +749,7 @@ async def test_the_anthropic_sdk_reads_a_stream_kept_alive_with_empty_text_delta
             model="m", max_tokens=8, messages=[{"role": "user", "content": "capital?"}]
         ) as stream:
             final = await stream.get_final_message()
+        await client.close()
     finally:
         await server.close()
     assert [b.type for b in final.content] == ["text"]
