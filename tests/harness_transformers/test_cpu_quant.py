@@ -66,13 +66,14 @@ def test_prefill_rows_and_decode_rows_see_the_same_weights(
     kind: type[nn.Module], name: str
 ) -> None:
     """Above KERNEL_ROWS a call multiplies in float32 over the weights dequantised for it; below,
-    the kernel does with bf16 inside: the two agree to bf16's precision, row for row."""
+    the kernel rounds the activations (to int8 per block of 32 in qmm_kernel, to bf16 in
+    PyTorch's): the two agree to that rounding, row for row."""
     layer = kind(_linear(64, 40, bias=True))
     rows = torch.randn(KERNEL_ROWS[name] + 1, 64)
     with torch.inference_mode():
         prefill = layer(rows)  # one call over every row: the dequantised path
         decode = torch.cat([layer(rows[i : i + 8]) for i in range(0, len(rows), 8)])
-    assert _relative_error(decode, prefill) < 0.01
+    assert _relative_error(decode, prefill) < 0.02
 
 
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])

@@ -1,17 +1,19 @@
 """Weight-only int8 / int4 linears on CPU: ``quantization = "int8"`` or ``"int4"``.
 
 A decode step on CPU is bound by reading the weights: SmolLM2-135M's linears are 540 MB in fp32
-and ~70 MB in 4 bits. PyTorch ships CPU kernels that read packed weights and dequantise in
-registers (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``); on this project's CPUs
-(AVX-512, no AVX512-BF16) they are fast only with bf16 activations, and 4-7x slower than fp32
-with fp32 ones (bench/quant_kernels.py). So a decode step's rows are rounded to bf16 inside
-the multiply and come back fp32; a prefill chunk, where the kernels' compute loses to fp32's,
-multiplies in fp32 over weights dequantised for the call (``KERNEL_ROWS``). Everything else
-(embeddings, norms, attention, the KV cache) stays fp32.
+and ~70 MB in 4 bits. A decode step's rows (up to ``KERNEL_ROWS``) multiply packed weights
+without unpacking them to floats: on CPUs with AVX512-VNNI through qmm_kernel (the activations
+rounded to int8 per block of 32, as llama.cpp does), elsewhere through PyTorch's kernels
+(``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), which are fast only with bf16
+activations (4-7x slower than fp32 with fp32 ones, bench/quant_kernels.py), so the rows are
+rounded to bf16 there. A prefill chunk, where those kernels' compute loses to fp32's, multiplies
+in fp32 over weights dequantised for the call. Everything else (embeddings, norms, attention,
+the KV cache) stays fp32.
 
 - ``int4``: asymmetric groups of 32 along the input dimension (tinygemm's layout:
   ``w = (q - 8) * scale + zero``), the grid of a GGUF's Q4_1, so a Q4_1 model requantises to
-  its own values (within the bf16 rounding of scales and zeros, ~0.2 %); the LM head gets int8.
+  its own values (within the fp16 rounding of scales and offsets, or bf16's in PyTorch's
+  kernel, ~0.2 %); the LM head gets int8.
 - ``int8``: symmetric, one scale per output channel.
 
 A linear whose input width is not a whole number of groups, or a model on another device, stays
@@ -26,6 +28,7 @@ import logging
 import torch
 from torch import nn
 
+from cortex_transformers import qmm_kernel
 from cortex_transformers.shared_input import fuse_siblings
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,18 @@ def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
 class Int4Linear(nn.Module):
     """``nn.Linear`` with 4-bit grouped weights; out in the input's dtype (fp32 on the CPU).
 
-    Up to ``KERNEL_ROWS[int4]`` rows (decode steps) go through the CPU kernel with bf16 inside;
-    more (prefill chunks) through a float32 matmul over weights dequantised for that call,
-    from a second copy of the levels in a plain nibble layout (the kernel's own is blocked and
-    private): the kernel's compute, not its memory traffic, is the cost there, 2x fp32's at
-    512 rows.
+    Up to ``KERNEL_ROWS[int4]`` rows (decode steps) go through a kernel (qmm_kernel's, or else
+    PyTorch's with bf16 inside); more (prefill chunks) through a float32 matmul over weights
+    dequantised for that call from a second copy of the levels in a plain nibble layout (the
+    kernels' own are blocked): a kernel's compute, not its memory traffic, is the cost there,
+    2x fp32's at 512 rows for PyTorch's.
     """
 
     packed: torch.Tensor
     scales_and_zeros: torch.Tensor
+    kernel_weight: torch.Tensor
+    kernel_scales: torch.Tensor
+    kernel_lows: torch.Tensor
     nibbles: torch.Tensor
     scale: torch.Tensor
     low: torch.Tensor
@@ -72,25 +78,46 @@ class Int4Linear(nn.Module):
         weight = linear.weight.detach().float()
         self.out_features, self.in_features = weight.shape
         self.group = group
-        padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
-        padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
-        levels, scale, zero = int4_levels(padded, group)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.to(torch.int32), 1)
-        pairs = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
-        self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", pairs)  # [K / group, N, 2], the kernel's
-        # The prefill path's copy: plain nibbles, and scale and zero as the kernel rounds them.
-        kept = levels[: self.out_features]
-        self.register_buffer("nibbles", (kept[:, 0::2] | (kept[:, 1::2] << 4)).contiguous())
-        rounded = pairs[:, : self.out_features].float().transpose(0, 1)  # [N, K / group, 2]
-        self.register_buffer("scale", rounded[..., :1].contiguous())
-        self.register_buffer("low", (rounded[..., 1:] - 8 * rounded[..., :1]).contiguous())
+        self.kernel = group == qmm_kernel.BLOCK and qmm_kernel.usable(self.in_features)
+        if self.kernel:
+            levels, scale, zero = int4_levels(weight, group)
+            rounded = torch.stack([scale, zero - 8 * scale], -1).half()  # as the kernel reads
+            self.register_buffer("kernel_weight", qmm_kernel.pack(levels, 4))
+            self.register_buffer("kernel_scales", rounded[..., 0].contiguous())
+            self.register_buffer("kernel_lows", rounded[..., 1].contiguous())
+            self.register_buffer("scale", rounded[..., :1].float())
+            self.register_buffer("low", rounded[..., 1:].float())
+        else:
+            padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
+            padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
+            all_levels, scale, zero = int4_levels(padded, group)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                all_levels.to(torch.int32), 1
+            )
+            levels = all_levels[: self.out_features]
+            pairs = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+            self.register_buffer("packed", packed)
+            self.register_buffer("scales_and_zeros", pairs)  # [K / group, N, 2], the kernel's
+            rounded = pairs[:, : self.out_features].float().transpose(0, 1)  # [N, K / group, 2]
+            self.register_buffer("scale", rounded[..., :1].contiguous())
+            self.register_buffer("low", (rounded[..., 1:] - 8 * rounded[..., :1]).contiguous())
+        # The prefill path's copy: plain nibbles, and scale and low as the kernel rounds them.
+        self.register_buffer("nibbles", (levels[:, 0::2] | (levels[:, 1::2] << 4)).contiguous())
         self.bias = _bias(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] > KERNEL_ROWS["int4"]:
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
+            return _finish(out, x, self.out_features, self.bias)
+        if self.kernel:
+            out = torch.ops.cortex_quant.qmm(
+                flat.float().contiguous(),
+                self.kernel_weight,
+                self.kernel_scales,
+                self.kernel_lows,
+                4,
+            )
             return _finish(out, x, self.out_features, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat.to(torch.bfloat16), self.packed, self.group, self.scales_and_zeros
@@ -109,10 +136,17 @@ class Int4Linear(nn.Module):
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and one scale per output channel; more than
-    ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised weight."""
+    ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised weight.
+
+    Where qmm_kernel runs, the weights are kept once, in its layout: unsigned (``q + 128``)
+    with ``low = -128 * scale``, so the kernel's ``level * scale + low`` is the same weight.
+    """
 
     weight_int8: torch.Tensor
     scales: torch.Tensor
+    kernel_weight: torch.Tensor
+    kernel_scales: torch.Tensor
+    kernel_lows: torch.Tensor
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -120,19 +154,45 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
         quantised = torch.round(weight / scale[:, None]).clamp(-128, 127).to(torch.int8)
-        self.register_buffer("weight_int8", quantised)
-        self.register_buffer("scales", scale.to(torch.bfloat16))
+        self.kernel = qmm_kernel.usable(self.in_features)
+        if self.kernel:
+            blocks = self.in_features // qmm_kernel.BLOCK
+            levels = (quantised.to(torch.int16) + 128).to(torch.uint8)
+            self.register_buffer("kernel_weight", qmm_kernel.pack(levels, 8))
+            self.register_buffer("kernel_scales", scale.half()[:, None].expand(-1, blocks))
+            self.register_buffer("kernel_lows", (-128 * self.kernel_scales.float()).half())
+            self.kernel_scales = self.kernel_scales.contiguous()
+            self.register_buffer("scales", self.kernel_scales[:, 0].float())
+        else:
+            self.register_buffer("weight_int8", quantised)
+            self.register_buffer("scales", scale.to(torch.bfloat16))
         self.bias = _bias(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] > KERNEL_ROWS["int8"]:
-            weight = self.weight_int8.float() * self.scales.float()[:, None]
-            out = torch.nn.functional.linear(flat.float(), weight)
+            out = torch.nn.functional.linear(flat.float(), self.dequantised())
+        elif self.kernel:
+            out = torch.ops.cortex_quant.qmm(
+                flat.float().contiguous(),
+                self.kernel_weight,
+                self.kernel_scales,
+                self.kernel_lows,
+                8,
+            )
         else:
             bf16 = flat.to(torch.bfloat16)
             out = torch.ops.aten._weight_int8pack_mm(bf16, self.weight_int8, self.scales)
         return _finish(out, x, self.out_features, self.bias)
+
+    def dequantised(self) -> torch.Tensor:
+        """The float32 weight ``[N, K]``."""
+        if not self.kernel:
+            return self.weight_int8.float() * self.scales.float()[:, None]
+        n, k = self.out_features, self.in_features
+        chunks = self.kernel_weight.reshape(n, k // qmm_kernel.CHUNK, qmm_kernel.CHUNK)
+        levels = chunks[..., qmm_kernel.NATURAL_ORDER].reshape(n, k).float()
+        return (levels - 128) * self.scales[:, None]
 
 
 def int4_levels(

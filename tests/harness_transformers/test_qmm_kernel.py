@@ -1,0 +1,66 @@
+"""qmm.cpp, the int8-activation kernel for int4/int8 weights, against a float reference that
+rounds the activations the same way (so a wrong layout or a lost block shows as a large error,
+not as rounding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cortex_transformers import qmm_kernel
+from cortex_transformers.cpu_quant import Int4Linear, Int8Linear
+from torch import nn
+
+pytestmark = pytest.mark.skipif(
+    not qmm_kernel.loaded(), reason="qmm_kernel needs AVX512-VNNI/VBMI and a C++ compiler"
+)
+
+
+def _reference(
+    x: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor
+) -> torch.Tensor:
+    """What the kernel computes, in float64: activations rounded to int8 per block of 32."""
+    rows, k = x.shape
+    blocks = x.double().reshape(rows, k // 32, 32)
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    rounded = (torch.where(step > 0, torch.round(blocks / step), 0) * step).reshape(rows, k)
+    weight = levels.double().reshape(-1, k // 32, 32) * scales.double()[..., None]
+    weight = (weight + lows.double()[..., None]).reshape(-1, k)
+    return (rounded @ weight.T).float()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # every tile remainder
+def test_the_kernel_matches_its_reference(bits: int, rows: int) -> None:
+    torch.manual_seed(rows)
+    outputs, k = 37, 192  # an odd output count; three chunks of 64
+    levels = torch.randint(0, 2**bits, (outputs, k), dtype=torch.uint8)
+    scales = (torch.rand(outputs, k // 32) * 0.01 + 1e-3).half()
+    lows = (torch.randn(outputs, k // 32) * 0.05).half()
+    x = torch.randn(rows, k)
+    x[0, 32:64] = 0  # a block of zeros: no division by its zero maximum
+    got = torch.ops.cortex_quant.qmm(x, qmm_kernel.pack(levels, bits), scales, lows, bits)
+    want = _reference(x, levels, scales, lows)
+    assert got.shape == (rows, outputs)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+def test_the_kernel_traces_into_a_compiled_graph() -> None:
+    layer = Int4Linear(nn.Linear(128, 48, bias=False))
+    assert layer.kernel
+    x = torch.randn(2, 128)
+    with torch.inference_mode():
+        compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+        assert torch.allclose(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
+def test_bad_operands_are_refused_by_name(kind: type[nn.Module]) -> None:
+    layer = kind(nn.Linear(64, 16, bias=False))
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        torch.ops.cortex_quant.qmm(
+            torch.randn(1, 32), layer.kernel_weight, layer.kernel_scales, layer.kernel_lows, 4
+        )
+    with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
+        torch.ops.cortex_quant.qmm(
+            torch.randn(1, 64), layer.kernel_weight, layer.kernel_scales, layer.kernel_lows, 2
+        )
