@@ -298,6 +298,8 @@ async def bench(server: Path, args: argparse.Namespace) -> None:
         variants += [(f"cortex {args.quantization}", False, args.quantization)]
         if args.compiled:
             variants += [(f"cortex {args.quantization} compiled", True, args.quantization)]
+    if args.only:
+        variants = [v for v in variants if v[0] in args.only]
     for name, compiled, quantization in variants:
         async with cortex_neuron(gguf, args.threads, compiled, quantization) as url:
             results[name] = await measure(url, "smollm2", args)
@@ -321,6 +323,12 @@ def main() -> int:
         choices=("none", "int8", "int4"),
         default="none",
         help="a neuron with this CPU weight quantization too (compiled too with --compiled)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="COLUMN",
+        help='just these cortex columns, named as in the table ("cortex int4 compiled")',
     )
     args = parser.parse_args()
     if args.build:

@@ -44,6 +44,18 @@ def test_the_kernel_matches_its_reference(bits: int, rows: int) -> None:
     assert float((got - want).norm() / want.norm()) < 1e-5
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantise_gives_back_every_weight_in_its_place(bits: int) -> None:
+    """The prefill path's float32 weight, unpacked from the kernel's layout in one pass."""
+    torch.manual_seed(bits)
+    levels = torch.randint(0, 2**bits, (21, 128), dtype=torch.uint8)
+    scales = (torch.rand(21, 4) * 0.01 + 1e-3).half()
+    lows = (torch.randn(21, 4) * 0.05).half()
+    got = torch.ops.cortex_quant.dequantise(qmm_kernel.pack(levels, bits), scales, lows, bits)
+    want = levels.float().reshape(21, 4, 32) * scales.float()[..., None] + lows.float()[..., None]
+    assert torch.allclose(got, want.reshape(21, 128), rtol=1e-6, atol=1e-7)
+
+
 def test_the_kernel_traces_into_a_compiled_graph() -> None:
     layer = Int4Linear(nn.Linear(128, 48, bias=False))
     assert layer.kernel

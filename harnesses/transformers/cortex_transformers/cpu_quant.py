@@ -1,14 +1,14 @@
 """Weight-only int8 / int4 linears on CPU: ``quantization = "int8"`` or ``"int4"``.
 
 A decode step on CPU is bound by reading the weights: SmolLM2-135M's linears are 540 MB in fp32
-and ~70 MB in 4 bits. A decode step's rows (up to ``KERNEL_ROWS``) multiply packed weights
-without unpacking them to floats: on CPUs with AVX512-VNNI through qmm_kernel (the activations
-rounded to int8 per block of 32, as llama.cpp does), elsewhere through PyTorch's kernels
-(``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), which are fast only with bf16
-activations (4-7x slower than fp32 with fp32 ones, bench/quant_kernels.py), so the rows are
-rounded to bf16 there. A prefill chunk, where those kernels' compute loses to fp32's, multiplies
-in fp32 over weights dequantised for the call. Everything else (embeddings, norms, attention,
-the KV cache) stays fp32.
+and ~70 MB in 4 bits. A decode step's rows (up to ``QMM_ROWS`` or ``KERNEL_ROWS``) multiply
+packed weights without unpacking them to floats: on CPUs with AVX512-VNNI through qmm_kernel
+(the activations rounded to int8 per block of 32, as llama.cpp does), elsewhere through
+PyTorch's kernels (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``), which are fast
+only with bf16 activations (4-7x slower than fp32 with fp32 ones, bench/quant_kernels.py), so
+the rows are rounded to bf16 there. A prefill chunk, where those kernels' compute loses to
+fp32's, multiplies in fp32 over weights dequantised for the call. Everything else (embeddings,
+norms, attention, the KV cache) stays fp32.
 
 - ``int4``: asymmetric groups of 32 along the input dimension (tinygemm's layout:
   ``w = (q - 8) * scale + zero``), the grid of a GGUF's Q4_1, so a Q4_1 model requantises to
@@ -42,6 +42,9 @@ INT4_ROWS = 16  # the packed layout holds output features in tiles of 16: pad to
 # against 2.5 at 64, 4.0 against 2.8 at 128). `bench/quant_kernels.py --batch 128 512` times
 # the kernels' side.
 KERNEL_ROWS = {"int4": 128, "int8": 64}
+# The same crossing for qmm_kernel, whose own unpacking is ~10x faster than tensor ops (int4,
+# one core: 3072x576 at 32 rows 1.41 ms against 1.51 dequantised, 3.0 against 2.3 at 64).
+QMM_ROWS = 40
 
 
 def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
@@ -57,11 +60,12 @@ def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
 class Int4Linear(nn.Module):
     """``nn.Linear`` with 4-bit grouped weights; out in the input's dtype (fp32 on the CPU).
 
-    Up to ``KERNEL_ROWS[int4]`` rows (decode steps) go through a kernel (qmm_kernel's, or else
-    PyTorch's with bf16 inside); more (prefill chunks) through a float32 matmul over weights
-    dequantised for that call from a second copy of the levels in a plain nibble layout (the
-    kernels' own are blocked): a kernel's compute, not its memory traffic, is the cost there,
-    2x fp32's at 512 rows for PyTorch's.
+    Up to ``QMM_ROWS`` / ``KERNEL_ROWS[int4]`` rows (decode steps) go through a kernel
+    (qmm_kernel's, or else PyTorch's with bf16 inside); more (prefill chunks) through a float32
+    matmul over weights dequantised for that call: a kernel's compute, not its memory traffic,
+    is the cost there (2x fp32's at 512 rows). qmm_kernel unpacks its own layout in one pass;
+    PyTorch's layout is private, so without qmm_kernel a second copy of the levels is kept as
+    plain nibbles.
     """
 
     packed: torch.Tensor
@@ -85,8 +89,6 @@ class Int4Linear(nn.Module):
             self.register_buffer("kernel_weight", qmm_kernel.pack(levels, 4))
             self.register_buffer("kernel_scales", rounded[..., 0].contiguous())
             self.register_buffer("kernel_lows", rounded[..., 1].contiguous())
-            self.register_buffer("scale", rounded[..., :1].float())
-            self.register_buffer("low", rounded[..., 1:].float())
         else:
             padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
             padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
@@ -101,13 +103,14 @@ class Int4Linear(nn.Module):
             rounded = pairs[:, : self.out_features].float().transpose(0, 1)  # [N, K / group, 2]
             self.register_buffer("scale", rounded[..., :1].contiguous())
             self.register_buffer("low", (rounded[..., 1:] - 8 * rounded[..., :1]).contiguous())
-        # The prefill path's copy: plain nibbles, and scale and low as the kernel rounds them.
-        self.register_buffer("nibbles", (levels[:, 0::2] | (levels[:, 1::2] << 4)).contiguous())
+            # The prefill path's copy: plain nibbles (scale and low as the kernel rounds them).
+            nibbles = (levels[:, 0::2] | (levels[:, 1::2] << 4)).contiguous()
+            self.register_buffer("nibbles", nibbles)
         self.bias = _bias(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > KERNEL_ROWS["int4"]:
+        if flat.shape[0] > (QMM_ROWS if self.kernel else KERNEL_ROWS["int4"]):
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
             return _finish(out, x, self.out_features, self.bias)
         if self.kernel:
@@ -128,6 +131,11 @@ class Int4Linear(nn.Module):
 
     def dequantised(self) -> torch.Tensor:
         """The float32 weight ``[N, K]``: ``level * scale + low`` (``low = zero - 8 * scale``)."""
+        if self.kernel:
+            weight: torch.Tensor = torch.ops.cortex_quant.dequantise(
+                self.kernel_weight, self.kernel_scales, self.kernel_lows, 4
+            )
+            return weight
         n, k, group = self.out_features, self.in_features, self.group
         levels = torch.stack([self.nibbles & 15, self.nibbles >> 4], -1)
         levels = levels.reshape(n, k // group, group).float()
@@ -136,7 +144,8 @@ class Int4Linear(nn.Module):
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights and one scale per output channel; more than
-    ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised weight.
+    ``QMM_ROWS`` / ``KERNEL_ROWS[int8]`` rows go through a float32 matmul over the dequantised
+    weight.
 
     Where qmm_kernel runs, the weights are kept once, in its layout: unsigned (``q + 128``)
     with ``low = -128 * scale``, so the kernel's ``level * scale + low`` is the same weight.
@@ -162,7 +171,6 @@ class Int8Linear(nn.Module):
             self.register_buffer("kernel_scales", scale.half()[:, None].expand(-1, blocks))
             self.register_buffer("kernel_lows", (-128 * self.kernel_scales.float()).half())
             self.kernel_scales = self.kernel_scales.contiguous()
-            self.register_buffer("scales", self.kernel_scales[:, 0].float())
         else:
             self.register_buffer("weight_int8", quantised)
             self.register_buffer("scales", scale.to(torch.bfloat16))
@@ -170,7 +178,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > KERNEL_ROWS["int8"]:
+        if flat.shape[0] > (QMM_ROWS if self.kernel else KERNEL_ROWS["int8"]):
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
         elif self.kernel:
             out = torch.ops.cortex_quant.qmm(
@@ -189,10 +197,10 @@ class Int8Linear(nn.Module):
         """The float32 weight ``[N, K]``."""
         if not self.kernel:
             return self.weight_int8.float() * self.scales.float()[:, None]
-        n, k = self.out_features, self.in_features
-        chunks = self.kernel_weight.reshape(n, k // qmm_kernel.CHUNK, qmm_kernel.CHUNK)
-        levels = chunks[..., qmm_kernel.NATURAL_ORDER].reshape(n, k).float()
-        return (levels - 128) * self.scales[:, None]
+        weight: torch.Tensor = torch.ops.cortex_quant.dequantise(
+            self.kernel_weight, self.kernel_scales, self.kernel_lows, 8
+        )
+        return weight
 
 
 def int4_levels(

@@ -43,7 +43,6 @@ COMPILE_FLAGS = (
 CHUNK_ORDER = torch.tensor(
     [(lane % 2) * BLOCK + (lane // 2) * 4 + r for lane in range(16) for r in range(4)]
 )
-NATURAL_ORDER = torch.argsort(CHUNK_ORDER)  # byte position of each weight of a chunk
 
 
 def usable(in_features: int) -> bool:
@@ -121,6 +120,12 @@ def _register_fake() -> None:
         x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bits: int
     ) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))
+
+    @torch.library.register_fake("cortex_quant::dequantise")  # type: ignore[untyped-decorator]
+    def _(
+        weight: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bits: int
+    ) -> torch.Tensor:
+        return weight.new_empty((weight.shape[0], weight.shape[1] * 8 // bits), dtype=torch.float)
 
 
 def _cpu_flags() -> set[str]:
