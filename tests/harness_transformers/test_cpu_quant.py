@@ -97,6 +97,7 @@ def test_every_linear_is_replaced_and_the_head_untied(demo_dir: Path) -> None:
     up = model.model.layers[0].mlp.up_proj  # one int4 product with gate_proj
     assert isinstance(up, SiblingPart) and isinstance(up._shared.fused, Int4Linear)
     assert isinstance(model.lm_head, Int8Linear)  # the head keeps 8 bits (see quantize_linears)
+    assert model.lm_head.passes == 2  # and rounds its input finer
     assert not model.config.tie_word_embeddings
     with torch.inference_mode():
         after = model(input_ids=ids).logits

@@ -45,6 +45,24 @@ def test_the_kernel_matches_its_reference(bits: int, rows: int) -> None:
 
 
 @pytest.mark.parametrize("bits", [4, 8])
+def test_two_passes_come_within_float_rounding_of_the_exact_product(bits: int) -> None:
+    """The LM head's mode: the input rounded twice (~15 bits), not once (8)."""
+    torch.manual_seed(bits)
+    levels = torch.randint(0, 2**bits, (37, 192), dtype=torch.uint8)
+    scales = (torch.rand(37, 6) * 0.01 + 1e-3).half()
+    lows = (torch.randn(37, 6) * 0.05).half()
+    weight = levels.double().reshape(37, 6, 32) * scales.double()[..., None]
+    weight = (weight + lows.double()[..., None]).reshape(37, 192)
+    x = torch.randn(5, 192)
+    exact = (x.double() @ weight.T).float()
+    packed = qmm_kernel.pack(levels, bits)
+    once = torch.ops.cortex_quant.qmm(x, packed, scales, lows, bits, 1)
+    twice = torch.ops.cortex_quant.qmm(x, packed, scales, lows, bits, 2)
+    assert float((twice - exact).norm() / exact.norm()) < 2e-4
+    assert float((once - exact).norm() / exact.norm()) > 1e-3  # what the second pass buys
+
+
+@pytest.mark.parametrize("bits", [4, 8])
 def test_dequantise_gives_back_every_weight_in_its_place(bits: int) -> None:
     """The prefill path's float32 weight, unpacked from the kernel's layout in one pass."""
     torch.manual_seed(bits)

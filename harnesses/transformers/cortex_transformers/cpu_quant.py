@@ -42,9 +42,12 @@ INT4_ROWS = 16  # the packed layout holds output features in tiles of 16: pad to
 # against 2.5 at 64, 4.0 against 2.8 at 128). `bench/quant_kernels.py --batch 128 512` times
 # the kernels' side.
 KERNEL_ROWS = {"int4": 128, "int8": 64}
-# The same crossing for qmm_kernel, whose own unpacking is ~10x faster than tensor ops (int4,
-# one core: 3072x576 at 32 rows 1.41 ms against 1.51 dequantised, 3.0 against 2.3 at 64).
-QMM_ROWS = 40
+# The same for qmm_kernel, whose own unpacking is ~10x faster than tensor ops: the two crossed
+# at ~40 rows (int4, one core: 3072x576 at 32 rows 1.41 ms against 1.51 dequantised, 3.0
+# against 2.3 at 64), but a prompt's prefill in float32 keeps its first token float32's (the
+# kernel's int8 rounding of 37 rows flipped SmolLM2's answer to "What is the capital of
+# France?", fp32 margin 0.08, as it does in llama.cpp): the kernel takes decode-sized calls.
+QMM_ROWS = 16
 
 
 def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
@@ -157,10 +160,13 @@ class Int8Linear(nn.Module):
     kernel_scales: torch.Tensor
     kernel_lows: torch.Tensor
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, precise_input: bool = False) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         self.out_features, self.in_features = weight.shape
+        # The LM head's: qmm_kernel rounds its input in two passes (~15 bits, not 8), since
+        # its logits pick each token (see qmm.cpp's kFiner).
+        self.passes = 2 if precise_input else 1
         scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
         quantised = torch.round(weight / scale[:, None]).clamp(-128, 127).to(torch.int8)
         self.kernel = qmm_kernel.usable(self.in_features)
@@ -187,6 +193,7 @@ class Int8Linear(nn.Module):
                 self.kernel_scales,
                 self.kernel_lows,
                 8,
+                self.passes,
             )
         else:
             bf16 = flat.to(torch.bfloat16)
@@ -237,7 +244,8 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
 
     Under int4 the LM head gets int8: GGUFs keep it (or the embeddings it is tied to) at 6-8
     bits, so 4 bits would add its largest error to every token's choice (SmolLM2: 9 % relative
-    weight error, perplexity +10 % instead of +1-2 %) for ~2 ms a step saved.
+    weight error, perplexity +10 % instead of +1-2 %) for ~2 ms a step saved. For the same
+    reason its input is rounded finer (``precise_input``).
     """
     head = _output_embeddings(model)
     replaced = 0
@@ -246,7 +254,10 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or child.weight.device.type != "cpu":
                 continue
-            replacement = Int8Linear(child) if child is head else _quantised(child, quantization)
+            if child is head:
+                replacement: nn.Module | None = Int8Linear(child, precise_input=True)
+            else:
+                replacement = _quantised(child, quantization)
             if replacement is not None:
                 setattr(parent, name, replacement)
                 replaced += 1

@@ -117,7 +117,12 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("cortex_quant::qmm")  # type: ignore[untyped-decorator]
     def _(
-        x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bits: int
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scales: torch.Tensor,
+        lows: torch.Tensor,
+        bits: int,
+        passes: int = 1,
     ) -> torch.Tensor:
         return x.new_empty((x.shape[0], weight.shape[0]))
 
