@@ -94,3 +94,20 @@ def test_bad_operands_are_refused_by_name(kind: type[nn.Module]) -> None:
         torch.ops.cortex_quant.qmm(
             torch.randn(1, 64), layer.kernel_weight, layer.kernel_scales, layer.kernel_lows, 2
         )
+
+
+def test_a_cpu_without_the_instructions_keeps_pytorchs_kernels(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(qmm_kernel, "_cpu_flags", lambda: {"avx2", "fma"})
+    with caplog.at_level("INFO"):
+        assert not qmm_kernel.loaded.__wrapped__()
+    assert "lacks avx512f" in caplog.text
+
+
+def test_no_compiler_keeps_pytorchs_kernels(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert not qmm_kernel.loaded.__wrapped__()
+    assert "no C++ compiler" in caplog.text
