@@ -8,7 +8,7 @@ own loading code once per quantization (fp32 "none", "int8", "int4") and reports
 
 - perplexity on two fixed texts (English prose written for this bench, and the first 4,000
   characters of the standard library's ``textwrap.py`` source), and its ratio to fp32's, with
-  every row through the kernels as in a decode step (bf16 inside: the lossier path);
+  every row through the kernels as in a decode step (the lossier path);
 - the greedy answers to the end-to-end tests' acceptance prompts, side by side;
 - the ms of one forward pass over one new token with 256 tokens of context (transformers' own
   cache), as a rough decode cost, and of one 512-token prefill chunk; the served figures come
@@ -57,15 +57,18 @@ ACCEPTANCE = [
 
 
 def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """Every row through the CPU kernels (bf16 inside), as a decode step runs: the lossier of
-    the two paths (a prefill chunk of more than ``KERNEL_ROWS`` multiplies in float32)."""
-    saved = dict(cpu_quant.KERNEL_ROWS)
+    """Every row through the CPU kernels (qmm_kernel's int8 rounding of the input, or bf16 in
+    PyTorch's), as a decode step runs: the lossier of the two paths (a prefill chunk of more
+    than ``QMM_ROWS`` / ``KERNEL_ROWS`` multiplies in float32)."""
+    saved, saved_qmm = dict(cpu_quant.KERNEL_ROWS), cpu_quant.QMM_ROWS
     cpu_quant.KERNEL_ROWS.update(dict.fromkeys(saved, 1 << 30))
+    cpu_quant.QMM_ROWS = 1 << 30
     try:
         with torch.inference_mode():
             loss = model(input_ids=ids, labels=ids).loss
     finally:
         cpu_quant.KERNEL_ROWS.update(saved)
+        cpu_quant.QMM_ROWS = saved_qmm
     return math.exp(float(loss))
 
 
