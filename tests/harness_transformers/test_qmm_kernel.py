@@ -101,7 +101,7 @@ def test_a_cpu_without_the_instructions_keeps_pytorchs_kernels(
 ) -> None:
     monkeypatch.setattr(qmm_kernel, "_cpu_flags", lambda: {"avx2", "fma"})
     with caplog.at_level("INFO"):
-        assert not qmm_kernel.loaded.__wrapped__()
+        assert not qmm_kernel._load_once.__wrapped__()
     assert "lacks avx512f" in caplog.text
 
 
@@ -109,5 +109,5 @@ def test_no_compiler_keeps_pytorchs_kernels(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert not qmm_kernel.loaded.__wrapped__()
+    assert not qmm_kernel._load_once.__wrapped__()
     assert "no C++ compiler" in caplog.text

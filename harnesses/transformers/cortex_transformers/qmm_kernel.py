@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -50,10 +51,18 @@ def usable(in_features: int) -> bool:
     return in_features % CHUNK == 0 and loaded()
 
 
-@functools.cache
+_LOADING = threading.Lock()  # two models loading at once: one build, one registration
+
+
 def loaded() -> bool:
     """Build (once per source and torch version) and load the kernel; False where it cannot
     run, said once in the log."""
+    with _LOADING:
+        return _load_once()
+
+
+@functools.cache
+def _load_once() -> bool:
     missing = [f for f in NEEDED_FLAGS if f not in _cpu_flags()]
     if missing:
         log.info("int8 activation kernel off: this CPU lacks %s", ", ".join(missing))
