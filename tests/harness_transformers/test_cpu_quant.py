@@ -12,6 +12,8 @@ from cortex_transformers.cpu_quant import (
     KERNEL_ROWS,
     Int4Linear,
     Int8Linear,
+    ProductMode,
+    float32_prefill,
     quantize_linears,
 )
 from cortex_transformers.harness import TransformersHarness
@@ -150,10 +152,12 @@ def test_siblings_multiplied_as_one_equal_their_own_products(quantization: str) 
     attention = nn.Module()
     for name, outputs in (("q_proj", 64), ("k_proj", 32), ("v_proj", 32)):
         setattr(attention, name, _linear(64, outputs, bias=True))
+    mode = ProductMode()
     alone = {
-        n: _quantised(getattr(attention, n), quantization) for n in ("q_proj", "k_proj", "v_proj")
+        n: _quantised(getattr(attention, n), quantization, mode)
+        for n in ("q_proj", "k_proj", "v_proj")
     }
-    assert fuse_siblings(attention, lambda linear: _quantised(linear, quantization)) == 3
+    assert fuse_siblings(attention, lambda linear: _quantised(linear, quantization, mode)) == 3
     assert isinstance(attention.q_k_v_proj, SharedInput)
     x, other = torch.randn(3, 64), torch.randn(3, 64)
     with torch.inference_mode():
@@ -162,3 +166,22 @@ def test_siblings_multiplied_as_one_equal_their_own_products(quantization: str) 
                 torch.testing.assert_close(getattr(attention, name)(x), alone[name](x))
         attention.q_proj(x)
         torch.testing.assert_close(attention.k_proj(other), alone["k_proj"](other))
+
+
+def test_a_prefill_pass_multiplies_in_float32_whatever_its_rows() -> None:
+    """A prompt's first token must not hang on the kernel's int8 rounding: within
+    float32_prefill a one-row call is the float32 product; the LM head (input rounded finer)
+    keeps its kernel; outside, the kernel runs."""
+    mode = ProductMode()
+    layer = Int4Linear(_linear(128, 48), mode=mode)
+    head = Int8Linear(_linear(128, 40), precise_input=True, mode=mode)
+    row = torch.randn(1, 128)
+    with torch.inference_mode():
+        exact = torch.nn.functional.linear(row, layer.dequantised())
+        with float32_prefill(mode):
+            assert torch.equal(layer(row), exact)
+            precise = head(row)
+        assert not mode.prefill
+        assert torch.equal(head(row), precise)
+        if layer.kernel:  # on CPUs without qmm_kernel both paths are PyTorch's kernel, bf16
+            assert not torch.equal(layer(row), exact)

@@ -23,7 +23,9 @@ against fp32) and stated in docs/configuration.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -42,12 +44,49 @@ INT4_ROWS = 16  # the packed layout holds output features in tiles of 16: pad to
 # against 2.5 at 64, 4.0 against 2.8 at 128). `bench/quant_kernels.py --batch 128 512` times
 # the kernels' side.
 KERNEL_ROWS = {"int4": 128, "int8": 64}
-# The same for qmm_kernel, whose own unpacking is ~10x faster than tensor ops: the two crossed
-# at ~40 rows (int4, one core: 3072x576 at 32 rows 1.41 ms against 1.51 dequantised, 3.0
-# against 2.3 at 64), but a prompt's prefill in float32 keeps its first token float32's (the
-# kernel's int8 rounding of 37 rows flipped SmolLM2's answer to "What is the capital of
-# France?", fp32 margin 0.08, as it does in llama.cpp): the kernel takes decode-sized calls.
-QMM_ROWS = 16
+# The same crossing for qmm_kernel, whose own unpacking is ~10x faster than tensor ops (int4,
+# one core: 3072x576 at 32 rows 1.41 ms against 1.51 dequantised, 3.0 against 2.3 at 64).
+# Prefill passes go to float32 whatever their rows (ProductMode).
+QMM_ROWS = 40
+
+
+class ProductMode:
+    """Shared by one model's quantised linears; the model's worker thread, its one writer, sets
+    ``prefill`` around prefill passes (``float32_prefill``).
+
+    A prefill's products go through float32 whatever their row count: its logits pick the
+    prompt's first token, and the kernel's int8 rounding moved them by ~0.1 (SmolLM2's fp32
+    answer to "What is the capital of France?" leads by 0.08 logits; one rounding flipped it,
+    as it does in llama.cpp, and whether a prompt was cached decided which answer came back).
+    The LM head, whose input is rounded finer, keeps its kernel. Compiled graphs run decode
+    steps only and are traced with ``prefill`` off.
+    """
+
+    __slots__ = ("prefill",)
+
+    def __init__(self) -> None:
+        self.prefill = False
+
+
+@contextlib.contextmanager
+def float32_prefill(mode: ProductMode | None) -> Iterator[None]:
+    """Within: ``mode``'s linears multiply prefill-precise (see ProductMode)."""
+    if mode is None:
+        yield
+        return
+    mode.prefill = True
+    try:
+        yield
+    finally:
+        mode.prefill = False
+
+
+def product_mode(model: nn.Module) -> ProductMode | None:
+    """The ProductMode of ``model``'s quantised linears; None when it has none."""
+    for module in model.modules():
+        if isinstance(module, Int4Linear | Int8Linear):
+            return module.mode
+    return None
 
 
 def cpu_quantization_refusal(device: str, quantization: str) -> str | None:
@@ -80,11 +119,14 @@ class Int4Linear(nn.Module):
     scale: torch.Tensor
     low: torch.Tensor
 
-    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
+    def __init__(
+        self, linear: nn.Linear, group: int = INT4_GROUP, mode: ProductMode | None = None
+    ) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         self.out_features, self.in_features = weight.shape
         self.group = group
+        self.mode = mode or ProductMode()
         self.kernel = group == qmm_kernel.BLOCK and qmm_kernel.usable(self.in_features)
         if self.kernel:
             levels, scale, zero = int4_levels(weight, group)
@@ -113,7 +155,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > (QMM_ROWS if self.kernel else KERNEL_ROWS["int4"]):
+        limit = QMM_ROWS if self.kernel else KERNEL_ROWS["int4"]
+        if flat.shape[0] > limit or self.mode.prefill:
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
             return _finish(out, x, self.out_features, self.bias)
         if self.kernel:
@@ -160,10 +203,13 @@ class Int8Linear(nn.Module):
     kernel_scales: torch.Tensor
     kernel_lows: torch.Tensor
 
-    def __init__(self, linear: nn.Linear, precise_input: bool = False) -> None:
+    def __init__(
+        self, linear: nn.Linear, precise_input: bool = False, mode: ProductMode | None = None
+    ) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         self.out_features, self.in_features = weight.shape
+        self.mode = mode or ProductMode()
         # The LM head's: qmm_kernel rounds its input in two passes (~15 bits, not 8), since
         # its logits pick each token (see qmm.cpp's kFiner).
         self.passes = 2 if precise_input else 1
@@ -184,7 +230,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] > (QMM_ROWS if self.kernel else KERNEL_ROWS["int8"]):
+        limit = QMM_ROWS if self.kernel else KERNEL_ROWS["int8"]
+        if flat.shape[0] > limit or (self.mode.prefill and self.passes == 1):
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
         elif self.kernel:
             out = torch.ops.cortex_quant.qmm(
@@ -248,16 +295,17 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
     reason its input is rounded finer (``precise_input``).
     """
     head = _output_embeddings(model)
+    mode = ProductMode()
     replaced = 0
     for parent in list(model.modules()):
-        replaced += fuse_siblings(parent, lambda linear: _quantised(linear, quantization))
+        replaced += fuse_siblings(parent, lambda linear: _quantised(linear, quantization, mode))
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or child.weight.device.type != "cpu":
                 continue
             if child is head:
-                replacement: nn.Module | None = Int8Linear(child, precise_input=True)
+                replacement: nn.Module | None = Int8Linear(child, precise_input=True, mode=mode)
             else:
-                replacement = _quantised(child, quantization)
+                replacement = _quantised(child, quantization, mode)
             if replacement is not None:
                 setattr(parent, name, replacement)
                 replaced += 1
@@ -268,12 +316,12 @@ def quantize_linears(model: nn.Module, quantization: str) -> int:
     return replaced
 
 
-def _quantised(linear: nn.Linear, quantization: str) -> nn.Module | None:
+def _quantised(linear: nn.Linear, quantization: str, mode: ProductMode) -> nn.Module | None:
     """``linear`` in its ``quantization`` form; None where int4 cannot take it (an input
     width that is not a whole number of groups)."""
     if quantization != "int4":
-        return Int8Linear(linear)
-    return None if linear.in_features % INT4_GROUP else Int4Linear(linear)
+        return Int8Linear(linear, mode=mode)
+    return None if linear.in_features % INT4_GROUP else Int4Linear(linear, mode=mode)
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module | None:

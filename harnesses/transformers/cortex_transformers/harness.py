@@ -323,7 +323,8 @@ class TransformersHarness(Harness):
             release_memory(device)
             raise
         loaded.sampling_defaults = generation_defaults(path)
-        progress(0.9, "warm-up")
+        # Compiling takes minutes on a CPU: the stage says so in /status and the log.
+        progress(0.9, "compiling decode graphs" if request.compiled_decode else "warm-up")
         try:
             loaded.warm_up()
         except BaseException:

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from cortex_transformers import attention
 from cortex_transformers.block_manager import BlockManager, BlockTable
 from cortex_transformers.compiled import CompiledDecode
+from cortex_transformers.cpu_quant import float32_prefill, product_mode
 from cortex_transformers.generation import Generation
 from cortex_transformers.kvcache import KVPool
 
@@ -52,6 +53,7 @@ class ModelRunner:
         self._offsets = torch.arange(blocks.block_size, device=device)
         self._columns = torch.arange(blocks.num_blocks * blocks.block_size, device=device)
         self.packs = _honours_prepared_masks(model)
+        self._products = product_mode(model)  # int4/int8: prefill passes multiply in float32
 
     def joins(self, group: list[Chunk], chunk: Chunk) -> bool:
         """Whether ``chunk`` may share ``group``'s forward pass: the query-key pairs the pass
@@ -68,6 +70,10 @@ class ModelRunner:
         """Compute the KV of each chunk's tokens in one forward pass; returns the logits after
         each chunk's last token [P, V]. A model whose attention ignores prepared masks runs
         them one pass each."""
+        with float32_prefill(self._products):
+            return self._prefill(chunks)
+
+    def _prefill(self, chunks: list[Chunk]) -> torch.Tensor:
         if len(chunks) == 1 or not self.packs:
             return torch.stack([self._prefill_one(seq, count) for seq, count in chunks])
         ids: list[int] = []
