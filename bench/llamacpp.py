@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 from agent_trace import Trace
 from agent_trace import run as run_trace
+from cortex_transformers.qmm_kernel import cpu_flags
 from decode import PROMPTS as DECODE_PROMPTS
 from neuron_throughput import _free_port, _stop, _wait
 
@@ -71,18 +72,7 @@ def server_path(cache: Path) -> Path:
     return cache / "build" / "bin" / "llama-server"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cmake_options(cpu_flags: set[str]) -> list[str]:
+def cmake_options(flags: set[str]) -> list[str]:
     """The configure options: Release, no curl/tests/examples, explicit ISA flags, AMX off."""
     options = [
         "-DCMAKE_BUILD_TYPE=Release",
@@ -92,9 +82,7 @@ def cmake_options(cpu_flags: set[str]) -> list[str]:
         "-DLLAMA_BUILD_EXAMPLES=OFF",
     ]
     options += [f"-D{name}=OFF" for name in OFF_FLAGS]
-    options += [
-        f"-D{name}={'ON' if flag in cpu_flags else 'OFF'}" for name, flag in X86_FLAGS.items()
-    ]
+    options += [f"-D{name}={'ON' if flag in flags else 'OFF'}" for name, flag in X86_FLAGS.items()]
     return options
 
 
@@ -125,7 +113,7 @@ def build(cache: Path, jobs: int) -> Path:
             tar.extractall(cache, filter="data")
     build_dir = cache / "build"
     configure = ["cmake", "-S", str(source), "-B", str(build_dir), "-G", "Ninja"]
-    subprocess.run(configure + cmake_options(_cpu_flags()), check=True)
+    subprocess.run(configure + cmake_options(cpu_flags()), check=True)
     compile_cmd = ["nice", "-n", "19", "cmake", "--build", str(build_dir)]
     subprocess.run([*compile_cmd, "--target", "llama-server", "-j", str(jobs)], check=True)
     return server_path(cache)

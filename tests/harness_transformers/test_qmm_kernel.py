@@ -99,7 +99,7 @@ def test_bad_operands_are_refused_by_name(kind: type[nn.Module]) -> None:
 def test_a_cpu_without_the_instructions_keeps_pytorchs_kernels(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(qmm_kernel, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(qmm_kernel, "cpu_flags", lambda: {"avx2", "fma"})
     with caplog.at_level("INFO"):
         assert not qmm_kernel._load_once.__wrapped__()
     assert "lacks avx512f" in caplog.text

@@ -215,13 +215,15 @@ async def test_unload_frees_and_then_404(client: Client, harness: FakeHarness) -
     assert (await chat(client, "hi"))[0] == 404
 
 
-async def test_unload_waits_for_in_flight_requests_to_finish(
-    client: Client, harness: FakeHarness
-) -> None:
+async def _draining(
+    client: Client, harness: FakeHarness, text: str
+) -> tuple[asyncio.Event, asyncio.Task[tuple[int, Any]], asyncio.Task[Any]]:
+    """A request held in flight and an unload draining it: (the request's release, the
+    request, the unload), once /status shows the model unloading."""
     harness.step_s = 0.02
     await load(client)
     model_of(harness).hold = hold = asyncio.Event()  # the request runs until we let it finish
-    request = asyncio.create_task(chat(client, "say:0123456789"))
+    request = asyncio.create_task(chat(client, text))
     await until(lambda: _in_flight(client, 1))
     unload = asyncio.create_task(
         client.post("/models/unload", json={"model": "tiny", "drain_s": 5})
@@ -231,6 +233,13 @@ async def test_unload_waits_for_in_flight_requests_to_finish(
         return [m["state"] for m in (await status(client))["models"]] == ["unloading"]
 
     await until(unloading)
+    return hold, request, unload
+
+
+async def test_unload_waits_for_in_flight_requests_to_finish(
+    client: Client, harness: FakeHarness
+) -> None:
+    hold, request, unload = await _draining(client, harness, "say:0123456789")
     assert not unload.done()  # it is draining
     hold.set()
     resp = await unload
@@ -243,20 +252,8 @@ async def test_a_load_during_an_unload_waits_for_it_and_loads_afresh(
     client: Client, harness: FakeHarness
 ) -> None:
     """Ollama's keep_alive 0 then a request at once: the load must not fail mid-unload."""
-    harness.step_s = 0.02
-    await load(client)
+    hold, request, unload = await _draining(client, harness, "say:ok")
     draining = model_of(harness)
-    draining.hold = hold = asyncio.Event()
-    request = asyncio.create_task(chat(client, "say:ok"))
-    await until(lambda: _in_flight(client, 1))
-    unload = asyncio.create_task(
-        client.post("/models/unload", json={"model": "tiny", "drain_s": 5})
-    )
-
-    async def unloading() -> bool:
-        return [m["state"] for m in (await status(client))["models"]] == ["unloading"]
-
-    await until(unloading)
     reload = asyncio.create_task(load(client))
     done, _ = await asyncio.wait({reload}, timeout=0.3)
     assert not done  # without waiting, it was refused at once with 409

@@ -63,7 +63,7 @@ def loaded() -> bool:
 
 @functools.cache
 def _load_once() -> bool:
-    missing = [f for f in NEEDED_FLAGS if f not in _cpu_flags()]
+    missing = [f for f in NEEDED_FLAGS if f not in cpu_flags()]
     if missing:
         log.info("int8 activation kernel off: this CPU lacks %s", ", ".join(missing))
         return False
@@ -142,7 +142,8 @@ def _register_fake() -> None:
         return weight.new_empty((weight.shape[0], weight.shape[1] * 8 // bits), dtype=torch.float)
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (empty off Linux)."""
     if sys.platform != "linux":
         return set()
     try:
