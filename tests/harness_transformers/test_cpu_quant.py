@@ -183,5 +183,7 @@ def test_a_prefill_pass_multiplies_in_float32_whatever_its_rows() -> None:
             precise = head(row)
         assert not mode.prefill
         assert torch.equal(head(row), precise)
-        if layer.kernel:  # on CPUs without qmm_kernel both paths are PyTorch's kernel, bf16
+        if (
+            layer.kernel is not None
+        ):  # on CPUs without qmm_kernel both paths are PyTorch's kernel, bf16
             assert not torch.equal(layer(row), exact)

@@ -15,6 +15,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _random_weights(
+    bits: int, outputs: int, k: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(levels [N, K], scales and lows [N, K / 32] in float16), drawn after seeding with seed."""
+    torch.manual_seed(seed)
+    levels = torch.randint(0, 2**bits, (outputs, k), dtype=torch.uint8)
+    scales = (torch.rand(outputs, k // 32) * 0.01 + 1e-3).half()
+    lows = (torch.randn(outputs, k // 32) * 0.05).half()
+    return levels, scales, lows
+
+
+def _float64_weight(levels: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
+    """``level * scale + low`` per block of 32: ``[N, K]`` in float64."""
+    n, k = levels.shape
+    weight = levels.double().reshape(n, k // 32, 32) * scales.double()[..., None]
+    return (weight + lows.double()[..., None]).reshape(n, k)
+
+
 def _reference(
     x: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor
 ) -> torch.Tensor:
@@ -23,19 +41,14 @@ def _reference(
     blocks = x.double().reshape(rows, k // 32, 32)
     step = blocks.abs().amax(-1, keepdim=True) / 127
     rounded = (torch.where(step > 0, torch.round(blocks / step), 0) * step).reshape(rows, k)
-    weight = levels.double().reshape(-1, k // 32, 32) * scales.double()[..., None]
-    weight = (weight + lows.double()[..., None]).reshape(-1, k)
-    return (rounded @ weight.T).float()
+    return (rounded @ _float64_weight(levels, scales, lows).T).float()
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # every tile remainder
 def test_the_kernel_matches_its_reference(bits: int, rows: int) -> None:
-    torch.manual_seed(rows)
     outputs, k = 37, 192  # an odd output count; three chunks of 64
-    levels = torch.randint(0, 2**bits, (outputs, k), dtype=torch.uint8)
-    scales = (torch.rand(outputs, k // 32) * 0.01 + 1e-3).half()
-    lows = (torch.randn(outputs, k // 32) * 0.05).half()
+    levels, scales, lows = _random_weights(bits, outputs, k, seed=rows)
     x = torch.randn(rows, k)
     x[0, 32:64] = 0  # a block of zeros: no division by its zero maximum
     got = torch.ops.cortex_quant.qmm(x, qmm_kernel.pack(levels, bits), scales, lows, bits)
@@ -47,14 +60,9 @@ def test_the_kernel_matches_its_reference(bits: int, rows: int) -> None:
 @pytest.mark.parametrize("bits", [4, 8])
 def test_two_passes_come_within_float_rounding_of_the_exact_product(bits: int) -> None:
     """The LM head's mode: the input rounded twice (~15 bits), not once (8)."""
-    torch.manual_seed(bits)
-    levels = torch.randint(0, 2**bits, (37, 192), dtype=torch.uint8)
-    scales = (torch.rand(37, 6) * 0.01 + 1e-3).half()
-    lows = (torch.randn(37, 6) * 0.05).half()
-    weight = levels.double().reshape(37, 6, 32) * scales.double()[..., None]
-    weight = (weight + lows.double()[..., None]).reshape(37, 192)
+    levels, scales, lows = _random_weights(bits, 37, 192, seed=bits)
     x = torch.randn(5, 192)
-    exact = (x.double() @ weight.T).float()
+    exact = (x.double() @ _float64_weight(levels, scales, lows).T).float()
     packed = qmm_kernel.pack(levels, bits)
     once = torch.ops.cortex_quant.qmm(x, packed, scales, lows, bits, 1)
     twice = torch.ops.cortex_quant.qmm(x, packed, scales, lows, bits, 2)
@@ -65,18 +73,15 @@ def test_two_passes_come_within_float_rounding_of_the_exact_product(bits: int) -
 @pytest.mark.parametrize("bits", [4, 8])
 def test_dequantise_gives_back_every_weight_in_its_place(bits: int) -> None:
     """The prefill path's float32 weight, unpacked from the kernel's layout in one pass."""
-    torch.manual_seed(bits)
-    levels = torch.randint(0, 2**bits, (21, 128), dtype=torch.uint8)
-    scales = (torch.rand(21, 4) * 0.01 + 1e-3).half()
-    lows = (torch.randn(21, 4) * 0.05).half()
+    levels, scales, lows = _random_weights(bits, 21, 128, seed=bits)
     got = torch.ops.cortex_quant.dequantise(qmm_kernel.pack(levels, bits), scales, lows, bits)
-    want = levels.float().reshape(21, 4, 32) * scales.float()[..., None] + lows.float()[..., None]
-    assert torch.allclose(got, want.reshape(21, 128), rtol=1e-6, atol=1e-7)
+    want = _float64_weight(levels, scales, lows).float()
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_the_kernel_traces_into_a_compiled_graph() -> None:
     layer = Int4Linear(nn.Linear(128, 48, bias=False))
-    assert layer.kernel
+    assert layer.kernel is not None
     x = torch.randn(2, 128)
     with torch.inference_mode():
         compiled = torch.compile(layer, fullgraph=True, dynamic=False)
@@ -85,15 +90,12 @@ def test_the_kernel_traces_into_a_compiled_graph() -> None:
 
 @pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
 def test_bad_operands_are_refused_by_name(kind: type[nn.Module]) -> None:
-    layer = kind(nn.Linear(64, 16, bias=False))
+    kernel = kind(nn.Linear(64, 16, bias=False)).kernel
+    assert isinstance(kernel, qmm_kernel.KernelWeights)
     with pytest.raises(RuntimeError, match="multiple of 64"):
-        torch.ops.cortex_quant.qmm(
-            torch.randn(1, 32), layer.kernel_weight, layer.kernel_scales, layer.kernel_lows, 4
-        )
+        torch.ops.cortex_quant.qmm(torch.randn(1, 32), kernel.weight, kernel.scales, kernel.lows, 4)
     with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
-        torch.ops.cortex_quant.qmm(
-            torch.randn(1, 64), layer.kernel_weight, layer.kernel_scales, layer.kernel_lows, 2
-        )
+        torch.ops.cortex_quant.qmm(torch.randn(1, 64), kernel.weight, kernel.scales, kernel.lows, 2)
 
 
 def test_a_cpu_without_the_instructions_keeps_pytorchs_kernels(

@@ -112,9 +112,6 @@ class Int4Linear(nn.Module):
 
     packed: torch.Tensor
     scales_and_zeros: torch.Tensor
-    kernel_weight: torch.Tensor
-    kernel_scales: torch.Tensor
-    kernel_lows: torch.Tensor
     nibbles: torch.Tensor
     scale: torch.Tensor
     low: torch.Tensor
@@ -127,13 +124,10 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.group = group
         self.mode = mode or ProductMode()
-        self.kernel = group == qmm_kernel.BLOCK and qmm_kernel.usable(self.in_features)
-        if self.kernel:
+        self.kernel: qmm_kernel.KernelWeights | None = None
+        if group == qmm_kernel.BLOCK and qmm_kernel.usable(self.in_features):
             levels, scale, zero = int4_levels(weight, group)
-            rounded = torch.stack([scale, zero - 8 * scale], -1).half()  # as the kernel reads
-            self.register_buffer("kernel_weight", qmm_kernel.pack(levels, 4))
-            self.register_buffer("kernel_scales", rounded[..., 0].contiguous())
-            self.register_buffer("kernel_lows", rounded[..., 1].contiguous())
+            self.kernel = qmm_kernel.KernelWeights(levels, scale, zero - 8 * scale, 4)
         else:
             padding = -self.out_features % INT4_ROWS  # a vocabulary of 1028 rows, say
             padded = torch.nn.functional.pad(weight, (0, 0, 0, padding))
@@ -155,19 +149,12 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        limit = QMM_ROWS if self.kernel else KERNEL_ROWS["int4"]
+        limit = QMM_ROWS if self.kernel is not None else KERNEL_ROWS["int4"]
         if flat.shape[0] > limit or self.mode.prefill:
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
             return _finish(out, x, self.out_features, self.bias)
-        if self.kernel:
-            out = torch.ops.cortex_quant.qmm(
-                flat.float().contiguous(),
-                self.kernel_weight,
-                self.kernel_scales,
-                self.kernel_lows,
-                4,
-            )
-            return _finish(out, x, self.out_features, self.bias)
+        if self.kernel is not None:
+            return _finish(self.kernel.product(flat), x, self.out_features, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat.to(torch.bfloat16), self.packed, self.group, self.scales_and_zeros
         )
@@ -177,11 +164,8 @@ class Int4Linear(nn.Module):
 
     def dequantised(self) -> torch.Tensor:
         """The float32 weight ``[N, K]``: ``level * scale + low`` (``low = zero - 8 * scale``)."""
-        if self.kernel:
-            weight: torch.Tensor = torch.ops.cortex_quant.dequantise(
-                self.kernel_weight, self.kernel_scales, self.kernel_lows, 4
-            )
-            return weight
+        if self.kernel is not None:
+            return self.kernel.dequantised()
         n, k, group = self.out_features, self.in_features, self.group
         levels = torch.stack([self.nibbles & 15, self.nibbles >> 4], -1)
         levels = levels.reshape(n, k // group, group).float()
@@ -199,9 +183,6 @@ class Int8Linear(nn.Module):
 
     weight_int8: torch.Tensor
     scales: torch.Tensor
-    kernel_weight: torch.Tensor
-    kernel_scales: torch.Tensor
-    kernel_lows: torch.Tensor
 
     def __init__(
         self, linear: nn.Linear, precise_input: bool = False, mode: ProductMode | None = None
@@ -215,14 +196,12 @@ class Int8Linear(nn.Module):
         self.passes = 2 if precise_input else 1
         scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
         quantised = torch.round(weight / scale[:, None]).clamp(-128, 127).to(torch.int8)
-        self.kernel = qmm_kernel.usable(self.in_features)
-        if self.kernel:
+        self.kernel: qmm_kernel.KernelWeights | None = None
+        if qmm_kernel.usable(self.in_features):
             blocks = self.in_features // qmm_kernel.BLOCK
             levels = (quantised.to(torch.int16) + 128).to(torch.uint8)
-            self.register_buffer("kernel_weight", qmm_kernel.pack(levels, 8))
-            self.register_buffer("kernel_scales", scale.half()[:, None].expand(-1, blocks))
-            self.register_buffer("kernel_lows", (-128 * self.kernel_scales.float()).half())
-            self.kernel_scales = self.kernel_scales.contiguous()
+            scales = scale.half().float()[:, None].expand(-1, blocks)
+            self.kernel = qmm_kernel.KernelWeights(levels, scales, -128 * scales, 8)
         else:
             self.register_buffer("weight_int8", quantised)
             self.register_buffer("scales", scale.to(torch.bfloat16))
@@ -230,18 +209,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        limit = QMM_ROWS if self.kernel else KERNEL_ROWS["int8"]
+        limit = QMM_ROWS if self.kernel is not None else KERNEL_ROWS["int8"]
         if flat.shape[0] > limit or (self.mode.prefill and self.passes == 1):
             out = torch.nn.functional.linear(flat.float(), self.dequantised())
-        elif self.kernel:
-            out = torch.ops.cortex_quant.qmm(
-                flat.float().contiguous(),
-                self.kernel_weight,
-                self.kernel_scales,
-                self.kernel_lows,
-                8,
-                self.passes,
-            )
+        elif self.kernel is not None:
+            out = self.kernel.product(flat, self.passes)
         else:
             bf16 = flat.to(torch.bfloat16)
             out = torch.ops.aten._weight_int8pack_mm(bf16, self.weight_int8, self.scales)
@@ -249,12 +221,9 @@ class Int8Linear(nn.Module):
 
     def dequantised(self) -> torch.Tensor:
         """The float32 weight ``[N, K]``."""
-        if not self.kernel:
-            return self.weight_int8.float() * self.scales.float()[:, None]
-        weight: torch.Tensor = torch.ops.cortex_quant.dequantise(
-            self.kernel_weight, self.kernel_scales, self.kernel_lows, 8
-        )
-        return weight
+        if self.kernel is not None:
+            return self.kernel.dequantised()
+        return self.weight_int8.float() * self.scales.float()[:, None]
 
 
 def int4_levels(

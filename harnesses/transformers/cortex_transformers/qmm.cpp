@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -57,6 +58,17 @@ struct Quantised {
   std::vector<float> sum8;       // [M, K / 32]: a rounded block's sum / 8 (it fills 8 lanes)
 };
 
+// 32 values (v0, v1) times ``inverse``, rounded to int32 and stored as saturated int8 at
+// ``out``; returns the int32s, whose sum and remainders the callers need.
+inline std::pair<__m512i, __m512i> round_block(__m512 v0, __m512 v1, __m512 inverse,
+                                               int8_t* out) {
+  const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inverse));
+  const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inverse));
+  _mm_store_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtsepi32_epi8(i0));
+  _mm_store_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtsepi32_epi8(i1));
+  return {i0, i1};
+}
+
 Quantised quantise(const float* x, int64_t rows, int64_t k, bool two_passes) {
   const int64_t blocks = k / kBlock;
   Quantised out{std::vector<int8_t>(rows * k), std::vector<int8_t>(two_passes ? rows * k : 0),
@@ -74,12 +86,7 @@ Quantised quantise(const float* x, int64_t rows, int64_t k, bool two_passes) {
         const float amax =
             _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         const __m512 inverse = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inverse));
-        const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inverse));
-        _mm_store_si128(reinterpret_cast<__m128i*>(natural + half * kBlock),
-                        _mm512_cvtsepi32_epi8(i0));
-        _mm_store_si128(reinterpret_cast<__m128i*>(natural + half * kBlock + 16),
-                        _mm512_cvtsepi32_epi8(i1));
+        const auto [i0, i1] = round_block(v0, v1, inverse, natural + half * kBlock);
         out.scale[m * blocks + b] = amax / 127.f;
         // The rounded block's sum, not the exact one: the offsets then meet the same
         // activations as the levels do, and the error stays the activations' rounding times
@@ -92,12 +99,7 @@ Quantised quantise(const float* x, int64_t rows, int64_t k, bool two_passes) {
           const __m512 finer_inverse = _mm512_mul_ps(inverse, _mm512_set1_ps(kFiner));
           const __m512 r0 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(i0), step, v0);
           const __m512 r1 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(i1), step, v1);
-          const __m512i j0 = _mm512_cvtps_epi32(_mm512_mul_ps(r0, finer_inverse));
-          const __m512i j1 = _mm512_cvtps_epi32(_mm512_mul_ps(r1, finer_inverse));
-          _mm_store_si128(reinterpret_cast<__m128i*>(finer + half * kBlock),
-                          _mm512_cvtsepi32_epi8(j0));
-          _mm_store_si128(reinterpret_cast<__m128i*>(finer + half * kBlock + 16),
-                          _mm512_cvtsepi32_epi8(j1));
+          const auto [j0, j1] = round_block(r0, r1, finer_inverse, finer + half * kBlock);
           sum += static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(j0, j1))) / kFiner;
         }
         out.sum8[m * blocks + b] = sum * (amax / 127.f) / 8.f;

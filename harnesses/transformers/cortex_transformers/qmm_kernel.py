@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,41 @@ def pack(levels: torch.Tensor, bits: int) -> torch.Tensor:
         return ordered.reshape(n, k).contiguous()
     packed = ordered[..., : CHUNK // 2] | (ordered[..., CHUNK // 2 :] << 4)
     return packed.reshape(n, k // 2).contiguous()
+
+
+class KernelWeights(nn.Module):
+    """One linear's weights in the kernel's layout, ``level * scale + low`` per block of 32,
+    with the two products the layout serves: a decode step's (``product``) and the float32
+    weight a prefill pass multiplies by (``dequantised``)."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+    lows: torch.Tensor
+
+    def __init__(
+        self, levels: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bits: int
+    ) -> None:
+        """levels: unsigned ``[N, K]``; scales, lows: ``[N, K / 32]``, kept as float16."""
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("weight", pack(levels, bits))
+        self.register_buffer("scales", scales.half().contiguous())
+        self.register_buffer("lows", lows.half().contiguous())
+
+    def product(self, x: torch.Tensor, passes: int = 1) -> torch.Tensor:
+        """``x [M, K]`` times the weights: float32 ``[M, N]``, the input rounded to int8 per
+        block of 32 in ``passes`` passes (2: ~15 bits, see qmm.cpp's kFiner)."""
+        out: torch.Tensor = torch.ops.cortex_quant.qmm(
+            x.float().contiguous(), self.weight, self.scales, self.lows, self.bits, passes
+        )
+        return out
+
+    def dequantised(self) -> torch.Tensor:
+        """The float32 weight ``[N, K]``, unpacked in one pass."""
+        weight: torch.Tensor = torch.ops.cortex_quant.dequantise(
+            self.weight, self.scales, self.lows, self.bits
+        )
+        return weight
 
 
 def _build(compiler: str) -> Path:
