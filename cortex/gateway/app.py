@@ -261,6 +261,11 @@ def _exchange_handler(
         except asyncio.CancelledError:
             ex.status, ex.error = 499, "client closed the connection"
             raise
+        except ConnectionError:
+            # A write can find the client gone before aiohttp cancels the handler.
+            if edge.client_gone(request):
+                ex.status, ex.error = 499, "client closed the connection"
+            raise
         finally:
             gateway.finish(ex, error)
 

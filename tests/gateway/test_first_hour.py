@@ -13,13 +13,15 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.test_utils import TestServer, make_mocked_request
 from click.testing import CliRunner
 
 from cortex import cli_fleet
 from cortex.config import CortexConfig, GatewaySection, ModelEntry, ModelsConfig, UpstreamRef
-from cortex.gateway.app import make_app
+from cortex.gateway.app import REQUEST_ID, _exchange_handler, make_app
+from cortex.gateway.core import GATEWAY
+from cortex.gateway.exchange import Exchange
 from cortex.gateway.metrics import listener
 from tests.e2e.neuron_process import free_port
 from tests.gateway.mock_upstream import MockState, make_mock_upstream
@@ -220,3 +222,42 @@ async def test_a_context_overflow_names_the_window_and_a_bigger_model() -> None:
     message = body["error"]["message"]
     assert message.startswith(too_long["message"])
     assert "'small' holds 8192 tokens" in message and "'big' (32768 tokens)" in message
+
+
+class _Accounts:
+    """Test double for the Gateway: records the exchanges it is told finished."""
+
+    def __init__(self) -> None:
+        self.finished: list[Exchange] = []
+
+    def finish(self, exchange: Exchange, error: object = None) -> None:
+        self.finished.append(exchange)
+
+
+class _ClosedTransport:
+    """Test double for a socket the client has closed."""
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_a_write_that_finds_the_client_gone_is_counted_as_a_hang_up() -> None:
+    """A relay's write can fail before aiohttp cancels the handler (CI saw a 200 counted);
+    it is a hang-up all the same."""
+    accounts = _Accounts()
+    app = web.Application()
+    app[GATEWAY] = accounts  # type: ignore[assignment]
+    request = make_mocked_request("POST", "/v1/responses", app=app, transport=_ClosedTransport())
+    request[REQUEST_ID] = "r1"
+
+    async def write_to_gone_client(*_: object) -> web.StreamResponse:
+        raise ClientConnectionResetError("Cannot write to closing transport")
+
+    handler = _exchange_handler("responses", "/v1/responses", write_to_gone_client)
+    with pytest.raises(ConnectionError):
+        await handler(request)
+    (exchange,) = accounts.finished
+    assert exchange.status == 499 and exchange.error == "client closed the connection"
