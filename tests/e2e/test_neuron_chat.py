@@ -163,7 +163,8 @@ async def test_hang_up_mid_stream_frees_the_slot(
     client: openai.AsyncOpenAI, neuron: NeuronProcess
 ) -> None:
     # Greedy on this prompt does not stop early (checked first): ~4000 tokens take over 8 s here,
-    # so the slot coming back within 1 s means the hang-up cancelled the sequence.
+    # so the slot coming back within 3 s (slack for a loaded CI box) means the hang-up cancelled
+    # the sequence.
     assert (await greedy(client, 40)).choices[0].finish_reason == "length"
     stream = await client.chat.completions.create(
         model="tiny",
@@ -175,7 +176,7 @@ async def test_hang_up_mid_stream_frees_the_slot(
     await anext(aiter(stream))
     assert neuron.api("GET", "/status")[1]["in_flight"] == 1
     await stream.close()
-    neuron.wait_for(lambda s: s["in_flight"] == 0 and s["models"][0]["in_flight"] == 0, timeout=1)
+    neuron.wait_for(lambda s: s["in_flight"] == 0 and s["models"][0]["in_flight"] == 0, timeout=3)
 
 
 async def test_concurrent_greedy_requests_equal_their_sequential_answers(
