@@ -15,10 +15,13 @@ Phases and who bounds them (docs/operations.md lists the defaults):
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -153,6 +156,22 @@ def failure(
     return render(request, InternalError(internal))
 
 
+def failed_status(request: web.Request, exc: BaseException, from_http: FromHttp) -> int:
+    """The status ``failure`` answers ``exc`` with (499: the client hung up, nothing is sent),
+    for the accounts of a handler that saw it raised."""
+    if isinstance(exc, CortexError):
+        return exc.status
+    if isinstance(exc, web.HTTPException):
+        return from_http(request, exc).status if exc.status >= 400 else exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return 499
+    if isinstance(exc, RecursionError):
+        return 400
+    if isinstance(exc, ConnectionError) and client_gone(request):
+        return 499  # a write found the client gone before aiohttp cancelled the handler
+    return 500
+
+
 def not_allowed(request: web.Request, exc: web.HTTPException) -> MethodNotAllowed:
     """aiohttp's 405 as a typed error naming the methods the route takes."""
     allowed = tuple(sorted(getattr(exc, "allowed_methods", ()) or ()))
@@ -177,3 +196,17 @@ def error_response(err: CortexError, body: bytes, status: int) -> web.Response:
     if isinstance(err, RequestTimeout):
         response.force_close()
     return response
+
+
+_CANNOT_BIND = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def run_server(app: web.Application, **options: Any) -> None:
+    """``web.run_app``; an address it cannot listen on (taken, not this host's, a privileged
+    port) ends the process with one line naming it and exit status 1, not a traceback."""
+    try:
+        web.run_app(app, **options)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_BIND:
+            raise
+        sys.exit(f"cortex: cannot listen: {exc}")

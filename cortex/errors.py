@@ -211,6 +211,28 @@ def from_status(status: int, message: str, code: str | None = None) -> CortexErr
     return cls(message, code=code)
 
 
+def from_event(detail: dict[str, object]) -> CortexError:
+    """The typed error a node's stream ended in: an OpenAI error event, which carries no status,
+    read by its code, then its type. Never an ``UpstreamError``: the node answered, so the
+    failure is the request's, not the node's (which would mark the node suspect)."""
+    message = str(detail.get("message") or "upstream error")
+    code = detail.get("code")
+    code = code if isinstance(code, str) else None
+    by_code: dict[str | None, type[CortexError]] = {
+        cls.default_code: cls
+        for cls in (ContextLengthExceeded, Overloaded, Unavailable, InsufficientMemory)
+    }
+    cls = by_code.get(code)
+    if cls is None:
+        invalid = detail.get("type") == InvalidRequest.openai_type
+        cls = InvalidRequest if invalid else InternalError
+    return cls(message, code=code, param=_text(detail.get("param")))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def from_body(status: int, raw: bytes) -> CortexError:
     """The typed error an upstream answered: its OpenAI envelope's message, code and param (the
     field a client should fix), or the start of whatever else it sent."""

@@ -4,6 +4,7 @@ that the core package imports no harness: ``demo-model`` is the transformers har
 from __future__ import annotations
 
 import ast
+import socket
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 
 import cortex
 from cortex import cli
+from tests.e2e.neuron_process import free_port
 
 HARNESS_PACKAGES = ("cortex_transformers", "cortex_echo", "torch", "transformers")
 
@@ -105,3 +107,26 @@ def test_demo_model_without_the_harness_says_what_to_install(
 def hello(name: str) -> None:
     """Say hello (a plugin command for these tests)."""
     click.echo(f"hello, {name}")
+
+
+def test_a_taken_port_is_one_line_and_exit_status_1_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "models.toml").write_text("")
+        (tmp_path / "cortex.toml").write_text(
+            f'[gateway]\nlisten = "127.0.0.1:{port}"\nmodels = "models.toml"\n'
+            f'metrics_listen = "127.0.0.1:{free_port()}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "cortex", "--role", "gateway", "--config", "cortex.toml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("cortex: cannot listen")]
+    assert f"'127.0.0.1', {port}" in line and "address already in use" in line

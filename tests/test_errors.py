@@ -80,3 +80,24 @@ def test_an_upstream_error_body_is_read_whatever_it_holds(
 ) -> None:
     err = errors.from_body(400, raw)
     assert type(err) is kind and err.message == message and err.code == code
+
+
+@pytest.mark.parametrize("err", ALL, ids=lambda e: type(e).__name__)
+def test_a_node_error_event_is_read_back_as_the_node_sent_it_never_as_a_node_fault(
+    err: errors.CortexError,
+) -> None:
+    """A stream's error event (OpenAI envelope, no status) read back at the gateway: the same
+    kind where its code or type says it, else an internal error; never an UpstreamError,
+    which would mark a node suspect for one request's failure."""
+    detail = msgspec.json.decode(errors.openai_body(err))["error"]
+    back = errors.from_event(detail)
+    assert not isinstance(back, errors.UpstreamError)
+    assert (back.message, back.code, back.param) == (err.message, err.code, err.param)
+    assert back.openai_type == err.openai_type or isinstance(err, errors.UpstreamError)
+    if isinstance(err, (errors.ContextLengthExceeded, errors.Overloaded, errors.Unavailable)):
+        assert type(back) is type(err) or isinstance(err, errors.NoHarness)
+
+
+def test_an_error_event_without_an_envelope_is_still_an_error() -> None:
+    assert errors.from_event({}).message == "upstream error"
+    assert errors.from_event({"message": "x", "code": 7}).code is None

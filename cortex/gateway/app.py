@@ -258,13 +258,9 @@ def _exchange_handler(
         except CortexError as err:
             error = err
             raise
-        except asyncio.CancelledError:
-            ex.status, ex.error = 499, "client closed the connection"
-            raise
-        except ConnectionError:
-            # A write can find the client gone before aiohttp cancels the handler.
-            if edge.client_gone(request):
-                ex.status, ex.error = 499, "client closed the connection"
+        except BaseException as exc:  # counted with the status the client is answered with
+            ex.status = edge.failed_status(request, exc, _from_http)
+            ex.error = "client closed the connection" if ex.status == 499 else repr(exc)[:200]
             raise
         finally:
             gateway.finish(ex, error)
@@ -398,7 +394,7 @@ def serve(config: cfg.CortexConfig, *, config_path: Path) -> None:
     app = make_app(config, models, cfg.resolve_relative(config_path, state) if state else None)
     app.cleanup_ctx.append(listener(*cfg.split_listen(config.gateway.metrics_listen)))
     app.cleanup_ctx.append(reload.on_sighup(config_path))
-    web.run_app(
+    edge.run_server(
         app,
         host=host,
         port=port,

@@ -20,7 +20,7 @@ import msgspec
 from yarl import URL
 
 from cortex import sse
-from cortex.errors import CortexError, UpstreamError, from_body, from_status, openai_body
+from cortex.errors import CortexError, UpstreamError, from_body, from_event, openai_body
 from cortex.gateway.exchange import Exchange, TokenCounts
 from cortex.protocol import openai
 
@@ -155,10 +155,14 @@ async def sse_events(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
             continue
         pending = data[cut + 2 :]
         whole = data[: cut + 2]
-        yield whole
         if whole.endswith(_DONE):
+            # A neuron ends its body right after [DONE]: read that end before the client sees
+            # [DONE], or a client that closes on it (openai's sync SDK) cancels this handler
+            # mid-drain and a finished stream is counted a hang-up (499).
             await _drain(content)
+            yield whole
             return
+        yield whole
 
 
 async def _drain(content: aiohttp.StreamReader) -> None:
@@ -272,7 +276,7 @@ def decode_chunks(batch: bytes) -> list[openai.ChatCompletionChunk]:
             continue
         if payload.startswith(b'{"error"'):
             detail = _error_decoder.decode(payload)["error"]
-            raise from_status(502, str(detail.get("message", "upstream error")), detail.get("code"))
+            raise from_event(detail if isinstance(detail, dict) else {"message": str(detail)})
         chunks.append(_chunk_decoder.decode(payload))
     return chunks
 

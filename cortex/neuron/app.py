@@ -94,7 +94,7 @@ def serve(config: NeuronConfig, config_path: Path) -> None:
     log.info("neuron %s listening on %s:%d", config.neuron.name, host, port)
     # handler_cancellation: a client hang-up cancels its handler, hence its sequence. On SIGTERM
     # requests in flight get unload_drain_s to finish, as an unload would give them.
-    web.run_app(
+    edge.run_server(
         app,
         host=host,
         port=port,

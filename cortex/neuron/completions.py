@@ -257,16 +257,19 @@ async def _stream(
             await write(data)
         if body.wants_usage_chunk:
             await write(encs[0].usage(usage(plans, outcome)))
-    except CortexError as exc:
+    except CortexError as exc:  # the status counted is the error's, as text completions do
+        outcome.status = exc.status
         await write(chunks.error_event(exc))
     except asyncio.CancelledError:
         if (evicted := lease.eviction_error()) is None:
             raise
+        outcome.status = evicted.status
         await write(chunks.error_event(evicted))
     except ConnectionError:
         raise
     except Exception:
         log.exception("generation failed for %s", body.model)
+        outcome.status = 500
         await write(chunks.error_event(InternalError("generation failed")))
     await write(chunks.DONE)
     await response.write_eof()

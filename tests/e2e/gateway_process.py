@@ -46,6 +46,26 @@ class GatewayProcess:
         **gateway: TomlValue,
     ) -> GatewayProcess:
         workdir.mkdir(parents=True, exist_ok=True)
+        models, upstreams = list(models), list(upstreams)
+        for attempt in range(3):  # a free port can be taken between probing and binding
+            gw = cls._launch(workdir, neurons, models, eviction, upstreams, gateway)
+            if gw._wait_ready():
+                return gw
+            gw.stop()
+            if "address already in use" not in gw.log_text().lower() or attempt == 2:
+                raise RuntimeError(f"gateway did not start:\n{gw.log_text()[-4000:]}")
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _launch(
+        cls,
+        workdir: Path,
+        neurons: Mapping[str, NeuronProcess],
+        models: Iterable[Mapping[str, TomlValue]],
+        eviction: Mapping[str, TomlValue] | None,
+        upstreams: Iterable[Mapping[str, TomlValue]],
+        gateway: Mapping[str, TomlValue],
+    ) -> GatewayProcess:
         port, metrics_port = free_port(), free_port()
         section: dict[str, TomlValue] = {
             "listen": f"127.0.0.1:{port}",
@@ -79,16 +99,17 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ},
             )
-        gw = cls(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", log)
+        return cls(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", log)
+
+    def _wait_ready(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                with urllib.request.urlopen(gw.url + "/health", timeout=1):
-                    return gw
+                with urllib.request.urlopen(self.url + "/health", timeout=1):
+                    return True
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.05)
-        gw.stop()
-        raise RuntimeError(f"gateway did not start:\n{gw.log_text()[-4000:]}")
+        return False
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()

@@ -207,15 +207,18 @@ def test_without_max_output_tokens_the_answer_may_fill_the_context(client: opena
     assert response.usage.output_tokens > 4096
 
 
-def test_failure_mid_stream_ends_in_response_failed(client: openai.OpenAI) -> None:
+def test_failure_mid_stream_ends_in_response_failed(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
     events = list(client.responses.create(model="coder", input="boom", stream=True))
     assert events[0].type == "response.created"
     failed = events[-1]
     assert failed.type == "response.failed"
     assert failed.response.status == "failed" and failed.response.error is not None
-    # The neuron's own words, relayed ("generation failed"), with the gateway's error code.
-    assert failed.response.error.code == "upstream_error"
+    # The neuron's own words and kind ("generation failed", a server error), relayed.
+    assert failed.response.error.code == "server_error"
     assert "generation failed" in failed.response.error.message
+    assert "suspect: generation failed" not in gateway.log_text()  # the node answered
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 

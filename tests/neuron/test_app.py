@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from cortex.config import ModelEntry, ModelsConfig, NeuronConfig, NeuronSection
 from cortex.neuron.app import make_app, serve
 from tests.neuron.fakes import FakeHarness, FakeModel
+from tests.prometheus_samples import samples, value
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -504,6 +505,8 @@ async def test_unexpected_harness_error_is_a_500_envelope_or_a_stream_error_even
     assert events[1]["choices"][0]["delta"] == {"content": "ab"}
     assert events[-2]["error"]["type"] == "server_error" and events[-1] == "[DONE]"
     assert "device fell over" in caplog.text
+    found = samples(await (await client.get("/metrics")).read())
+    assert value(found, "cortex_requests_total", model="tiny", status="500") == 2  # both ways
 
 
 def test_serve_refuses_a_public_address_without_a_token(
