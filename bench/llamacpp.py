@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 from agent_trace import Trace
 from agent_trace import run as run_trace
-from cortex_transformers.qmm_kernel import cpu_flags
+from cortex_transformers.cpu_kernels import cpu_flags
 from decode import PROMPTS as DECODE_PROMPTS
 from neuron_throughput import _free_port, _stop, _wait
 

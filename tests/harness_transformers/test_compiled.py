@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cortex_transformers import cpu_kernels
 from cortex_transformers.compiled import buckets
 from cortex_transformers.harness import TransformersHarness, TransformersModel
 
@@ -64,6 +65,9 @@ def test_a_compiled_engine_decodes_as_eager_does(demo_dir: Path, demo: Transform
     options = LoadOptions(max_concurrency=4)
     compiled = load(demo_dir, options, compiled_decode=True)
     try:
+        # Where cortex's CPU kernels run, attention reads the pool in place (paged_decode.cpp).
+        assert compiled._compiled is not None
+        assert compiled._compiled.in_place == cpu_kernels.loaded()
         prompts = [list(range(5, 17)), list(range(30, 39)), list(range(50, 70))]
         for group in ([prompts[0]], prompts[:2], prompts):
             got = asyncio.run(_replies(compiled, group))

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cortex_transformers import qmm_kernel
+from cortex_transformers import cpu_kernels, qmm_kernel
 from cortex_transformers.cpu_quant import Int4Linear, Int8Linear
 from torch import nn
 
 pytestmark = pytest.mark.skipif(
-    not qmm_kernel.loaded(), reason="qmm_kernel needs AVX512-VNNI/VBMI and a C++ compiler"
+    not cpu_kernels.loaded(), reason="cortex's CPU kernels need AVX512-VNNI/VBMI and a C++ compiler"
 )
 
 
@@ -96,20 +96,3 @@ def test_bad_operands_are_refused_by_name(kind: type[nn.Module]) -> None:
         torch.ops.cortex_quant.qmm(torch.randn(1, 32), kernel.weight, kernel.scales, kernel.lows, 4)
     with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
         torch.ops.cortex_quant.qmm(torch.randn(1, 64), kernel.weight, kernel.scales, kernel.lows, 2)
-
-
-def test_a_cpu_without_the_instructions_keeps_pytorchs_kernels(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(qmm_kernel, "cpu_flags", lambda: {"avx2", "fma"})
-    with caplog.at_level("INFO"):
-        assert not qmm_kernel._load_once.__wrapped__()
-    assert "lacks avx512f" in caplog.text
-
-
-def test_no_compiler_keeps_pytorchs_kernels(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setenv("CXX", "no-such-compiler")
-    assert not qmm_kernel._load_once.__wrapped__()
-    assert "no C++ compiler" in caplog.text

@@ -20,7 +20,11 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from cortex_transformers import cpu_kernels
+from cortex_transformers.kvcache import KVPool
+
 NAME = "cortex_sdpa"
+SLOTS = "cortex_slots"  # the forward keyword that carries a decode step's slots to attention
 
 
 def cortex_sdpa(
@@ -34,7 +38,14 @@ def cortex_sdpa(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """query: [B, H, Q, D]; key, value: [B, H_kv, K, D]; returns [B, Q, H, D]."""
+    """query: [B, H, Q, D]; key, value: [B, H_kv, K, D]; returns [B, Q, H, D].
+
+    With ``cortex_slots`` (a compiled decode step whose cache hands over the whole pool, see
+    ``paged_decode_usable``): key, value are the pool ``[1, H_kv, slots, D]`` and
+    ``cortex_slots`` ``[B, W]`` the slots each row attends to."""
+    slots = kwargs.pop(SLOTS, None)
+    if slots is not None:
+        return _paged_decode(module, query, key, value, attention_mask, slots, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
     if not (query.device.type == "cpu" and groups > 1 and plain and attention_mask is not None):
@@ -73,6 +84,59 @@ def _decode(
         packed, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
     )
     return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous()  # [B, 1, H, D]
+
+
+def _paged_decode(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    slots: torch.Tensor,
+    scaling: float | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """One query a row, attending to its slots straight from the pool (paged_decode.cpp): no
+    gathered copy of the keys and values, which at 2,500 tokens of context was most of a
+    compiled SmolLM2 step. A mask of another form than ``[B, 1, 1, W]`` booleans (none of
+    the models served so far makes one) takes the gathered path."""
+    rows, width = slots.shape
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if (mask is not None and (mask.dtype != torch.bool or mask.shape[1:3] != (1, 1))) or not plain:
+        gathered = slots.reshape(-1)
+        keys = keys[0].index_select(1, gathered).view(keys.shape[1], rows, width, -1)
+        values = values[0].index_select(1, gathered).view(values.shape[1], rows, width, -1)
+        return cortex_sdpa(
+            module, query, keys.transpose(0, 1), values.transpose(0, 1), mask, 0.0, scaling,
+            **kwargs,
+        )  # fmt: skip
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out: torch.Tensor = torch.ops.cortex_attention.paged_decode(
+        query[:, :, 0].contiguous(),  # [B, H, D]
+        keys[0],
+        values[0],
+        slots.contiguous(),
+        None if mask is None else mask[:, 0, 0].contiguous(),  # [B, W]
+        scale,
+    )
+    return out[:, None], None  # [B, 1, H, D]
+
+
+def paged_decode_usable(model: PreTrainedModel, pool: KVPool) -> bool:
+    """Whether ``model``'s decode steps can read their keys and values in place from
+    ``pool`` (``cortex_slots``): cortex_sdpa, float32 keys on the CPU, heads the kernel
+    takes, and cortex's CPU kernels built here."""
+    keys = pool.keys[0]
+    heads = model.config.get_text_config().num_attention_heads
+    return (
+        model.config.get_text_config()._attn_implementation == NAME
+        and keys.device.type == "cpu"
+        and keys.dtype == torch.float32
+        and keys.shape[-1] in (16, 32, 64, 128)
+        and heads % keys.shape[0] == 0
+        and heads // keys.shape[0] <= 8
+        and cpu_kernels.loaded()
+    )
 
 
 AttentionInterface.register(NAME, cortex_sdpa)

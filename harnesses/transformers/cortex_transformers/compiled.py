@@ -28,6 +28,7 @@ import torch
 from torch._dynamo.types import GuardFilterEntry
 from transformers import PreTrainedModel
 
+from cortex_transformers.attention import SLOTS, paged_decode_usable
 from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS
 from cortex_transformers.kvcache import KVPool
 
@@ -49,6 +50,9 @@ class CompiledDecode:
         self.buckets = buckets(max_batch)
         self._pool = pool
         self._device = pool.keys[0].device
+        # Attention reads each row's slots from the pool (paged_decode.cpp) where it can:
+        # a gathered copy of the keys and values was most of a step at 2,500 tokens.
+        self.in_place = paged_decode_usable(model, pool)
 
         def forward(**inputs: Any) -> Any:
             return model.forward(**inputs)
@@ -97,13 +101,15 @@ class CompiledDecode:
         # The width grows every step: dynamic, never a constant to recompile for.
         torch._dynamo.mark_dynamic(read, 1)
         torch._dynamo.mark_dynamic(mask, 1)
+        # write: [S, 1] with strides of its own (a column of ``read`` has W's as a stride)
+        write = read[:, -1:].clone(memory_format=torch.contiguous_format)
         out = self._forward(
             input_ids=torch.tensor(ids, device=self._device)[:, None],  # [S, 1]
             attention_mask=mask,  # [S, W]
             position_ids=torch.tensor(positions, device=self._device)[:, None],  # [S, 1]
-            # write: [S, 1] with strides of its own (a column of ``read`` has W's as a stride)
-            cache=self._pool.view(read[:, -1:].clone(memory_format=torch.contiguous_format), read),
+            cache=self._pool.view(write, read, in_place=self.in_place),
             use_cache=True,
+            **({SLOTS: read} if self.in_place else {}),
         )
         logits: torch.Tensor = out.logits[:rows, -1]
         return logits

@@ -60,15 +60,24 @@ class KVPool:
         self.values = [zeros(shape, model.dtype, device) for _ in range(layers)]
         self.bytes = bytes_per_token(model) * (num_slots + 1)
 
-    def view(self, write: torch.Tensor, read: torch.Tensor, span: int | None = None) -> Cache:
+    def view(
+        self,
+        write: torch.Tensor,
+        read: torch.Tensor,
+        span: int | None = None,
+        in_place: bool = False,
+    ) -> Cache:
         """A cache for one forward pass.
 
         write: [B, Q] slots for the new tokens' K/V; read: [B, W] slots each row attends to, in
         order, the new ones included (the last Q columns); span: when B is 1 and ``read`` is the
-        range span..span+W, its first slot (the K/V are read in place).
+        range span..span+W, its first slot (the K/V are read in place); in_place: the layers
+        hand attention the whole pool (``[1, kv_heads, slots, head_dim]``), for
+        ``attention.paged_decode`` to read ``read``'s slots from it, and gather nothing.
         """
         layers = [
-            PagedLayer(k, v, write, read, span) for k, v in zip(self.keys, self.values, strict=True)
+            PagedLayer(k, v, write, read, span, in_place)
+            for k, v in zip(self.keys, self.values, strict=True)
         ]
         return Cache(layers=layers)  # type: ignore[arg-type]
 
@@ -96,10 +105,12 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         write: torch.Tensor,
         read: torch.Tensor,
         span: int | None,
+        in_place: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._pool_k, self._pool_v = keys, values
         self._write, self._read, self._span = write, read, span
+        self._in_place = in_place
         self.is_initialized = True
         self.device = keys.device
 
@@ -113,6 +124,8 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         slots = self._write.reshape(-1)
         self._pool_k.index_copy_(1, slots, key_states.transpose(0, 1).reshape(h, b * q, d))
         self._pool_v.index_copy_(1, slots, value_states.transpose(0, 1).reshape(h, b * q, -1))
+        if self._in_place:  # attention reads the slots from the pool itself
+            return self._pool_k[None], self._pool_v[None]
         width = self._read.shape[1]
         if self._span is not None:  # one row in one slot range: a view, nothing copied
             keys = self._pool_k[:, self._span : self._span + width]  # [H, W, D]
