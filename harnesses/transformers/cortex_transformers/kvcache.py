@@ -9,7 +9,9 @@ columns read slot 0, finite and masked). Joining or leaving the batch copies not
 only copy is the gather (``index_select``: several times faster on CPU than advanced indexing),
 and a single row whose slots form one range (consecutive blocks, block_manager.py) is not even
 gathered: its K/V are a view of the pool. At 22k tokens of context the gather was half of a
-decode step on the CPU.
+decode step on the CPU. A compiled decode step where cortex's CPU kernels run gathers nothing
+(``view(in_place=True)``): its layers hand attention the pool, and paged_decode.cpp reads each
+row's slots from it.
 
 Heads first: each head's keys of consecutive slots are contiguous, so attention reads them as
 whole rows. With the slot-major layout (``[num_slots, kv_heads * head_dim]``) SDPA's CPU kernel
