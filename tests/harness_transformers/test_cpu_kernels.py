@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cortex_transformers import cpu_kernels
+from cortex_transformers.attention import cortex_sdpa
 
 needs_kernels = pytest.mark.skipif(
     not cpu_kernels.loaded(), reason="cortex's CPU kernels need AVX512-VNNI/VBMI and a C++ compiler"
@@ -88,3 +89,26 @@ def test_paged_decode_refuses_what_it_cannot_do() -> None:
         torch.ops.cortex_attention.paged_decode(
             torch.zeros(1, 2, 96), keys, keys, torch.zeros(1, 4, dtype=torch.long), None, 1.0
         )
+
+
+@needs_kernels
+def test_cortex_sdpa_reads_the_pool_in_place_and_gathers_for_a_mask_it_cannot_pass() -> None:
+    """A compiled step's attention call (the pool as keys and values, ``cortex_slots``): a
+    boolean ``[B, 1, 1, W]`` mask goes to the kernel; any other mask form takes the gathered
+    path; both answer as SDPA over the gathered keys does."""
+    gen = torch.Generator().manual_seed(7)
+    kv_heads, groups, dim, width = 2, 2, 32, 24
+    module = torch.nn.Module()
+    module.num_key_value_groups = groups
+    pool_k = torch.randn(1, kv_heads, 100, dim, generator=gen)
+    pool_v = torch.randn(1, kv_heads, 100, dim, generator=gen)
+    query = torch.randn(3, kv_heads * groups, 1, dim, generator=gen)  # [B, H, 1, D]
+    slots = torch.stack([torch.randperm(100, generator=gen)[:width] for _ in range(3)])
+    valid = torch.rand(3, width, generator=gen) > 0.25
+    valid[:, -1] = True
+    want = _reference(query[:, :, 0], pool_k[0], pool_v[0], slots, valid, dim**-0.5)
+    as_bool = valid[:, None, None, :]
+    as_float = torch.zeros(3, 1, 1, width).masked_fill(~as_bool, float("-inf"))
+    for mask in (as_bool, as_float):
+        out, _ = cortex_sdpa(module, query, pool_k, pool_v, mask, cortex_slots=slots)
+        torch.testing.assert_close(out[:, 0], want, rtol=1e-5, atol=1e-5)  # [B, 1, H, D]
