@@ -20,7 +20,9 @@ from typing import Any
 from tests.e2e.neuron_process import (
     NeuronProcess,
     TomlValue,
+    answers_health,
     free_port,
+    started,
     stop_process,
     toml_table,
 )
@@ -47,14 +49,9 @@ class GatewayProcess:
     ) -> GatewayProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         models, upstreams = list(models), list(upstreams)
-        for attempt in range(3):  # a free port can be taken between probing and binding
-            gw = cls._launch(workdir, neurons, models, eviction, upstreams, gateway)
-            if gw._wait_ready():
-                return gw
-            gw.stop()
-            if "address already in use" not in gw.log_text().lower() or attempt == 2:
-                raise RuntimeError(f"gateway did not start:\n{gw.log_text()[-4000:]}")
-        raise AssertionError("unreachable")
+        return started(
+            lambda: cls._launch(workdir, neurons, models, eviction, upstreams, gateway), "gateway"
+        )
 
     @classmethod
     def _launch(
@@ -101,15 +98,8 @@ class GatewayProcess:
             )
         return cls(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", log)
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1):
-                    return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.05)
-        return False
+    def wait_ready(self) -> bool:
+        return answers_health(self.proc, self.url, READY_TIMEOUT_S)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()

@@ -22,9 +22,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 READY_TIMEOUT_S = 90.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def answers_health(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+    """Whether the server at ``url`` answers GET /health within ``timeout`` seconds (False as
+    soon as its process exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
+class Server(Protocol):
+    """A server process under test (NeuronProcess, GatewayProcess)."""
+
+    def wait_ready(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def log_text(self) -> str: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
+def started(launch: Callable[[], S], what: str) -> S:
+    """``launch()`` until its server answers: a port taken between probing and binding gets
+    another try (three in all); any other failure raises with the log's tail."""
+    for attempt in range(3):
+        server = launch()
+        if server.wait_ready():
+            return server
+        server.stop()
+        if "address already in use" not in server.log_text().lower() or attempt == 2:
+            raise RuntimeError(f"{what} did not start:\n{server.log_text()[-4000:]}")
+    raise AssertionError("unreachable")
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -83,8 +124,9 @@ class NeuronProcess:
         """``neuron`` holds further ``[neuron]`` keys (cpu_memory_budget_gb=2, ...); ``module``
         is what ``python -m`` runs (tests.e2e.scripted_neuron adds the scripted test double)."""
         workdir.mkdir(parents=True, exist_ok=True)
-        models = list(models)
-        for attempt in range(3):  # a free port can be taken between probing and binding
+        models, preload, model_roots = list(models), list(preload), list(model_roots)
+
+        def launch() -> NeuronProcess:
             port = free_port()
             section: dict[str, TomlValue] = {
                 "name": name,
@@ -111,27 +153,12 @@ class NeuronProcess:
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
                 )
-            neuron = cls(proc, f"http://127.0.0.1:{port}", token, log)
-            if neuron._wait_ready():
-                return neuron
-            neuron.stop()
-            if "address already in use" not in neuron.log_text().lower() or attempt == 2:
-                raise RuntimeError(f"neuron did not start:\n{neuron.log_text()[-4000:]}")
-        raise AssertionError("unreachable")
+            return cls(proc, f"http://127.0.0.1:{port}", token, log)
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        return False
+        return started(launch, "neuron")
+
+    def wait_ready(self) -> bool:
+        return answers_health(self.proc, self.url, READY_TIMEOUT_S)
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One authenticated JSON call; returns (status, decoded body) for errors too."""
