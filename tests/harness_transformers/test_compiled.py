@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from cortex_transformers import cpu_kernels
-from cortex_transformers.compiled import buckets
+from cortex_transformers.attention import SLOTS
+from cortex_transformers.compiled import _attention_takes_slots, buckets
 from cortex_transformers.harness import TransformersHarness, TransformersModel
+from cortex_transformers.kvcache import KVPool
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.harness import LoadOptions, SamplingParams
@@ -111,3 +115,23 @@ def test_compiled_models_of_one_class_keep_their_own_graphs(
     finally:
         for model in (fp32, int4, eager_int4):
             model.unload()
+
+
+@pytest.mark.skipif(not cpu_kernels.loaded(), reason="cortex's CPU kernels do not run here")
+def test_attention_reads_in_place_only_where_the_model_passes_the_slots_on(
+    demo: TransformersModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose forward did not hand ``cortex_slots`` on would be given the whole pool as
+    its keys: the load-time check finds that and keeps the gathered path."""
+    model = demo._model
+    assert model is not None
+    pool = KVPool(model, 64, torch.device("cpu"))
+    assert _attention_takes_slots(model, pool)
+    forward = model.forward
+
+    def dropping_slots(**inputs: Any) -> Any:
+        inputs.pop(SLOTS, None)
+        return forward(**inputs)
+
+    monkeypatch.setattr(model, "forward", dropping_slots)
+    assert not _attention_takes_slots(model, pool)

@@ -22,6 +22,7 @@ before the worker sees its first request.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from transformers import PreTrainedModel
 from cortex_transformers.attention import SLOTS, paged_decode_usable
 from cortex_transformers.cpu_quant import CPU_QUANTIZATIONS
 from cortex_transformers.kvcache import KVPool
+
+log = logging.getLogger(__name__)
 
 BUCKETS = (1, 2, 4, 8, 16)
 
@@ -52,7 +55,7 @@ class CompiledDecode:
         self._device = pool.keys[0].device
         # Attention reads each row's slots from the pool (paged_decode.cpp) where it can:
         # a gathered copy of the keys and values was most of a step at 2,500 tokens.
-        self.in_place = paged_decode_usable(model, pool)
+        self.in_place = paged_decode_usable(model, pool) and _attention_takes_slots(model, pool)
 
         def forward(**inputs: Any) -> Any:
             return model.forward(**inputs)
@@ -122,6 +125,49 @@ class CompiledDecode:
                 read = torch.full((size, 2), scratch, device=self._device)
                 valid = torch.ones((size, 2), dtype=torch.bool, device=self._device)
                 self.step([0] * size, [1] * size, read, valid)
+
+
+def _attention_takes_slots(model: PreTrainedModel, pool: KVPool) -> bool:
+    """Whether ``cortex_slots`` reaches ``model``'s attention: transformers' models hand a
+    forward's extra keywords on to it, but one that did not would be handed the whole pool as
+    its keys. One eager step over the scratch slot, in place and gathered: the first attention
+    layer's outputs must agree (the logits of a small random model barely show a difference)."""
+    attention = next((m for m in model.modules() if hasattr(m, "num_key_value_groups")), None)
+    if attention is None:
+        return False
+    device = pool.keys[0].device
+    read = torch.full((1, 2), pool.scratch, device=device)
+    # A token from mid-vocabulary: a padding token's embedding may be zeros, and so its K/V.
+    token = torch.full((1, 1), model.config.get_text_config().vocab_size // 2, device=device)
+    outputs: list[torch.Tensor] = []
+
+    def step(in_place: bool) -> None:
+        model(
+            input_ids=token,
+            attention_mask=torch.ones((1, 2), dtype=torch.long, device=device),
+            position_ids=torch.ones((1, 1), dtype=torch.long, device=device),
+            cache=pool.view(read[:, -1:].clone(), read, in_place=in_place),
+            use_cache=True,
+            **({SLOTS: read} if in_place else {}),
+        )
+
+    hook = attention.register_forward_hook(lambda _m, _a, out: outputs.append(out[0].clone()))
+    try:
+        with torch.inference_mode():
+            step(True)
+            step(False)
+    except Exception:  # any failure means: gather, as before
+        log.warning("attention reads a gathered copy: cortex_slots failed", exc_info=True)
+        return False
+    finally:
+        hook.remove()
+    in_place, gathered = outputs
+    agree = bool((in_place - gathered).norm() <= 1e-4 * gathered.norm()) and bool(gathered.any())
+    if not agree:
+        log.warning(
+            "attention reads a gathered copy: %s ignores cortex_slots", type(model).__name__
+        )
+    return agree
 
 
 def _input_guards(entries: list[GuardFilterEntry]) -> list[bool]:
