@@ -58,3 +58,6 @@ def test_a_compiled_int4_model_answers_over_http(
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == reply.choices[0].message.content  # the same greedy decode, token by token
     assert "loading compiled: compiling decode graphs" in neuron.log_text()
+    # Where cortex's CPU kernels run, attention read the pool in place (paged_decode.cpp):
+    # the load-time check found that SmolLM2's forward hands ``cortex_slots`` on.
+    assert "reads a gathered copy" not in neuron.log_text()
