@@ -21,7 +21,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cortex_transformers import cpu_kernels
-from cortex_transformers.kvcache import KVPool
+from cortex_transformers.kvcache import KVPool, gather
 
 NAME = "cortex_sdpa"
 SLOTS = "cortex_slots"  # the forward keyword that carries a decode step's slots to attention
@@ -100,16 +100,10 @@ def _paged_decode(
     gathered copy of the keys and values, which at 2,500 tokens of context was most of a
     compiled SmolLM2 step. A mask of another form than ``[B, 1, 1, W]`` booleans (none of
     the models served so far makes one) takes the gathered path."""
-    rows, width = slots.shape
     plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
     if (mask is not None and (mask.dtype != torch.bool or mask.shape[1:3] != (1, 1))) or not plain:
-        gathered = slots.reshape(-1)
-        keys = keys[0].index_select(1, gathered).view(keys.shape[1], rows, width, -1)
-        values = values[0].index_select(1, gathered).view(values.shape[1], rows, width, -1)
-        return cortex_sdpa(
-            module, query, keys.transpose(0, 1), values.transpose(0, 1), mask, 0.0, scaling,
-            **kwargs,
-        )  # fmt: skip
+        keys, values = gather(keys[0], slots), gather(values[0], slots)
+        return cortex_sdpa(module, query, keys, values, mask, 0.0, scaling, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out: torch.Tensor = torch.ops.cortex_attention.paged_decode(
         query[:, :, 0].contiguous(),  # [B, H, D]

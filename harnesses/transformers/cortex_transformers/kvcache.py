@@ -97,6 +97,14 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
     return torch.frombuffer(pages, dtype=dtype, count=count).view(shape)
 
 
+def gather(pool: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """The slots ``read`` [B, W] of one layer's ``pool`` [H, slots, D], as [B, H, W, D]
+    (``index_select``: several times faster on the CPU than advanced indexing)."""
+    rows, width = read.shape
+    picked = pool.index_select(1, read.reshape(-1))  # [H, B*W, D]
+    return picked.view(pool.shape[0], rows, width, -1).transpose(0, 1)
+
+
 class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """One layer's window onto the pool for one forward pass."""
 
@@ -126,20 +134,15 @@ class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         slots = self._write.reshape(-1)
         self._pool_k.index_copy_(1, slots, key_states.transpose(0, 1).reshape(h, b * q, d))
         self._pool_v.index_copy_(1, slots, value_states.transpose(0, 1).reshape(h, b * q, -1))
+        # Not kept on the layer (DynamicLayer's ``keys``): in a compiled step every tensor kept
+        # on an attribute becomes one more graph output, so each layer's K/V would stay
+        # allocated to the step's end.
         if self._in_place:  # attention reads the slots from the pool itself
             return self._pool_k[None], self._pool_v[None]
-        width = self._read.shape[1]
         if self._span is not None:  # one row in one slot range: a view, nothing copied
-            keys = self._pool_k[:, self._span : self._span + width]  # [H, W, D]
-            values = self._pool_v[:, self._span : self._span + width]
-        else:
-            read = self._read.reshape(-1)
-            keys, values = self._pool_k.index_select(1, read), self._pool_v.index_select(1, read)
-        # [H, B*W, D] -> [B, H, W, D]. Not kept on the layer (DynamicLayer's ``keys``): in a
-        # compiled step every tensor kept on an attribute becomes one more graph output, so
-        # each layer's gathered K/V would stay allocated to the step's end.
-        keys, values = keys.view(h, b, width, d), values.view(h, b, width, -1)
-        return keys.transpose(0, 1), values.transpose(0, 1)
+            end = self._span + self._read.shape[1]
+            return self._pool_k[None, :, self._span : end], self._pool_v[None, :, self._span : end]
+        return gather(self._pool_k, self._read), gather(self._pool_v, self._read)
 
     def get_seq_length(self) -> int:
         """Columns before the new tokens, which the model adds to its query positions when it
